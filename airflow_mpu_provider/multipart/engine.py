@@ -1,0 +1,394 @@
+"""The upload engine: a file to one S3 object, parts in parallel, resumable, verified. No Airflow here.
+
+    engine = UploadEngine(client, bucket="b", key="dumps/db.sql", source=FileSource(path),
+                          plan=plan_parts(size), options=UploadOptions())
+    result = engine.run(resume_upload_id=upload_id_from_an_earlier_try)
+
+Memory stays bounded whatever the file size: each worker holds one part at a time, and the number
+of workers is capped so that workers x part size stays within ``max_buffer_bytes``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from airflow_mpu_provider.multipart.errors import (
+    IntegrityError,
+    InvalidUploadRequest,
+    MultipartUploadError,
+    S3UploadError,
+    SourceChangedError,
+    UploadCancelledError,
+    error_code,
+    s3_error,
+)
+from airflow_mpu_provider.multipart.integrity import (
+    DEFAULT_CHECKSUM_ALGORITHM,
+    PartDigest,
+    checksum_field,
+    composite_checksum,
+    digest_part,
+    md5_from_etag,
+    multipart_etag,
+)
+from airflow_mpu_provider.multipart.plan import GiB, Part, PartPlan, format_bytes
+from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, ProgressReporter
+from airflow_mpu_provider.multipart.resume import check_plan_fits, review_stored_part
+from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.upload import MultipartUpload
+
+#: Parts sent at once; chosen from benchmarks/bench_upload.py.
+DEFAULT_CONCURRENCY = 8
+#: Upper bound on part bytes held in memory at once (workers are reduced for very large parts).
+DEFAULT_MAX_BUFFER_BYTES = 1 * GiB
+
+#: Errors after which keeping the upload for a retry makes no sense: the retry could not use it.
+_NOT_RESUMABLE = (SourceChangedError, IntegrityError, UploadCancelledError, InvalidUploadRequest)
+_NOT_RESUMABLE_CODES = frozenset({"NoSuchUpload", "NoSuchBucket", "InvalidPart", "InvalidPartOrder", "EntityTooSmall"})
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    """How to upload; every field has a default that works up to S3's largest object."""
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
+    #: S3 checksum sent with every part; None sends Content-MD5 only (for stores without checksums).
+    checksum_algorithm: str | None = DEFAULT_CHECKSUM_ALGORITHM
+    #: CreateMultipartUpload arguments: ServerSideEncryption, SSEKMSKeyId, StorageClass, Metadata, ...
+    extra_args: Mapping[str, Any] = field(default_factory=dict)
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL
+
+    def workers_for(self, part_size: int) -> int:
+        return max(1, min(self.concurrency, self.max_buffer_bytes // max(part_size, 1)))
+
+
+@dataclass
+class UploadResult:
+    """What was uploaded; JSON-able through ``to_dict`` (it becomes the task's return value)."""
+
+    bucket: str
+    key: str
+    upload_id: str
+    etag: str
+    size: int
+    part_size: int
+    parts: int
+    parts_sent: int
+    parts_resumed: int
+    bytes_sent: int
+    bytes_resumed: int
+    seconds: float
+    checksum: str | None = None
+    checksum_algorithm: str | None = None
+    version_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class UploadEngine:
+    """Uploads one source to one key; ``run`` once per instance, ``cancel`` from any thread."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        bucket: str,
+        key: str,
+        source: FileSource,
+        plan: PartPlan,
+        options: UploadOptions = UploadOptions(),
+        log: logging.Logger | None = None,
+        on_upload_started: Callable[[str], None] | None = None,
+    ) -> None:
+        if plan.size != source.size:
+            raise InvalidUploadRequest(f"the plan is for {plan.size:,} bytes but the source has {source.size:,}")
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.source = source
+        self.plan = plan
+        self.options = options
+        self.log = log or logging.getLogger(__name__)
+        self.on_upload_started = on_upload_started
+        self.upload: MultipartUpload | None = None
+        self._cancelled = threading.Event()
+        self._stop = threading.Event()
+        # Whether the store echoes part checksums; until it does, parts also carry Content-MD5 so
+        # that they can be verified by ETag (moto and many S3-compatible stores report only ETags).
+        self._store_echoes_checksums: bool | None = None
+
+    # -- control ------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop sending, and abort the upload now; ``run`` then raises UploadCancelledError."""
+        self._cancelled.set()
+        self._stop.set()
+        if self.upload is not None and self.upload.upload_id:
+            try:
+                self.upload.abort()
+            except MultipartUploadError as e:  # run() aborts again once its workers have stopped
+                self.log.warning("Abort during cancel failed, will retry: %s", e)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _raise_if_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise UploadCancelledError(
+                f"upload of {self.source.description} to s3://{self.bucket}/{self.key} was cancelled and aborted"
+            )
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self, *, resume_upload_id: str | None = None, keep_on_failure: bool = False) -> UploadResult:
+        """Upload everything that is not already (verifiably) in S3, complete, and verify the object.
+
+        On failure the upload is aborted, unless ``keep_on_failure`` is set and the error leaves the
+        upload usable for a later ``run(resume_upload_id=...)``.
+        """
+        started = time.monotonic()
+        workers = self.options.workers_for(self.plan.part_size)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
+            kept = self._open(resume_upload_id, pool)
+            assert self.upload is not None
+            try:
+                result = self._upload_and_complete(kept, pool, workers, started)
+            except BaseException as error:
+                self._stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                self._after_failure(error, keep_on_failure)
+                raise
+        return result
+
+    def _open(self, resume_upload_id: str | None, pool: ThreadPoolExecutor) -> dict[int, dict[str, Any]]:
+        """Reopen the earlier upload if its parts fit this plan (returning the verified ones), else create."""
+        algorithm = self.options.checksum_algorithm
+        if resume_upload_id:
+            earlier = MultipartUpload(
+                self.client, self.bucket, self.key, upload_id=resume_upload_id,
+                checksum_algorithm=algorithm, extra_args=self.options.extra_args,
+            )
+            self.upload = earlier
+            try:
+                stored, stored_algorithm = earlier.list_parts()
+            except S3UploadError as e:
+                if e.code != "NoSuchUpload":
+                    raise
+                self.log.info("Earlier upload %s no longer exists; starting a new one.", resume_upload_id)
+            else:
+                reason = check_plan_fits(stored, self.plan, stored_algorithm, algorithm)
+                if reason is None:
+                    return self._verify_stored(stored, pool)
+                self.log.warning(
+                    "Not resuming upload %s of s3://%s/%s: %s. Aborting it and starting afresh.",
+                    resume_upload_id, self.bucket, self.key, reason,
+                )
+                earlier.abort()
+        self.upload = MultipartUpload(
+            self.client, self.bucket, self.key, checksum_algorithm=algorithm, extra_args=self.options.extra_args
+        )
+        upload_id = self.upload.create()
+        self.log.info(
+            "Started multipart upload %s: %s (%s) to s3://%s/%s in %d parts of %s",
+            upload_id, self.source.description, format_bytes(self.plan.size), self.bucket, self.key,
+            self.plan.count, format_bytes(self.plan.part_size),
+        )
+        if self.on_upload_started is not None:
+            self.on_upload_started(upload_id)
+        return {}
+
+    def _verify_stored(self, stored: list[dict[str, Any]], pool: ThreadPoolExecutor) -> dict[int, dict[str, Any]]:
+        assert self.upload is not None
+        algorithm = self.options.checksum_algorithm
+
+        def digest_local(number: int, with_checksum: bool, with_md5: bool) -> PartDigest:
+            self._raise_if_cancelled()
+            part = self.plan.part(number)
+            data = self.source.read(part.offset, part.length)
+            return digest_part(number, data, algorithm=algorithm if with_checksum else None, with_md5=with_md5)
+
+        reviews = {p["PartNumber"]: pool.submit(review_stored_part, p, algorithm, digest_local) for p in stored}
+        kept: dict[int, dict[str, Any]] = {}
+        by_number = {p["PartNumber"]: p for p in stored}
+        for number, review in sorted(reviews.items()):
+            reason = review.result()
+            if reason is not None:
+                self.log.warning("Stored part %d will be sent again: %s.", number, reason)
+                continue
+            part = by_number[number]
+            checksum = part.get(checksum_field(algorithm)) if algorithm else None
+            entry = self.upload.part_entry(number, part["ETag"], checksum)
+            if md5 := md5_from_etag(part["ETag"]):
+                entry["_md5"] = md5
+            kept[number] = entry
+        kept_bytes = sum(self.plan.part(n).length for n in kept)
+        self.log.info(
+            "Resuming upload %s of s3://%s/%s: %d of %d parts (%s) already uploaded and verified "
+            "against the local file; %d parts to send.",
+            self.upload.upload_id, self.bucket, self.key, len(kept), self.plan.count,
+            format_bytes(kept_bytes), self.plan.count - len(kept),
+        )
+        return kept
+
+    def _upload_and_complete(
+        self, kept: dict[int, dict[str, Any]], pool: ThreadPoolExecutor, workers: int, started: float
+    ) -> UploadResult:
+        assert self.upload is not None
+        missing = [p for p in self.plan if p.number not in kept]
+        progress = ProgressReporter(
+            total_bytes=self.plan.size, total_parts=self.plan.count, log=self.log,
+            interval=self.options.progress_interval, label=f"s3://{self.bucket}/{self.key}",
+        )
+        progress.skip(sum(self.plan.part(n).length for n in kept), len(kept))
+        if missing:
+            self.log.info(
+                "Sending %d parts (%s) with %d parallel workers.",
+                len(missing), format_bytes(sum(p.length for p in missing)), workers,
+            )
+        entries = dict(kept)
+        entries.update(self._send(missing, pool, progress))
+        self._raise_if_cancelled()
+        self.source.check_unchanged()
+        parts = [entries[n] for n in range(1, self.plan.count + 1)]
+        md5s = [p.pop("_md5", None) for p in parts]
+        response = self._complete(parts, md5s)
+        self.log.info("%s", progress.summary())
+        result = UploadResult(
+            bucket=self.bucket, key=self.key, upload_id=self.upload.upload_id or "",
+            etag=str(response.get("ETag", "")).strip('"'), size=self.plan.size, part_size=self.plan.part_size,
+            parts=self.plan.count, parts_sent=len(missing), parts_resumed=len(kept),
+            bytes_sent=sum(p.length for p in missing), bytes_resumed=sum(self.plan.part(n).length for n in kept),
+            seconds=round(time.monotonic() - started, 3),
+            checksum=response.get(checksum_field(self.options.checksum_algorithm))
+            if self.options.checksum_algorithm else None,
+            checksum_algorithm=self.options.checksum_algorithm, version_id=response.get("VersionId"),
+        )
+        return result
+
+    def _send(
+        self, missing: list[Part], pool: ThreadPoolExecutor, progress: ProgressReporter
+    ) -> dict[int, dict[str, Any]]:
+        futures: dict[Future[dict[str, Any]], Part] = {pool.submit(self._send_part, p, progress): p for p in missing}
+        done_entries: dict[int, dict[str, Any]] = {}
+        pending = set(futures)
+        while pending:
+            # A short timeout keeps the main thread responsive to signals (on_kill) and cancel().
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            self._raise_if_cancelled()
+            for future in done:
+                entry = future.result()  # the first failure propagates; run() stops the rest
+                done_entries[entry["PartNumber"]] = entry
+        return done_entries
+
+    def _send_part(self, part: Part, progress: ProgressReporter) -> dict[str, Any]:
+        assert self.upload is not None
+        if self._stop.is_set():
+            raise UploadCancelledError("stopped before sending part %d" % part.number)
+        data = self.source.read(part.offset, part.length)
+        algorithm = self.options.checksum_algorithm
+        with_md5 = algorithm is None or not self._store_echoes_checksums
+        digest = digest_part(part.number, data, algorithm=algorithm, with_md5=with_md5)
+        entry = self.upload.put_part(part.number, data, digest, cancel=self._stop)
+        del data
+        if algorithm and self._store_echoes_checksums is None:
+            self._store_echoes_checksums = checksum_field(algorithm) in entry and bool(digest.checksum)
+        if digest.md5 is not None:
+            entry["_md5"] = digest.md5
+        self.source.check_unchanged()
+        progress.advance(part.length)
+        return entry
+
+    def _complete(self, parts: list[dict[str, Any]], md5s: list[bytes | None]) -> dict[str, Any]:
+        """CompleteMultipartUpload, then prove the object is the file: size, and ETag or checksum."""
+        assert self.upload is not None
+        algorithm = self.options.checksum_algorithm
+        expected_etag = None
+        if all(m is not None for m in md5s) and not self._etag_is_not_md5():
+            expected_etag = multipart_etag(m for m in md5s if m is not None)
+        expected_checksum = None
+        if algorithm and all(p.get(checksum_field(algorithm)) for p in parts):
+            expected_checksum = composite_checksum(algorithm, [p[checksum_field(algorithm)] for p in parts])
+        try:
+            response = self.upload.complete(parts)
+        except S3UploadError as e:
+            # A retried Complete whose first attempt succeeded gets NoSuchUpload: check the object.
+            if e.code != "NoSuchUpload" or expected_etag is None:
+                raise
+            head = self._head()
+            if head.get("ETag") != expected_etag:
+                raise
+            self.log.warning("CompleteMultipartUpload answered NoSuchUpload but the object is complete and matches.")
+            response = head
+        head = self._head(response.get("VersionId"))
+        problems = []
+        if head.get("ContentLength") != self.plan.size:
+            problems.append(f"size is {head.get('ContentLength')} bytes, expected {self.plan.size}")
+        etag = response.get("ETag")
+        if expected_etag is not None and etag != expected_etag:
+            problems.append(f"ETag is {etag}, expected {expected_etag} from the parts' MD5s")
+        reported = response.get(checksum_field(algorithm)) if algorithm else None
+        if expected_checksum and reported and "-" in reported and reported != expected_checksum:
+            problems.append(f"checksum {algorithm} is {reported}, expected {expected_checksum}")
+        if problems:
+            raise IntegrityError(
+                f"s3://{self.bucket}/{self.key} (UploadId {self.upload.upload_id}) does not match "
+                f"{self.source.description}: {'; '.join(problems)}. The object is corrupt: do not use it; "
+                "re-run the task with replace=True."
+            )
+        verified = [
+            "size",
+            *(["ETag"] if expected_etag else []),
+            *([f"{algorithm} checksum"] if expected_checksum and reported and "-" in reported else []),
+        ]
+        self.log.info(
+            "Completed s3://%s/%s: %s, ETag %s; verified %s.",
+            self.bucket, self.key, format_bytes(self.plan.size), etag, ", ".join(verified),
+        )
+        return response
+
+    def _etag_is_not_md5(self) -> bool:
+        sse = str(self.options.extra_args.get("ServerSideEncryption", ""))
+        return sse.startswith("aws:kms") or "SSECustomerKey" in self.options.extra_args
+
+    def _head(self, version_id: str | None = None) -> dict[str, Any]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
+        if version_id and version_id != "null":
+            args["VersionId"] = version_id
+        for name in ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer"):
+            if name in self.options.extra_args:
+                args[name] = self.options.extra_args[name]
+        try:
+            return self.client.head_object(**args)
+        except ClientError as e:
+            raise s3_error(e, operation="HeadObject", bucket=self.bucket, key=self.key, upload_id=None) from e
+
+    def _after_failure(self, error: BaseException, keep_on_failure: bool) -> None:
+        assert self.upload is not None
+        resumable = not isinstance(error, _NOT_RESUMABLE) and error_code(error) not in _NOT_RESUMABLE_CODES
+        if isinstance(error, (KeyboardInterrupt, SystemExit)) or self.cancelled:
+            resumable = False
+        if keep_on_failure and resumable:
+            self.log.warning(
+                "Upload failed; keeping multipart upload %s of s3://%s/%s so that the retry resumes it.",
+                self.upload.upload_id, self.bucket, self.key,
+            )
+            return
+        try:
+            self.upload.abort()
+        except Exception as abort_error:  # the original error matters more; say what is left behind
+            self.log.error(
+                "Could not abort multipart upload %s of s3://%s/%s after a failure (%s); abort it by hand or "
+                "let S3AbortStaleUploadsOperator clean it up.",
+                self.upload.upload_id, self.bucket, self.key, abort_error,
+            )

@@ -1,0 +1,104 @@
+"""The project's exceptions, and the translation of S3's error codes into messages that say what to do.
+
+Every S3 error that reaches a user names the bucket, key and UploadId, so it can be found in the
+console or cleaned up; none of them ever contains credentials (botocore's messages do not either).
+"""
+
+from __future__ import annotations
+
+from botocore.exceptions import ClientError
+
+
+class MultipartUploadError(Exception):
+    """Base class: anything this package raises on purpose."""
+
+
+class InvalidUploadRequest(MultipartUploadError, ValueError):
+    """The arguments can never work (bad path, bad part size, ...); raised before any S3 call."""
+
+
+class SourceChangedError(MultipartUploadError):
+    """The local file changed while it was being uploaded, so the object would not match any version of it."""
+
+
+class UploadCancelledError(MultipartUploadError):
+    """The upload was cancelled (``on_kill``, a timeout); it has been aborted."""
+
+
+class IntegrityError(MultipartUploadError):
+    """What S3 stored is not what was sent (size, ETag or checksum differs)."""
+
+
+class S3UploadError(MultipartUploadError):
+    """An S3 request failed; carries S3's error code and where it happened."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        operation: str,
+        bucket: str,
+        key: str,
+        upload_id: str | None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.operation = operation
+        self.bucket = bucket
+        self.key = key
+        self.upload_id = upload_id
+
+
+#: What each S3 error means for this upload, and what the user should do about it.
+ERROR_HINTS: dict[str, str] = {
+    "EntityTooSmall": (
+        "a part other than the last is smaller than S3's 5 MiB minimum; use part_size >= 5 MiB "
+        "(or leave it unset). An S3-compatible store may have a larger minimum: check its documentation."
+    ),
+    "EntityTooLarge": "a part is larger than the store accepts; use a smaller part_size (S3's maximum is 5 GiB).",
+    "InvalidPart": (
+        "a listed part was not found or its ETag does not match what the store holds; the parts were "
+        "changed or lost on the server side. Retry the task: the upload is re-verified part by part."
+    ),
+    "InvalidPartOrder": "the part list was not in ascending order; this is a bug in airflow-mpu-provider, please report it.",
+    "NoSuchUpload": (
+        "the multipart upload no longer exists: it was aborted (by another task, a bucket lifecycle rule "
+        "or a cleanup job) or already completed. Retry the task to start a new upload."
+    ),
+    "NoSuchBucket": "the bucket does not exist (or is in another account/region); check the bucket name and the connection's region.",
+    "AccessDenied": (
+        "the connection's credentials may not do this; the role needs s3:PutObject, s3:AbortMultipartUpload, "
+        "s3:ListMultipartUploadParts and s3:ListBucketMultipartUploads on the bucket (and kms:GenerateDataKey "
+        "and kms:Decrypt for SSE-KMS)."
+    ),
+    "InvalidAccessKeyId": "the connection's access key id is not known to the store; check the Airflow connection's credentials.",
+    "SignatureDoesNotMatch": "the connection's secret key is wrong for its access key id; check the Airflow connection's credentials.",
+    "BadDigest": "the bytes S3 received do not match their checksum: data was corrupted in transit. Retry the task.",
+    "InvalidDigest": "the store rejected the part's checksum header; for an S3-compatible store that does not support checksums, set checksum_algorithm=None.",
+    "InvalidRequest": "the store rejected the request; for an S3-compatible store that rejects CRC checksums, set checksum_algorithm=None.",
+    "KMS.NotFoundException": "the KMS key was not found; check sse_kms_key_id and its region.",
+    "SlowDown": "S3 throttled the requests past the retry budget; lower concurrency or raise the connection's retries.",
+}
+
+
+def s3_error(error: ClientError, *, operation: str, bucket: str, key: str, upload_id: str | None) -> S3UploadError:
+    """Turn a botocore ClientError into an S3UploadError whose message names the upload and the fix."""
+    details = error.response.get("Error", {})
+    code = str(details.get("Code") or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "Unknown"))
+    reason = details.get("Message") or str(error)
+    hint = ERROR_HINTS.get(code)
+    where = f"s3://{bucket}/{key}" + (f" (UploadId {upload_id})" if upload_id else "")
+    message = f"{operation} failed for {where}: {code}: {reason}"
+    if hint:
+        message += f". {hint[0].upper()}{hint[1:]}"
+    return S3UploadError(message, code=code, operation=operation, bucket=bucket, key=key, upload_id=upload_id)
+
+
+def error_code(error: BaseException) -> str | None:
+    """S3's error code of a ClientError or S3UploadError, else None."""
+    if isinstance(error, S3UploadError):
+        return error.code
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code"))
+    return None

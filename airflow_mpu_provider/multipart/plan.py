@@ -1,0 +1,130 @@
+"""Part planning: how a file of a given size is cut into S3 multipart parts.
+
+Everything here is pure arithmetic so that the rules S3 enforces (part sizes, part count, object
+size) are checked before a single request is made, and so that a retry computes exactly the same
+plan as the try it resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+#: S3's smallest allowed part (every part but the last must be at least this big).
+MIN_PART_SIZE = 5 * MiB
+#: S3's largest allowed part.
+MAX_PART_SIZE = 5 * GiB
+#: S3 numbers parts 1..10,000.
+MAX_PARTS = 10_000
+#: The largest object a multipart upload can build: 10,000 parts of 5 GiB (48.8 TiB).
+MAX_OBJECT_SIZE = MAX_PARTS * MAX_PART_SIZE
+#: Part size used when the file is small enough for it; chosen from benchmarks/bench_upload.py.
+DEFAULT_PART_SIZE = 16 * MiB
+#: Automatic part sizes are rounded up to this, so that logs and resumed plans read cleanly.
+PART_SIZE_GRANULARITY = MiB
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One part of a plan: S3's 1-based part number and the byte range it covers."""
+
+    number: int
+    offset: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass(frozen=True, slots=True)
+class PartPlan:
+    """A file of ``size`` bytes cut into parts of ``part_size`` (the last one may be smaller).
+
+    A zero-byte file still gets one (empty) part: S3 needs at least one part to complete an upload.
+    """
+
+    size: int
+    part_size: int
+
+    @property
+    def count(self) -> int:
+        if self.size == 0:
+            return 1
+        return -(-self.size // self.part_size)
+
+    def part(self, number: int) -> Part:
+        if not 1 <= number <= self.count:
+            raise IndexError(f"part {number} is outside 1..{self.count}")
+        offset = (number - 1) * self.part_size
+        return Part(number, offset, min(self.part_size, self.size - offset))
+
+    def __iter__(self) -> Iterator[Part]:
+        return (self.part(n) for n in range(1, self.count + 1))
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def choose_part_size(size: int, preferred: int = DEFAULT_PART_SIZE) -> int:
+    """The smallest part size >= ``preferred`` that fits ``size`` bytes into 10,000 parts.
+
+    This is what makes the defaults work from a few bytes up to S3's 48.8 TiB object limit with no
+    tuning: small files keep the benchmarked default, huge files get the part size they need.
+    """
+    needed = _round_up(-(-size // MAX_PARTS), PART_SIZE_GRANULARITY) if size else 0
+    return min(max(preferred, needed), MAX_PART_SIZE)
+
+
+def plan_parts(size: int, part_size: int | None = None) -> PartPlan:
+    """Plan the parts for ``size`` bytes, with ``part_size`` fixed or (None) chosen automatically.
+
+    Raises InvalidUploadRequest, naming what to change, for every plan S3 would reject.
+    """
+    if size < 0:
+        raise InvalidUploadRequest(f"size must be >= 0, got {size}")
+    if size > MAX_OBJECT_SIZE:
+        raise InvalidUploadRequest(
+            f"{format_bytes(size)} is larger than the largest object S3 can store with a multipart "
+            f"upload ({format_bytes(MAX_OBJECT_SIZE)}: {MAX_PARTS:,} parts of {format_bytes(MAX_PART_SIZE)})."
+        )
+    if part_size is None:
+        return PartPlan(size, choose_part_size(size))
+    if part_size < MIN_PART_SIZE:
+        raise InvalidUploadRequest(
+            f"part_size={part_size:,} bytes is below S3's minimum of {MIN_PART_SIZE:,} bytes (5 MiB); "
+            "use at least 5 MiB, or leave part_size unset to choose it automatically."
+        )
+    if part_size > MAX_PART_SIZE:
+        raise InvalidUploadRequest(
+            f"part_size={part_size:,} bytes is above S3's maximum of {MAX_PART_SIZE:,} bytes (5 GiB); "
+            "use at most 5 GiB, or leave part_size unset to choose it automatically."
+        )
+    plan = PartPlan(size, part_size)
+    if plan.count > MAX_PARTS:
+        raise InvalidUploadRequest(
+            f"part_size={format_bytes(part_size)} would cut {format_bytes(size)} into {plan.count:,} "
+            f"parts, more than S3's {MAX_PARTS:,}; use part_size >= {format_bytes(choose_part_size(size, MIN_PART_SIZE))} "
+            "or leave part_size unset to choose it automatically."
+        )
+    return plan
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable binary size, as used in every log line and error message."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,305 @@
+"""One S3 multipart upload: the five S3 calls around a single UploadId, with S3's errors translated.
+
+``MultipartUpload`` is also the package's simplest public face, the shape the project grew from:
+
+    with MultipartUpload(client, "bucket", "key") as upload:   # CreateMultipartUpload
+        for chunk in chunks:                                    # each >= 5 MiB but the last
+            upload.upload_part(chunk)                           # UploadPart, in order
+    # leaving cleanly: CompleteMultipartUpload; leaving with an exception: AbortMultipartUpload
+
+(``async with`` works too.) The parallel, resumable engine in ``engine.py`` drives the same class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from airflow_mpu_provider.multipart.errors import (
+    IntegrityError,
+    S3UploadError,
+    UploadCancelledError,
+    s3_error,
+)
+from airflow_mpu_provider.multipart.integrity import (
+    DEFAULT_CHECKSUM_ALGORITHM,
+    PartDigest,
+    checksum_field,
+    digest_part,
+    part_matches,
+)
+
+log = logging.getLogger(__name__)
+
+#: CreateMultipartUpload arguments that describe the object (the rest of put_object's options
+#: apply to single requests only). Users' ``extra_args`` are checked against this list.
+OBJECT_ARGS = frozenset(
+    {
+        "ACL",
+        "CacheControl",
+        "ContentDisposition",
+        "ContentEncoding",
+        "ContentLanguage",
+        "ContentType",
+        "Expires",
+        "GrantFullControl",
+        "GrantRead",
+        "GrantReadACP",
+        "GrantWriteACP",
+        "Metadata",
+        "ServerSideEncryption",
+        "StorageClass",
+        "WebsiteRedirectLocation",
+        "SSECustomerAlgorithm",
+        "SSECustomerKey",
+        "SSECustomerKeyMD5",
+        "SSEKMSKeyId",
+        "SSEKMSEncryptionContext",
+        "BucketKeyEnabled",
+        "RequestPayer",
+        "Tagging",
+        "ObjectLockMode",
+        "ObjectLockRetainUntilDate",
+        "ObjectLockLegalHoldStatus",
+        "ExpectedBucketOwner",
+    }
+)
+#: Of those, the ones every later request on the same upload must repeat.
+_PER_REQUEST_ARGS = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer", "ExpectedBucketOwner")
+
+#: How much one read() of a part body hands to the socket: large writes, few syscalls.
+_BODY_CHUNK = 1024 * 1024
+
+
+class PartBody(io.RawIOBase):
+    """A part's bytes as a seekable file whose reads stop as soon as ``cancel`` is set.
+
+    botocore rewinds it for retries and reads it to send; handing it a file rather than bytes is
+    what lets on_kill interrupt a multi-GiB part mid-body (the idea of s3transfer's InterruptReader).
+    Reads return memoryview slices of at least 1 MiB, so nothing is copied and sockets see large writes.
+    """
+
+    def __init__(self, data: bytes, cancel: threading.Event | None = None) -> None:
+        super().__init__()
+        self._view = memoryview(data)
+        self._pos = 0
+        self._cancel = cancel
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, min(len(self._view), base + offset))
+        return self._pos
+
+    def read(self, size: int = -1) -> memoryview:  # type: ignore[override]
+        if self._cancel is not None and self._cancel.is_set():
+            raise UploadCancelledError("upload cancelled while sending a part")
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + max(size, _BODY_CHUNK))
+        chunk = self._view[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def readinto(self, buffer: Any) -> int:
+        if self._cancel is not None and self._cancel.is_set():
+            raise UploadCancelledError("upload cancelled while sending a part")
+        end = min(len(self._view), self._pos + len(buffer))
+        n = end - self._pos
+        buffer[:n] = self._view[self._pos : end]
+        self._pos = end
+        return n
+
+
+class MultipartUpload:
+    """The S3 calls of one multipart upload to ``bucket``/``key``; thread-safe for parallel parts."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        *,
+        upload_id: str | None = None,
+        checksum_algorithm: str | None = DEFAULT_CHECKSUM_ALGORITHM,
+        extra_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.upload_id = upload_id
+        self.checksum_algorithm = checksum_algorithm
+        self.extra_args = dict(extra_args or {})
+        self.parts: list[dict[str, Any]] = []
+        self._request_args = {k: self.extra_args[k] for k in _PER_REQUEST_ARGS if k in self.extra_args}
+
+    # -- the S3 calls -------------------------------------------------------------------------
+
+    def _call(self, operation: str, method: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return method(Bucket=self.bucket, Key=self.key, **kwargs)
+        except ClientError as e:
+            raise s3_error(e, operation=operation, bucket=self.bucket, key=self.key, upload_id=self.upload_id) from e
+
+    def create(self) -> str:
+        args = dict(self.extra_args)
+        if self.checksum_algorithm:
+            args["ChecksumAlgorithm"] = self.checksum_algorithm
+        response = self._call("CreateMultipartUpload", self.client.create_multipart_upload, **args)
+        self.upload_id = response["UploadId"]
+        return self.upload_id
+
+    def put_part(
+        self, number: int, data: bytes, digest: PartDigest, *, cancel: threading.Event | None = None
+    ) -> dict[str, Any]:
+        """UploadPart; returns the entry CompleteMultipartUpload needs, after checking S3's answer."""
+        args: dict[str, Any] = dict(self._request_args)
+        if digest.checksum and self.checksum_algorithm:
+            args[checksum_field(self.checksum_algorithm)] = digest.checksum
+        if digest.md5 is not None:
+            args["ContentMD5"] = digest.content_md5
+        response = self._call(
+            "UploadPart",
+            self.client.upload_part,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=PartBody(data, cancel),
+            ContentLength=len(data),
+            **args,
+        )
+        if part_matches(digest, response, self.checksum_algorithm) is False:
+            raise IntegrityError(
+                f"UploadPart {number} of s3://{self.bucket}/{self.key} (UploadId {self.upload_id}): the store "
+                f"answered ETag {response.get('ETag')} / checksum "
+                f"{response.get(checksum_field(self.checksum_algorithm)) if self.checksum_algorithm else None}, "
+                f"which does not match the bytes sent (md5 {digest.md5.hex() if digest.md5 else None}, "
+                f"checksum {digest.checksum})."
+            )
+        return self.part_entry(number, response.get("ETag"), digest.checksum or response.get(self._checksum_key))
+
+    @property
+    def _checksum_key(self) -> str:
+        return checksum_field(self.checksum_algorithm) if self.checksum_algorithm else "ChecksumNone"
+
+    def part_entry(self, number: int, etag: str | None, checksum: str | None) -> dict[str, Any]:
+        entry: dict[str, Any] = {"PartNumber": number, "ETag": etag}
+        if checksum and self.checksum_algorithm:
+            entry[self._checksum_key] = checksum
+        return entry
+
+    def list_parts(self) -> tuple[list[dict[str, Any]], str | None]:
+        """All parts S3 holds for this upload (paginated past 1,000) and the upload's checksum algorithm."""
+        parts: list[dict[str, Any]] = []
+        algorithm: str | None = None
+        marker = 0
+        while True:
+            response = self._call(
+                "ListParts",
+                self.client.list_parts,
+                UploadId=self.upload_id,
+                PartNumberMarker=marker,
+                **self._request_args,
+            )
+            parts.extend(response.get("Parts", []))
+            algorithm = response.get("ChecksumAlgorithm") or algorithm
+            if not response.get("IsTruncated"):
+                return parts, algorithm
+            marker = int(response["NextPartNumberMarker"])
+
+    def complete(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        ordered = sorted(parts, key=lambda p: p["PartNumber"])
+        return self._call(
+            "CompleteMultipartUpload",
+            self.client.complete_multipart_upload,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": ordered},
+            **self._request_args,
+        )
+
+    def abort(self, *, attempts: int = 5) -> None:
+        """Abort, then make sure the upload is gone.
+
+        S3 documents that parts still being uploaded during an abort may survive it, so the upload is
+        listed again and aborted again until S3 answers NoSuchUpload.
+        """
+        if not self.upload_id:
+            return
+        for attempt in range(attempts):
+            try:
+                self._call("AbortMultipartUpload", self.client.abort_multipart_upload, UploadId=self.upload_id)
+            except S3UploadError as e:
+                if e.code != "NoSuchUpload":
+                    raise
+            try:
+                self.list_parts()
+            except S3UploadError as e:
+                if e.code == "NoSuchUpload":
+                    log.info("Aborted multipart upload %s of s3://%s/%s", self.upload_id, self.bucket, self.key)
+                    return
+                raise
+            time.sleep(0.2 * (attempt + 1))
+        raise S3UploadError(
+            f"multipart upload {self.upload_id} of s3://{self.bucket}/{self.key} still exists after "
+            f"{attempts} aborts; abort it by hand (aws s3api abort-multipart-upload) or with a lifecycle rule.",
+            code="AbortIncomplete",
+            operation="AbortMultipartUpload",
+            bucket=self.bucket,
+            key=self.key,
+            upload_id=self.upload_id,
+        )
+
+    # -- the sequential face ------------------------------------------------------------------
+
+    def upload_part(self, chunk: bytes) -> dict[str, Any]:
+        """Send ``chunk`` as the next part (1, 2, ...) and remember it for completion."""
+        number = len(self.parts) + 1
+        digest = digest_part(
+            number, chunk, algorithm=self.checksum_algorithm, with_md5=self.checksum_algorithm is None
+        )
+        entry = self.put_part(number, chunk, digest)
+        self.parts.append(entry)
+        return entry
+
+    def __enter__(self) -> MultipartUpload:
+        if self.upload_id is None:
+            self.create()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is not None:
+            self.abort()
+            return
+        if not self.parts:
+            self.upload_part(b"")
+        try:
+            self.complete(self.parts)
+        except BaseException:
+            self.abort()
+            raise
+
+    async def __aenter__(self) -> MultipartUpload:
+        return await asyncio.to_thread(self.__enter__)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
