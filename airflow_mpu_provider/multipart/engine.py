@@ -110,6 +110,8 @@ class UploadEngine:
         log: logging.Logger | None = None,
         on_upload_started: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_upload_started(upload_id)`` runs as soon as the upload to send parts to is known
+        (created, or reopened for resume): the place to record the UploadId durably."""
         if plan.size != source.size:
             raise InvalidUploadRequest(f"the plan is for {plan.size:,} bytes but the source has {source.size:,}")
         self.client = client
@@ -176,8 +178,12 @@ class UploadEngine:
         algorithm = self.options.checksum_algorithm
         if resume_upload_id:
             earlier = MultipartUpload(
-                self.client, self.bucket, self.key, upload_id=resume_upload_id,
-                checksum_algorithm=algorithm, extra_args=self.options.extra_args,
+                self.client,
+                self.bucket,
+                self.key,
+                upload_id=resume_upload_id,
+                checksum_algorithm=algorithm,
+                extra_args=self.options.extra_args,
             )
             self.upload = earlier
             try:
@@ -189,10 +195,16 @@ class UploadEngine:
             else:
                 reason = check_plan_fits(stored, self.plan, stored_algorithm, algorithm)
                 if reason is None:
-                    return self._verify_stored(stored, pool)
+                    kept = self._verify_stored(stored, pool)
+                    if self.on_upload_started is not None:
+                        self.on_upload_started(resume_upload_id)
+                    return kept
                 self.log.warning(
                     "Not resuming upload %s of s3://%s/%s: %s. Aborting it and starting afresh.",
-                    resume_upload_id, self.bucket, self.key, reason,
+                    resume_upload_id,
+                    self.bucket,
+                    self.key,
+                    reason,
                 )
                 earlier.abort()
         self.upload = MultipartUpload(
@@ -201,8 +213,13 @@ class UploadEngine:
         upload_id = self.upload.create()
         self.log.info(
             "Started multipart upload %s: %s (%s) to s3://%s/%s in %d parts of %s",
-            upload_id, self.source.description, format_bytes(self.plan.size), self.bucket, self.key,
-            self.plan.count, format_bytes(self.plan.part_size),
+            upload_id,
+            self.source.description,
+            format_bytes(self.plan.size),
+            self.bucket,
+            self.key,
+            self.plan.count,
+            format_bytes(self.plan.part_size),
         )
         if self.on_upload_started is not None:
             self.on_upload_started(upload_id)
@@ -236,8 +253,13 @@ class UploadEngine:
         self.log.info(
             "Resuming upload %s of s3://%s/%s: %d of %d parts (%s) already uploaded and verified "
             "against the local file; %d parts to send.",
-            self.upload.upload_id, self.bucket, self.key, len(kept), self.plan.count,
-            format_bytes(kept_bytes), self.plan.count - len(kept),
+            self.upload.upload_id,
+            self.bucket,
+            self.key,
+            len(kept),
+            self.plan.count,
+            format_bytes(kept_bytes),
+            self.plan.count - len(kept),
         )
         return kept
 
@@ -247,14 +269,19 @@ class UploadEngine:
         assert self.upload is not None
         missing = [p for p in self.plan if p.number not in kept]
         progress = ProgressReporter(
-            total_bytes=self.plan.size, total_parts=self.plan.count, log=self.log,
-            interval=self.options.progress_interval, label=f"s3://{self.bucket}/{self.key}",
+            total_bytes=self.plan.size,
+            total_parts=self.plan.count,
+            log=self.log,
+            interval=self.options.progress_interval,
+            label=f"s3://{self.bucket}/{self.key}",
         )
         progress.skip(sum(self.plan.part(n).length for n in kept), len(kept))
         if missing:
             self.log.info(
                 "Sending %d parts (%s) with %d parallel workers.",
-                len(missing), format_bytes(sum(p.length for p in missing)), workers,
+                len(missing),
+                format_bytes(sum(p.length for p in missing)),
+                workers,
             )
         entries = dict(kept)
         entries.update(self._send(missing, pool, progress))
@@ -265,14 +292,23 @@ class UploadEngine:
         response = self._complete(parts, md5s)
         self.log.info("%s", progress.summary())
         result = UploadResult(
-            bucket=self.bucket, key=self.key, upload_id=self.upload.upload_id or "",
-            etag=str(response.get("ETag", "")).strip('"'), size=self.plan.size, part_size=self.plan.part_size,
-            parts=self.plan.count, parts_sent=len(missing), parts_resumed=len(kept),
-            bytes_sent=sum(p.length for p in missing), bytes_resumed=sum(self.plan.part(n).length for n in kept),
+            bucket=self.bucket,
+            key=self.key,
+            upload_id=self.upload.upload_id or "",
+            etag=str(response.get("ETag", "")).strip('"'),
+            size=self.plan.size,
+            part_size=self.plan.part_size,
+            parts=self.plan.count,
+            parts_sent=len(missing),
+            parts_resumed=len(kept),
+            bytes_sent=sum(p.length for p in missing),
+            bytes_resumed=sum(self.plan.part(n).length for n in kept),
             seconds=round(time.monotonic() - started, 3),
             checksum=response.get(checksum_field(self.options.checksum_algorithm))
-            if self.options.checksum_algorithm else None,
-            checksum_algorithm=self.options.checksum_algorithm, version_id=response.get("VersionId"),
+            if self.options.checksum_algorithm
+            else None,
+            checksum_algorithm=self.options.checksum_algorithm,
+            version_id=response.get("VersionId"),
         )
         return result
 
@@ -294,7 +330,7 @@ class UploadEngine:
     def _send_part(self, part: Part, progress: ProgressReporter) -> dict[str, Any]:
         assert self.upload is not None
         if self._stop.is_set():
-            raise UploadCancelledError("stopped before sending part %d" % part.number)
+            raise UploadCancelledError(f"stopped before sending part {part.number}")
         data = self.source.read(part.offset, part.length)
         algorithm = self.options.checksum_algorithm
         with_md5 = algorithm is None or not self._store_echoes_checksums
@@ -353,7 +389,11 @@ class UploadEngine:
         ]
         self.log.info(
             "Completed s3://%s/%s: %s, ETag %s; verified %s.",
-            self.bucket, self.key, format_bytes(self.plan.size), etag, ", ".join(verified),
+            self.bucket,
+            self.key,
+            format_bytes(self.plan.size),
+            etag,
+            ", ".join(verified),
         )
         return response
 
@@ -381,7 +421,9 @@ class UploadEngine:
         if keep_on_failure and resumable:
             self.log.warning(
                 "Upload failed; keeping multipart upload %s of s3://%s/%s so that the retry resumes it.",
-                self.upload.upload_id, self.bucket, self.key,
+                self.upload.upload_id,
+                self.bucket,
+                self.key,
             )
             return
         try:
@@ -390,5 +432,8 @@ class UploadEngine:
             self.log.error(
                 "Could not abort multipart upload %s of s3://%s/%s after a failure (%s); abort it by hand or "
                 "let S3AbortStaleUploadsOperator clean it up.",
-                self.upload.upload_id, self.bucket, self.key, abort_error,
+                self.upload.upload_id,
+                self.bucket,
+                self.key,
+                abort_error,
             )

@@ -56,29 +56,46 @@ ERROR_HINTS: dict[str, str] = {
         "a part other than the last is smaller than S3's 5 MiB minimum; use part_size >= 5 MiB "
         "(or leave it unset). An S3-compatible store may have a larger minimum: check its documentation."
     ),
-    "EntityTooLarge": "a part is larger than the store accepts; use a smaller part_size (S3's maximum is 5 GiB).",
+    "EntityTooLarge": ("a part is larger than the store accepts; use a smaller part_size (S3's maximum is 5 GiB)."),
     "InvalidPart": (
         "a listed part was not found or its ETag does not match what the store holds; the parts were "
         "changed or lost on the server side. Retry the task: the upload is re-verified part by part."
     ),
-    "InvalidPartOrder": "the part list was not in ascending order; this is a bug in airflow-mpu-provider, please report it.",
+    "InvalidPartOrder": (
+        "the part list was not in ascending order; this is a bug in airflow-mpu-provider, please report it."
+    ),
     "NoSuchUpload": (
         "the multipart upload no longer exists: it was aborted (by another task, a bucket lifecycle rule "
         "or a cleanup job) or already completed. Retry the task to start a new upload."
     ),
-    "NoSuchBucket": "the bucket does not exist (or is in another account/region); check the bucket name and the connection's region.",
+    "NoSuchBucket": (
+        "the bucket does not exist (or is in another account/region); check the bucket name and the "
+        "connection's region."
+    ),
     "AccessDenied": (
         "the connection's credentials may not do this; the role needs s3:PutObject, s3:AbortMultipartUpload, "
         "s3:ListMultipartUploadParts and s3:ListBucketMultipartUploads on the bucket (and kms:GenerateDataKey "
         "and kms:Decrypt for SSE-KMS)."
     ),
-    "InvalidAccessKeyId": "the connection's access key id is not known to the store; check the Airflow connection's credentials.",
-    "SignatureDoesNotMatch": "the connection's secret key is wrong for its access key id; check the Airflow connection's credentials.",
+    "InvalidAccessKeyId": (
+        "the connection's access key id is not known to the store; check the Airflow connection's credentials."
+    ),
+    "SignatureDoesNotMatch": (
+        "the connection's secret key is wrong for its access key id; check the Airflow connection's credentials."
+    ),
     "BadDigest": "the bytes S3 received do not match their checksum: data was corrupted in transit. Retry the task.",
-    "InvalidDigest": "the store rejected the part's checksum header; for an S3-compatible store that does not support checksums, set checksum_algorithm=None.",
-    "InvalidRequest": "the store rejected the request; for an S3-compatible store that rejects CRC checksums, set checksum_algorithm=None.",
+    "InvalidDigest": (
+        "the store rejected the part's checksum header; for an S3-compatible store that does not support "
+        "checksums, set checksum_algorithm=None."
+    ),
+    "InvalidRequest": (
+        "the store rejected the request; for an S3-compatible store that rejects CRC checksums, "
+        "set checksum_algorithm=None."
+    ),
     "KMS.NotFoundException": "the KMS key was not found; check sse_kms_key_id and its region.",
-    "SlowDown": "S3 throttled the requests past the retry budget; lower concurrency or raise the connection's retries.",
+    "SlowDown": (
+        "S3 throttled the requests past the retry budget; lower concurrency or raise the connection's retries."
+    ),
 }
 
 

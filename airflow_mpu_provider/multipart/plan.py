@@ -115,8 +115,9 @@ def plan_parts(size: int, part_size: int | None = None) -> PartPlan:
     if plan.count > MAX_PARTS:
         raise InvalidUploadRequest(
             f"part_size={format_bytes(part_size)} would cut {format_bytes(size)} into {plan.count:,} "
-            f"parts, more than S3's {MAX_PARTS:,}; use part_size >= {format_bytes(choose_part_size(size, MIN_PART_SIZE))} "
-            "or leave part_size unset to choose it automatically."
+            f"parts, more than S3's {MAX_PARTS:,}; use part_size >= "
+            f"{format_bytes(choose_part_size(size, MIN_PART_SIZE))}, or leave part_size unset to choose it "
+            "automatically."
         )
     return plan
 

@@ -19,7 +19,7 @@ DEFAULT_PROGRESS_INTERVAL = 30.0
 
 
 def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:

@@ -1,0 +1,403 @@
+"""MultipartUploadOperator: the Airflow glue around the upload engine.
+
+The operator owns what only Airflow knows: templating, the connection (through the amazon
+provider's S3Hook, so every connection extra keeps working), XCom, the task_state_store that lets a
+retry resume, whether a retry will follow, ``on_kill`` and lineage. Everything S3 is in
+``airflow_mpu_provider.multipart``.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from botocore.config import Config
+
+from airflow_mpu_provider.multipart.engine import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BUFFER_BYTES,
+    UploadEngine,
+    UploadOptions,
+)
+from airflow_mpu_provider.multipart.errors import InvalidUploadRequest, S3UploadError, UploadCancelledError
+from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
+from airflow_mpu_provider.multipart.plan import PartPlan, plan_parts
+from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
+from airflow_mpu_provider.multipart.resume import find_resumable_upload
+from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.upload import OBJECT_ARGS, MultipartUpload
+from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
+
+if TYPE_CHECKING:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    try:
+        from airflow.sdk import Context
+    except ImportError:  # pragma: no cover
+        from airflow.utils.context import Context  # type: ignore[no-redef]
+
+#: task_state_store key of the resume record. Renaming it breaks the resume of in-flight retries.
+STATE_KEY = "multipart_upload"
+#: S3's limit on key length, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
+
+
+class MultipartUploadOperator(BaseOperator):
+    """
+    Upload a local file to S3 as a parallel, resumable, verified multipart upload.
+
+    The UploadId is pushed to XCom (keys ``upload_id`` and ``multipart_upload``) as soon as S3 hands
+    it out. If the task fails and Airflow will retry it, the upload is kept and the retry resumes it:
+    it re-verifies every part already in S3 against the local bytes and sends only what is missing.
+    If no retry follows, or the task is killed (``on_kill``), the upload is aborted so that no
+    invisible, billed parts stay behind.
+
+    :param file: local path of the file to upload. (templated)
+    :param key: destination key, or a full ``s3://bucket/key`` URL when ``bucket`` is not given. (templated)
+    :param bucket: destination bucket; None when ``key`` is an ``s3://`` URL. (templated)
+    :param aws_conn_id: Airflow connection used through S3Hook (credentials, region, endpoint_url,
+        config_kwargs, role assumption...).
+    :param verify: whether to verify SSL certificates (False, or a CA bundle path), as in S3Hook.
+    :param replace: overwrite an existing object at the key. If False (the default, like
+        LocalFilesystemToS3Operator) an existing object fails the task before anything is uploaded.
+    :param part_size: bytes per part, 5 MiB..5 GiB. None (the default) picks 16 MiB, or the smallest
+        size that fits the file into 10,000 parts, so any file up to 48.8 TiB works untuned.
+    :param concurrency: parts sent in parallel.
+    :param max_buffer_bytes: cap on part bytes held in memory at once; parallelism is reduced for
+        very large parts so that memory stays below it (but at least one part is always in flight).
+    :param checksum_algorithm: S3 checksum sent with every part and verified end to end: "CRC32C"
+        (default), "CRC32", "SHA1", "SHA256". None sends Content-MD5 only and turns botocore's default
+        checksums off, for S3-compatible stores that reject S3 checksums.
+    :param encrypt: server-side encryption with S3-managed keys (SSE-S3, AES256).
+    :param sse_kms_key_id: server-side encryption with this KMS key (SSE-KMS).
+    :param storage_class: e.g. "STANDARD_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "DEEP_ARCHIVE".
+    :param content_type: Content-Type of the object. (templated)
+    :param metadata: user metadata (``x-amz-meta-*``). (templated)
+    :param tags: object tags as a dict. (templated)
+    :param acl_policy: canned ACL, e.g. "bucket-owner-full-control".
+    :param extra_args: any other CreateMultipartUpload argument (e.g. ``CacheControl``, ``SSECustomerKey``,
+        ``ExpectedBucketOwner``); wins over the arguments above.
+    :param resume: look for an earlier upload of this file to this key and continue it.
+    :param keep_upload_for_retry: when the task fails and Airflow will retry it, keep the upload for
+        the retry to resume (True), or always abort on failure (False).
+    :param progress_interval: seconds between progress lines in the task log.
+    """
+
+    template_fields: Sequence[str] = ("file", "key", "bucket", "content_type", "metadata", "tags")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"metadata": "json", "tags": "json"}
+    ui_color = "#f0eee4"
+
+    def __init__(
+        self,
+        *,
+        file: str,
+        key: str,
+        bucket: str | None = None,
+        aws_conn_id: str | None = "aws_default",
+        verify: str | bool | None = None,
+        replace: bool = False,
+        part_size: int | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        checksum_algorithm: str | None = DEFAULT_CHECKSUM_ALGORITHM,
+        encrypt: bool = False,
+        sse_kms_key_id: str | None = None,
+        storage_class: str | None = None,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+        acl_policy: str | None = None,
+        extra_args: Mapping[str, Any] | None = None,
+        resume: bool = True,
+        keep_upload_for_retry: bool = True,
+        progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.file = file
+        self.key = key
+        self.bucket = bucket
+        self.aws_conn_id = aws_conn_id
+        self.verify = verify
+        self.replace = replace
+        self.part_size = part_size
+        self.concurrency = concurrency
+        self.max_buffer_bytes = max_buffer_bytes
+        self.checksum_algorithm = checksum_algorithm
+        self.encrypt = encrypt
+        self.sse_kms_key_id = sse_kms_key_id
+        self.storage_class = storage_class
+        self.content_type = content_type
+        self.metadata = metadata
+        self.tags = tags
+        self.acl_policy = acl_policy
+        self.extra_args = dict(extra_args or {})
+        self.resume = resume
+        self.keep_upload_for_retry = keep_upload_for_retry
+        self.progress_interval = progress_interval
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if encrypt and sse_kms_key_id:
+            raise ValueError("use either encrypt=True (SSE-S3) or sse_kms_key_id (SSE-KMS), not both")
+        unknown = set(self.extra_args) - OBJECT_ARGS
+        if unknown:
+            raise ValueError(
+                f"extra_args {sorted(unknown)} are not CreateMultipartUpload arguments; allowed: {sorted(OBJECT_ARGS)}"
+            )
+        self._engine: UploadEngine | None = None
+        self._killed = False
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def resolve_target(self) -> tuple[str, str]:
+        """(bucket, key) from ``bucket`` + ``key`` or an ``s3://`` key, checked against S3's rules."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        if not self.key:
+            raise InvalidUploadRequest("key is empty; give the object key (or a full s3://bucket/key URL).")
+        try:
+            bucket, key = S3Hook.get_s3_bucket_key(self.bucket or None, self.key, "bucket", "key")
+        except Exception as e:  # S3HookUriParseFailure, TypeError: both mean "fix your arguments"
+            raise InvalidUploadRequest(
+                f"cannot tell the bucket from bucket={self.bucket!r}, key={self.key!r}: pass bucket=..., or "
+                f"key='s3://bucket/path' ({e})."
+            ) from None
+        if not bucket:
+            raise InvalidUploadRequest(f"no bucket: pass bucket=..., or key='s3://bucket/path' (key={self.key!r}).")
+        if not key:
+            raise InvalidUploadRequest(f"key {self.key!r} names no object; add the object path after the bucket.")
+        if len(key.encode()) > MAX_KEY_BYTES:
+            raise InvalidUploadRequest(
+                f"key is {len(key.encode()):,} bytes in UTF-8; S3 allows at most {MAX_KEY_BYTES:,}. Shorten it."
+            )
+        return bucket, key
+
+    def object_args(self) -> dict[str, Any]:
+        """CreateMultipartUpload arguments from the operator's arguments (``extra_args`` wins)."""
+        args: dict[str, Any] = {}
+        if self.encrypt:
+            args["ServerSideEncryption"] = "AES256"
+        if self.sse_kms_key_id:
+            args["ServerSideEncryption"] = "aws:kms"
+            args["SSEKMSKeyId"] = self.sse_kms_key_id
+        if self.storage_class:
+            args["StorageClass"] = self.storage_class
+        if self.content_type:
+            args["ContentType"] = self.content_type
+        if self.metadata:
+            args["Metadata"] = {str(k): str(v) for k, v in self.metadata.items()}
+        if self.tags:
+            args["Tagging"] = urllib.parse.urlencode({str(k): str(v) for k, v in self.tags.items()})
+        if self.acl_policy:
+            args["ACL"] = self.acl_policy
+        args.update(self.extra_args)
+        return args
+
+    def upload_options(self, checksum_algorithm: str | None) -> UploadOptions:
+        return UploadOptions(
+            concurrency=self.concurrency,
+            max_buffer_bytes=self.max_buffer_bytes,
+            checksum_algorithm=checksum_algorithm,
+            extra_args=self.object_args(),
+            progress_interval=self.progress_interval,
+        )
+
+    def s3_client(self, options: UploadOptions, plan: PartPlan) -> Any:
+        """A client from the connection, with a pool big enough for the parallel parts.
+
+        Our defaults (pool size, standard retries with a budget for a flaky network) sit under the
+        connection's own ``config_kwargs``, which win; only the pool is raised if it is too small.
+        """
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        hook: S3Hook = S3Hook(aws_conn_id=self.aws_conn_id, verify=self.verify)
+        workers = options.workers_for(plan.part_size)
+        config = Config(
+            max_pool_connections=workers + 4,
+            retries={"mode": "standard", "max_attempts": 10},
+            tcp_keepalive=True,
+        ).merge(hook.config)
+        if (config.max_pool_connections or 10) < workers + 1:
+            config = config.merge(Config(max_pool_connections=workers + 4))
+        if options.checksum_algorithm is None:
+            config = config.merge(
+                Config(request_checksum_calculation="when_required", response_checksum_validation="when_required")
+            )
+        return hook.get_client_type(config=config)
+
+    # -- resume -------------------------------------------------------------------------------
+
+    def _state_store(self, context: Context) -> Any:
+        return context.get("task_state_store") if AIRFLOW_V_3_3_PLUS else None
+
+    def _resume_record(self, bucket: str, key: str, source: FileSource, plan: PartPlan, checksum: str | None) -> dict:
+        fp = source.fingerprint
+        return {
+            "bucket": bucket,
+            "key": key,
+            "file": str(source.path),
+            "size": fp.size,
+            "mtime_ns": fp.mtime_ns,
+            "inode": fp.inode,
+            "part_size": plan.part_size,
+            "checksum_algorithm": checksum,
+        }
+
+    def find_upload_to_resume(
+        self, context: Context, client: Any, bucket: str, key: str, record: dict, options: UploadOptions
+    ) -> str | None:
+        """The UploadId a retry should continue: from task_state_store, else ListMultipartUploads.
+
+        A stored record for another version of the file means its upload can never be completed
+        with this file: it is aborted so that it does not stay behind, billed and invisible.
+        """
+        store = self._state_store(context)
+        stored = store.get(STATE_KEY) if store is not None else None
+        if isinstance(stored, dict) and stored.get("upload_id"):
+            same_source = {k: stored.get(k) for k in record} == record
+            if same_source:
+                self.log.info("Found upload %s to resume in task_state_store.", stored["upload_id"])
+                return str(stored["upload_id"])
+            changed = sorted(k for k in record if stored.get(k) != record[k])
+            self.log.warning(
+                "The earlier try's upload %s was for another version of the source (%s differ); aborting it "
+                "and starting afresh.",
+                stored["upload_id"],
+                ", ".join(changed),
+            )
+            MultipartUpload(
+                client,
+                stored.get("bucket", bucket),
+                stored.get("key", key),
+                upload_id=str(stored["upload_id"]),
+                extra_args=options.extra_args,
+            ).abort()
+            store.delete(STATE_KEY)
+            return None
+        upload_id = find_resumable_upload(client, bucket, key)
+        if upload_id:
+            self.log.info(
+                "Found incomplete upload %s for s3://%s/%s with ListMultipartUploads; its parts will be verified "
+                "against the local file before any is reused.",
+                upload_id,
+                bucket,
+                key,
+            )
+        return upload_id
+
+    def will_retry(self, context: Context) -> bool:
+        """Whether Airflow will run this task again if this try fails."""
+        ti = context.get("ti")
+        from_server = getattr(ti, "_ti_context_from_server", None)
+        if from_server is not None and hasattr(from_server, "should_retry"):
+            return bool(from_server.should_retry)
+        try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+        if isinstance(try_number, int) and isinstance(max_tries, int):
+            return try_number <= max_tries
+        return bool(self.retries)
+
+    # -- run ----------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        bucket, key = self.resolve_target()
+        checksum = normalize_checksum_algorithm(self.checksum_algorithm)
+        with FileSource(self.file) as source:
+            plan = plan_parts(source.size, self.part_size)
+            options = self.upload_options(checksum)
+            client = self.s3_client(options, plan)
+            record = self._resume_record(bucket, key, source, plan, checksum)
+            resume_id = None
+            if self.resume:
+                resume_id = self.find_upload_to_resume(context, client, bucket, key, record, options)
+            if not self.replace and resume_id is None:
+                self._refuse_existing(client, bucket, key)
+
+            def upload_started(upload_id: str) -> None:
+                ti = context.get("ti")
+                if ti is not None:
+                    ti.xcom_push(key="upload_id", value=upload_id)
+                    ti.xcom_push(key="multipart_upload", value={"bucket": bucket, "key": key, "upload_id": upload_id})
+                store = self._state_store(context)
+                if store is not None:
+                    store.set(STATE_KEY, {**record, "upload_id": upload_id})
+
+            engine = UploadEngine(
+                client,
+                bucket=bucket,
+                key=key,
+                source=source,
+                plan=plan,
+                options=options,
+                log=self.log,
+                on_upload_started=upload_started,
+            )
+            self._engine = engine
+            if self._killed:
+                raise UploadCancelledError("the task was killed before the upload started")
+            keep = self.keep_upload_for_retry and self.will_retry(context)
+            try:
+                result = engine.run(resume_upload_id=resume_id, keep_on_failure=keep)
+            finally:
+                self._engine = None
+            if self._killed:
+                raise UploadCancelledError("the task was killed; failing it although the upload had finished")
+        store = self._state_store(context)
+        if store is not None:
+            store.delete(STATE_KEY)
+        self.log.info(
+            "Uploaded %s to s3://%s/%s: %d parts (%d sent now, %d resumed), ETag %s, %.1f s.",
+            self.file,
+            bucket,
+            key,
+            result.parts,
+            result.parts_sent,
+            result.parts_resumed,
+            result.etag,
+            result.seconds,
+        )
+        return result.to_dict()
+
+    def _refuse_existing(self, client: Any, bucket: str, key: str) -> None:
+        from botocore.exceptions import ClientError
+
+        from airflow_mpu_provider.multipart.errors import s3_error
+
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return
+            raise s3_error(e, operation="HeadObject", bucket=bucket, key=key, upload_id=None) from e
+        raise S3UploadError(
+            f"s3://{bucket}/{key} already exists; set replace=True to overwrite it, or use another key.",
+            code="ObjectExists",
+            operation="HeadObject",
+            bucket=bucket,
+            key=key,
+            upload_id=None,
+        )
+
+    def on_kill(self) -> None:
+        """Stop sending, abort the upload, and make sure ``execute`` ends failed.
+
+        Airflow calls this from its SIGTERM handler (and on execution_timeout) while ``execute`` may
+        still be running; the engine's cancel makes ``execute`` raise once its workers stop.
+        """
+        self._killed = True
+        engine = self._engine
+        if engine is not None:
+            self.log.warning("Task killed: aborting the multipart upload.")
+            engine.cancel()
+
+    # -- lineage ------------------------------------------------------------------------------
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        from airflow.providers.common.compat.openlineage.facet import Dataset
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        bucket, key = self.resolve_target()
+        return OperatorLineage(
+            inputs=[Dataset(namespace="file", name=str(self.file))],
+            outputs=[Dataset(namespace=f"s3://{bucket}", name=key)],
+        )

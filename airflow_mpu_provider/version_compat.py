@@ -1,0 +1,30 @@
+"""Airflow-version switches, kept in this provider as the amazon provider keeps its own copy.
+
+Copied rather than imported from another provider on purpose (see the amazon provider's
+``version_compat.py``): providers must not depend on each other's internals.
+"""
+
+from __future__ import annotations
+
+import functools
+
+
+@functools.cache
+def get_base_airflow_version_tuple() -> tuple[int, int, int]:
+    from airflow import __version__
+    from packaging.version import Version
+
+    airflow_version = Version(__version__)
+    return airflow_version.major, airflow_version.minor, airflow_version.micro
+
+
+AIRFLOW_V_3_0_PLUS = get_base_airflow_version_tuple() >= (3, 0, 0)
+#: Airflow 3.3 added ``context["task_state_store"]``, which survives retries (XCom does not).
+AIRFLOW_V_3_3_PLUS = get_base_airflow_version_tuple() >= (3, 3, 0)
+
+if AIRFLOW_V_3_0_PLUS:
+    from airflow.sdk import BaseOperator
+else:  # pragma: no cover - Airflow 2.x
+    from airflow.models import BaseOperator  # type: ignore[no-redef]
+
+__all__ = ["AIRFLOW_V_3_0_PLUS", "AIRFLOW_V_3_3_PLUS", "BaseOperator", "get_base_airflow_version_tuple"]

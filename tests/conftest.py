@@ -1,0 +1,66 @@
+"""Shared fixtures: moto in-process (unit tests) and files of known content."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.support.local_airflow import ACCESS_KEY, REGION, SECRET_KEY
+
+# Never let a test reach real AWS: credentials and region are fake, the metadata service is off.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+MiB = 1024 * 1024
+
+
+def make_file(path: Path, size: int, seed: int = 0) -> Path:
+    """A file of ``size`` pseudo-random bytes (fast, reproducible, not compressible)."""
+    import random
+
+    rng = random.Random(seed)
+    with path.open("wb") as f:
+        remaining = size
+        while remaining:
+            n = min(remaining, 4 * MiB)
+            f.write(rng.randbytes(n))
+            remaining -= n
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_object(client, bucket: str, key: str) -> str:
+    h = hashlib.sha256()
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    while chunk := body.read(8 * MiB):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def incomplete_uploads(client, bucket: str) -> list[dict]:
+    return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+@pytest.fixture
+def mock_s3() -> Iterator[object]:
+    """An in-process moto S3 with one bucket, ``test-bucket``."""
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("s3", region_name=REGION)
+        client.create_bucket(Bucket="test-bucket")
+        yield client

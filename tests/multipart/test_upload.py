@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+
+import pytest
+
+from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
+from airflow_mpu_provider.multipart.plan import MiB
+from airflow_mpu_provider.multipart.upload import MultipartUpload, PartBody
+from tests.conftest import incomplete_uploads
+
+
+def test_context_manager_completes_in_order(mock_s3):
+    chunks = [b"a" * (5 * MiB), b"b" * (5 * MiB), b"tail"]
+    with MultipartUpload(mock_s3, "test-bucket", "seq") as upload:
+        for chunk in chunks:
+            upload.upload_part(chunk)
+    assert mock_s3.get_object(Bucket="test-bucket", Key="seq")["Body"].read() == b"".join(chunks)
+    assert [p["PartNumber"] for p in upload.parts] == [1, 2, 3]
+
+
+def test_context_manager_aborts_on_error(mock_s3):
+    with pytest.raises(RuntimeError), MultipartUpload(mock_s3, "test-bucket", "boom") as upload:
+        upload.upload_part(b"a" * (5 * MiB))
+        raise RuntimeError("producer failed")
+    assert incomplete_uploads(mock_s3, "test-bucket") == []
+    assert "Contents" not in mock_s3.list_objects_v2(Bucket="test-bucket")
+
+
+def test_empty_upload_completes_as_zero_byte_object(mock_s3):
+    with MultipartUpload(mock_s3, "test-bucket", "empty"):
+        pass
+    assert mock_s3.head_object(Bucket="test-bucket", Key="empty")["ContentLength"] == 0
+
+
+def test_async_context_manager(mock_s3):
+    async def main():
+        async with MultipartUpload(mock_s3, "test-bucket", "async", checksum_algorithm=None) as upload:
+            await asyncio.to_thread(upload.upload_part, b"xyz")
+
+    asyncio.run(main())
+    assert mock_s3.get_object(Bucket="test-bucket", Key="async")["Body"].read() == b"xyz"
+
+
+def test_entity_too_small_becomes_a_clear_error(mock_s3):
+    upload = MultipartUpload(mock_s3, "test-bucket", "small")
+    upload.create()
+    upload.upload_part(b"a" * 100)
+    upload.upload_part(b"b" * 100)
+    with pytest.raises(S3UploadError, match="EntityTooSmall.*5 MiB") as info:
+        upload.complete(upload.parts)
+    assert info.value.upload_id == upload.upload_id
+    upload.abort()
+    assert incomplete_uploads(mock_s3, "test-bucket") == []
+
+
+def test_no_such_upload_becomes_a_clear_error(mock_s3):
+    upload = MultipartUpload(mock_s3, "test-bucket", "gone", upload_id="does-not-exist")
+    with pytest.raises(S3UploadError, match="NoSuchUpload.*no longer exists"):
+        upload.list_parts()
+
+
+def test_abort_is_idempotent(mock_s3):
+    upload = MultipartUpload(mock_s3, "test-bucket", "k")
+    upload.create()
+    upload.abort()
+    upload.abort()
+    assert incomplete_uploads(mock_s3, "test-bucket") == []
+
+
+def test_list_parts_paginates_past_1000(mock_s3, monkeypatch):
+    upload = MultipartUpload(mock_s3, "test-bucket", "many", checksum_algorithm=None)
+    upload.create()
+    for _ in range(3):
+        upload.upload_part(b"p")
+    real = mock_s3.list_parts
+    calls = []
+
+    def one_per_page(**kwargs):
+        calls.append(kwargs["PartNumberMarker"])
+        return real(MaxParts=1, **kwargs)
+
+    monkeypatch.setattr(mock_s3, "list_parts", one_per_page)
+    parts, _ = upload.list_parts()
+    assert [p["PartNumber"] for p in parts] == [1, 2, 3]
+    assert calls == [0, 1, 2]
+
+
+def test_part_body_reads_large_chunks_and_stops_on_cancel():
+    cancel = threading.Event()
+    body = PartBody(b"x" * (3 * MiB), cancel)
+    assert len(body) == 3 * MiB
+    assert len(body.read(8192)) == 1 * MiB  # large writes, not 8 KiB ones
+    body.seek(0, io.SEEK_END)
+    assert body.tell() == 3 * MiB
+    body.seek(0)
+    buf = bytearray(10)
+    assert body.readinto(buf) == 10
+    cancel.set()
+    with pytest.raises(UploadCancelledError):
+        body.read(10)

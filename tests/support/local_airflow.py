@@ -1,0 +1,125 @@
+"""A local S3 endpoint and an Airflow environment for it: shared by the tests and the README's demo.
+
+Everything listens on 127.0.0.1 only. The S3 endpoint is moto's server in a thread of the calling
+process (or, with ``moto_server_process``, in its own process so a test can kill the client side
+without touching the server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+#: Credentials for the local endpoint: recognisable, so tests can scan logs for them.
+ACCESS_KEY = "AKIAMPUTESTACCESSKEY"
+SECRET_KEY = "mpu-test-secret-key-DO-NOT-LEAK-0123456789"
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto S3 server on a free loopback port, in a thread; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@contextmanager
+def moto_server_process() -> Iterator[str]:
+    """A moto S3 server in its own process; yields its endpoint URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def s3_client(endpoint: str, **config: object):
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        config=Config(retries={"mode": "standard", "max_attempts": 3}, **config),
+    )
+
+
+def aws_connection(endpoint: str, **extra: object) -> str:
+    """The JSON form of an Airflow AWS connection to ``endpoint``, for an ``AIRFLOW_CONN_*`` variable."""
+    return json.dumps(
+        {
+            "conn_type": "aws",
+            "login": ACCESS_KEY,
+            "password": SECRET_KEY,
+            "extra": {"endpoint_url": endpoint, "region_name": REGION, **extra},
+        }
+    )
+
+
+def airflow_environment(home: Path, *, endpoint: str, dags_folder: Path, **extra: str) -> dict[str, str]:
+    """Environment for an ``airflow`` process with its own home, SQLite DB and an ``aws_default`` to ``endpoint``."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),
+            # The S3 client must never reach a real AWS endpoint or metadata service.
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def airflow_cli(env: dict[str, str], *args: str, timeout: float = 600, check: bool = True):
+    """Run the ``airflow`` CLI of this interpreter's environment."""
+    airflow = Path(sys.executable).with_name("airflow")
+    return subprocess.run(
+        [str(airflow), *args], env=env, capture_output=True, text=True, timeout=timeout, check=check
+    )
