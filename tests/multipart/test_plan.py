@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
 from airflow_mpu_provider.multipart.plan import (
     DEFAULT_PART_SIZE,
-    GiB,
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
+    GiB,
     MiB,
     TiB,
     choose_part_size,
@@ -23,7 +25,7 @@ def test_parts_cover_the_file_exactly_once_in_ascending_order():
     parts = list(plan)
     assert [p.number for p in parts] == list(range(1, 8))
     assert parts[0].offset == 0
-    assert all(a.end == b.offset for a, b in zip(parts, parts[1:], strict=False))
+    assert all(a.end == b.offset for a, b in itertools.pairwise(parts))
     assert parts[-1].end == 50 * MiB + 7
     assert parts[-1].length == 2 * MiB + 7
     assert all(p.length == 8 * MiB for p in parts[:-1])

@@ -120,6 +120,4 @@ def airflow_environment(home: Path, *, endpoint: str, dags_folder: Path, **extra
 def airflow_cli(env: dict[str, str], *args: str, timeout: float = 600, check: bool = True):
     """Run the ``airflow`` CLI of this interpreter's environment."""
     airflow = Path(sys.executable).with_name("airflow")
-    return subprocess.run(
-        [str(airflow), *args], env=env, capture_output=True, text=True, timeout=timeout, check=check
-    )
+    return subprocess.run([str(airflow), *args], env=env, capture_output=True, text=True, timeout=timeout, check=check)

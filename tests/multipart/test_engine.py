@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from airflow_mpu_provider.multipart.engine import UploadEngine, UploadOptions
+from airflow_mpu_provider.multipart.errors import (
+    IntegrityError,
+    S3UploadError,
+    SourceChangedError,
+    UploadCancelledError,
+)
+from airflow_mpu_provider.multipart.integrity import digest_part
+from airflow_mpu_provider.multipart.plan import GiB, MiB, plan_parts
+from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.upload import MultipartUpload
+from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object
+
+BUCKET = "test-bucket"
+
+
+def engine_for(client, path, key="obj", part_size=5 * MiB, **options) -> tuple[UploadEngine, FileSource]:
+    source = FileSource(path)
+    options.setdefault("progress_interval", 0)
+    engine = UploadEngine(
+        client,
+        bucket=BUCKET,
+        key=key,
+        source=source,
+        plan=plan_parts(source.size, part_size),
+        options=UploadOptions(**options),
+    )
+    return engine, source
+
+
+@pytest.mark.parametrize("checksum", ["CRC32C", "SHA256", None])
+def test_uploads_byte_identical_in_parallel_parts(mock_s3, tmp_path, checksum):
+    path = make_file(tmp_path / "f", 23 * MiB + 5)
+    engine, source = engine_for(mock_s3, path, checksum_algorithm=checksum, concurrency=4)
+    with source:
+        result = engine.run()
+    assert sha256_object(mock_s3, BUCKET, "obj") == sha256_file(path)
+    assert (result.parts, result.parts_sent, result.parts_resumed) == (5, 5, 0)
+    assert result.etag.endswith("-5")
+    assert result.bytes_sent == result.size == 23 * MiB + 5
+    assert incomplete_uploads(mock_s3, BUCKET) == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 5 * MiB])
+def test_zero_byte_and_small_files(mock_s3, tmp_path, size):
+    path = make_file(tmp_path / "f", size)
+    engine, source = engine_for(mock_s3, path)
+    with source:
+        result = engine.run()
+    assert result.parts == 1
+    assert mock_s3.head_object(Bucket=BUCKET, Key="obj")["ContentLength"] == size
+    assert sha256_object(mock_s3, BUCKET, "obj") == sha256_file(path)
+
+
+def test_upload_id_is_reported_before_any_part_is_sent(mock_s3, tmp_path):
+    path = make_file(tmp_path / "f", 11 * MiB)
+    seen = []
+    engine, source = engine_for(mock_s3, path)
+    engine.on_upload_started = lambda upload_id: seen.append(
+        (upload_id, [u["UploadId"] for u in incomplete_uploads(mock_s3, BUCKET)])
+    )
+    with source:
+        result = engine.run()
+    assert seen == [(result.upload_id, [result.upload_id])]
+
+
+def test_memory_is_bounded_by_workers_times_part_size():
+    options = UploadOptions(concurrency=8, max_buffer_bytes=1 * GiB)
+    assert options.workers_for(16 * MiB) == 8
+    assert options.workers_for(525 * MiB) == 1  # a 5 TiB file: one 525 MiB part in memory at a time
+    assert options.workers_for(5 * GiB) == 1
+
+
+def test_failure_aborts_and_reraises(mock_s3, tmp_path, monkeypatch):
+    path = make_file(tmp_path / "f", 16 * MiB)
+    engine, source = engine_for(mock_s3, path)
+    real = MultipartUpload.put_part
+
+    def fail_part_3(self, number, *args, **kwargs):
+        if number == 3:
+            raise RuntimeError("network gone")
+        return real(self, number, *args, **kwargs)
+
+    monkeypatch.setattr(MultipartUpload, "put_part", fail_part_3)
+    with source, pytest.raises(RuntimeError, match="network gone"):
+        engine.run()
+    assert incomplete_uploads(mock_s3, BUCKET) == []
+
+
+def test_failure_keeps_upload_when_a_retry_will_resume_it(mock_s3, tmp_path, monkeypatch):
+    path = make_file(tmp_path / "f", 16 * MiB)
+    engine, source = engine_for(mock_s3, path, concurrency=1)
+    real = MultipartUpload.put_part
+
+    def fail_part_3(self, number, *args, **kwargs):
+        if number == 3:
+            raise ConnectionError("dropped")
+        return real(self, number, *args, **kwargs)
+
+    monkeypatch.setattr(MultipartUpload, "put_part", fail_part_3)
+    with source, pytest.raises(ConnectionError):
+        engine.run(keep_on_failure=True)
+    kept = incomplete_uploads(mock_s3, BUCKET)
+    assert [u["UploadId"] for u in kept] == [engine.upload.upload_id]
+    monkeypatch.setattr(MultipartUpload, "put_part", real)
+
+    retry, source = engine_for(mock_s3, path, concurrency=1)
+    with source:
+        result = retry.run(resume_upload_id=kept[0]["UploadId"])
+    assert result.upload_id == kept[0]["UploadId"]
+    assert (result.parts_resumed, result.parts_sent) == (2, 2)
+    assert result.bytes_resumed == 10 * MiB
+    assert sha256_object(mock_s3, BUCKET, "obj") == sha256_file(path)
+    assert incomplete_uploads(mock_s3, BUCKET) == []
+
+
+def test_corrupt_stored_part_is_sent_again(mock_s3, tmp_path):
+    path = make_file(tmp_path / "f", 16 * MiB)
+    data = path.read_bytes()
+    earlier = MultipartUpload(mock_s3, BUCKET, "obj")
+    earlier.create()
+    for number, chunk in ((1, data[: 5 * MiB]), (2, b"\0" * (5 * MiB))):  # part 2 holds wrong bytes
+        earlier.put_part(number, chunk, digest_part(number, chunk, algorithm="CRC32C", with_md5=True))
+    engine, source = engine_for(mock_s3, path)
+    with source:
+        result = engine.run(resume_upload_id=earlier.upload_id)
+    assert (result.parts_resumed, result.parts_sent) == (1, 3)
+    assert sha256_object(mock_s3, BUCKET, "obj") == sha256_file(path)
+
+
+def test_upload_of_another_file_size_is_aborted_and_started_afresh(mock_s3, tmp_path):
+    old = make_file(tmp_path / "old", 12 * MiB, seed=1)
+    engine, source = engine_for(mock_s3, old)
+    with source:
+        engine._open(None, None)  # create only: leave an incomplete upload behind, as a crash would
+    stale_id = engine.upload.upload_id
+    engine.upload.put_part(
+        1, old.read_bytes()[: 5 * MiB], digest_part(1, old.read_bytes()[: 5 * MiB], algorithm="CRC32C", with_md5=True)
+    )
+    new = make_file(tmp_path / "new", 3 * MiB, seed=2)
+    engine, source = engine_for(mock_s3, new)
+    with source:
+        result = engine.run(resume_upload_id=stale_id)
+    assert result.upload_id != stale_id
+    assert result.parts_resumed == 0
+    assert incomplete_uploads(mock_s3, BUCKET) == []
+    assert sha256_object(mock_s3, BUCKET, "obj") == sha256_file(new)
+
+
+def test_resume_of_vanished_upload_starts_afresh(mock_s3, tmp_path):
+    path = make_file(tmp_path / "f", 6 * MiB)
+    engine, source = engine_for(mock_s3, path)
+    with source:
+        result = engine.run(resume_upload_id="gone-long-ago")
+    assert result.parts_sent == 2
+    assert sha256_object(mock_s3, BUCKET, "obj") == sha256_file(path)
+
+
+def test_file_changed_mid_upload_fails_and_leaves_nothing(mock_s3, tmp_path, monkeypatch):
+    path = make_file(tmp_path / "f", 16 * MiB)
+    engine, source = engine_for(mock_s3, path, concurrency=1)
+    real = MultipartUpload.put_part
+
+    def append_after_part_1(self, number, *args, **kwargs):
+        entry = real(self, number, *args, **kwargs)
+        if number == 1:
+            with path.open("ab") as f:
+                f.write(b"late log line\n")
+        return entry
+
+    monkeypatch.setattr(MultipartUpload, "put_part", append_after_part_1)
+    with source, pytest.raises(SourceChangedError, match="changed during the upload"):
+        engine.run(keep_on_failure=True)  # a changed source is never kept for resume
+    assert incomplete_uploads(mock_s3, BUCKET) == []
+    assert "Contents" not in mock_s3.list_objects_v2(Bucket=BUCKET)
+
+
+def test_cancel_stops_aborts_and_raises(mock_s3, tmp_path, monkeypatch):
+    path = make_file(tmp_path / "f", 30 * MiB)
+    engine, source = engine_for(mock_s3, path, concurrency=2)
+    real = MultipartUpload.put_part
+    first_part_sent = threading.Event()
+
+    def slow(self, number, *args, **kwargs):
+        entry = real(self, number, *args, **kwargs)
+        first_part_sent.set()
+        threading.Event().wait(0.3)
+        return entry
+
+    monkeypatch.setattr(MultipartUpload, "put_part", slow)
+    threading.Thread(target=lambda: first_part_sent.wait(10) and engine.cancel()).start()
+    with source, pytest.raises(UploadCancelledError):
+        engine.run(keep_on_failure=True)  # a cancel always aborts
+    assert incomplete_uploads(mock_s3, BUCKET) == []
+    assert "Contents" not in mock_s3.list_objects_v2(Bucket=BUCKET)
+
+
+def test_wrong_etag_from_store_is_an_integrity_error(mock_s3, tmp_path, monkeypatch):
+    path = make_file(tmp_path / "f", 6 * MiB)
+    engine, source = engine_for(mock_s3, path, checksum_algorithm=None)
+    real = mock_s3.upload_part
+
+    def lying_store(**kwargs):
+        response = real(**kwargs)
+        response["ETag"] = '"' + "0" * 32 + '"'
+        return response
+
+    monkeypatch.setattr(mock_s3, "upload_part", lying_store)
+    with source, pytest.raises(IntegrityError, match="does not match the bytes sent"):
+        engine.run()
+    assert incomplete_uploads(mock_s3, BUCKET) == []
+
+
+def test_missing_bucket_is_a_clear_error(mock_s3, tmp_path):
+    path = make_file(tmp_path / "f", 10)
+    source = FileSource(path)
+    engine = UploadEngine(mock_s3, bucket="no-such-bucket", key="k", source=source, plan=plan_parts(10))
+    with source, pytest.raises(S3UploadError, match="s3://no-such-bucket/k: NoSuchBucket"):
+        engine.run()
+
+
+def test_progress_lines_reach_the_log(mock_s3, tmp_path, caplog):
+    path = make_file(tmp_path / "f", 11 * MiB)
+    engine, source = engine_for(mock_s3, path)
+    engine.log = logging.getLogger("test.engine")
+    with caplog.at_level(logging.INFO, logger="test.engine"), source:
+        engine.run()
+    text = caplog.text
+    assert "(100.0%)" in text and "MB/s" in text and "ETA" in text
+    assert "verified size, ETag" in text
