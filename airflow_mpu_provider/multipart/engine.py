@@ -125,9 +125,6 @@ class UploadEngine:
         self.upload: MultipartUpload | None = None
         self._cancelled = threading.Event()
         self._stop = threading.Event()
-        # Whether the store echoes part checksums; until it does, parts also carry Content-MD5 so
-        # that they can be verified by ETag (moto and many S3-compatible stores report only ETags).
-        self._store_echoes_checksums: bool | None = None
 
     # -- control ------------------------------------------------------------------------------
 
@@ -333,12 +330,12 @@ class UploadEngine:
             raise UploadCancelledError(f"stopped before sending part {part.number}")
         data = self.source.read(part.offset, part.length)
         algorithm = self.options.checksum_algorithm
-        with_md5 = algorithm is None or not self._store_echoes_checksums
+        # Until the store proves it echoes checksums, parts also carry Content-MD5 so that they (and the
+        # object's ETag) can be verified; moto and many S3-compatible stores report only ETags.
+        with_md5 = algorithm is None or not self.upload.store_echoes_checksums
         digest = digest_part(part.number, data, algorithm=algorithm, with_md5=with_md5)
         entry = self.upload.put_part(part.number, data, digest, cancel=self._stop)
         del data
-        if algorithm and self._store_echoes_checksums is None:
-            self._store_echoes_checksums = checksum_field(algorithm) in entry and bool(digest.checksum)
         if digest.md5 is not None:
             entry["_md5"] = digest.md5
         self.source.check_unchanged()

@@ -158,6 +158,9 @@ class MultipartUpload:
         self.checksum_algorithm = checksum_algorithm
         self.extra_args = dict(extra_args or {})
         self.parts: list[dict[str, Any]] = []
+        #: Whether the store echoes part checksums in UploadPart responses (None until a part was sent).
+        #: AWS does; moto and many S3-compatible stores report only the ETag (an MD5).
+        self.store_echoes_checksums: bool | None = None
         self._request_args = {k: self.extra_args[k] for k in _PER_REQUEST_ARGS if k in self.extra_args}
 
     # -- the S3 calls -------------------------------------------------------------------------
@@ -194,6 +197,8 @@ class MultipartUpload:
             ContentLength=len(data),
             **args,
         )
+        if self.checksum_algorithm and digest.checksum:
+            self.store_echoes_checksums = bool(response.get(self._checksum_key))
         if part_matches(digest, response, self.checksum_algorithm) is False:
             raise IntegrityError(
                 f"UploadPart {number} of s3://{self.bucket}/{self.key} (UploadId {self.upload_id}): the store "

@@ -228,7 +228,7 @@ def test_missing_bucket_is_a_clear_error(mock_s3, tmp_path):
 
 def test_progress_lines_reach_the_log(mock_s3, tmp_path, caplog):
     path = make_file(tmp_path / "f", 11 * MiB)
-    engine, source = engine_for(mock_s3, path)
+    engine, source = engine_for(mock_s3, path, concurrency=1)  # sequential: later parts must still carry MD5s
     engine.log = logging.getLogger("test.engine")
     with caplog.at_level(logging.INFO, logger="test.engine"), source:
         engine.run()

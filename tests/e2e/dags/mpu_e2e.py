@@ -1,0 +1,27 @@
+"""The DAG the end-to-end tests run through Airflow; every setting comes from the environment."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
+
+env = os.environ.get
+
+with DAG(dag_id="mpu_e2e", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    MultipartUploadOperator(
+        task_id="upload",
+        file=env("MPU_E2E_FILE", "/nonexistent"),
+        key=env("MPU_E2E_KEY", "s3://e2e-bucket/e2e/object.bin"),
+        part_size=int(env("MPU_E2E_PART_SIZE", str(5 * 1024 * 1024))),
+        concurrency=int(env("MPU_E2E_CONCURRENCY", "4")),
+        replace=env("MPU_E2E_REPLACE", "true") == "true",
+        resume=env("MPU_E2E_RESUME", "true") == "true",
+        retries=int(env("MPU_E2E_RETRIES", "0")),
+        retry_delay=timedelta(seconds=float(env("MPU_E2E_RETRY_DELAY", "1"))),
+        progress_interval=float(env("MPU_E2E_PROGRESS_INTERVAL", "1")),
+        aws_conn_id=env("MPU_E2E_CONN_ID", "aws_default"),
+    )
