@@ -1,0 +1,183 @@
+"""End-to-end harness: real DAG runs through Airflow against moto's S3 server over HTTP.
+
+One SQLite metadata DB under a temporary AIRFLOW_HOME is migrated once per session. The S3 server
+runs in its own process; every test talks to it through a fault-injecting, request-counting proxy
+(``tests/support/s3_proxy.py``), so what was sent is measured on the server side of the wire.
+
+Runs that need a task process of their own (kill tests) use ``airflow dags test --use-executor``
+with the LocalExecutor and an execution API server on loopback: the task runs under Airflow's
+supervisor exactly as in production, so SIGTERM reaches ``on_kill`` and SIGKILL leads to a retry.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.local_airflow import (
+    airflow_cli,
+    airflow_environment,
+    free_port,
+    moto_server_process,
+    s3_client,
+)
+from tests.support.s3_proxy import S3Proxy
+
+BUCKET = "e2e-bucket"
+DAGS = Path(__file__).parent / "dags"
+AIRFLOW = Path(sys.executable).with_name("airflow")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    with moto_server_process() as endpoint:
+        s3_client(endpoint).create_bucket(Bucket=BUCKET)
+        yield endpoint
+
+
+@pytest.fixture
+def proxy(moto_endpoint) -> Iterator[S3Proxy]:
+    with S3Proxy(moto_endpoint, seed=1234) as p:
+        yield p
+
+
+@pytest.fixture
+def s3(moto_endpoint):
+    """A client straight to the server (not through the proxy), for setting up and checking."""
+    return s3_client(moto_endpoint)
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = airflow_environment(home, endpoint="http://127.0.0.1:9", dags_folder=DAGS)
+    airflow_cli(env, "db", "migrate")
+    return home
+
+
+@pytest.fixture(scope="session")
+def execution_api(airflow_home) -> Iterator[dict[str, str]]:
+    """An execution API server on loopback, for ``--use-executor`` runs; yields the settings workers need."""
+    port = free_port()
+    settings = {
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+        "AIRFLOW__CORE__PARALLELISM": "4",
+    }
+    env = airflow_environment(airflow_home, endpoint="http://127.0.0.1:9", dags_folder=DAGS, **settings)
+    with (airflow_home / "api-server.log").open("w") as log:
+        server = subprocess.Popen(
+            [str(AIRFLOW), "api-server", "--apps", "execution", "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((airflow_home / "api-server.log").read_text()[-3000:]) from None
+                time.sleep(0.2)
+        yield settings
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+@dataclass
+class DagRunResult:
+    returncode: int
+    log: str
+    task_log: str
+
+    @property
+    def text(self) -> str:
+        """Everything the run printed and logged (task logs go to files with --use-executor)."""
+        return self.log + "\n" + self.task_log
+
+    @property
+    def succeeded(self) -> bool:
+        return self.returncode == 0
+
+
+def _task_logs(home: Path) -> str:
+    logs = sorted((home / "logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)
+    return "\n".join(p.read_text(errors="replace") for p in logs)
+
+
+@pytest.fixture
+def run_dag(airflow_home, proxy, tmp_path, request) -> Callable[..., DagRunResult]:
+    """Run the ``mpu_e2e`` DAG once through Airflow; ``during(process)`` is polled while it runs."""
+
+    def run(
+        *,
+        use_executor: bool = False,
+        during: Callable[[psutil.Process], None] | None = None,
+        timeout: float = 600,
+        **settings: str,
+    ) -> DagRunResult:
+        extra = dict(request.getfixturevalue("execution_api")) if use_executor else {}
+        for name, value in settings.items():
+            extra[f"MPU_E2E_{name.upper()}"] = str(value)
+        env = airflow_environment(airflow_home, endpoint=proxy.url, dags_folder=DAGS, **extra)
+        # Each run gets its own logs folder so the task log read back is this run's only.
+        logs = tmp_path / f"logs-{time.monotonic_ns()}"
+        env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(logs)
+        cmd = [str(AIRFLOW), "dags", "test", "mpu_e2e", *(["--use-executor"] if use_executor else [])]
+        out = tmp_path / f"dags-test-{time.monotonic_ns()}.out"
+        with out.open("w") as sink:
+            process = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while process.poll() is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"dags test ran over {timeout} s:\n{out.read_text()[-5000:]}")
+                if during is not None:
+                    during(psutil.Process(process.pid))
+                time.sleep(0.05)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            for child in _leftovers(process.pid):
+                child.kill()
+        task_log = _task_logs(logs) if logs.exists() else _task_logs(airflow_home)
+        return DagRunResult(process.returncode, out.read_text(errors="replace"), task_log)
+
+    return run
+
+
+def _leftovers(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def task_process(dags_test: psutil.Process) -> psutil.Process | None:
+    """The process running the task itself: the supervisor's child titled 'airflow worker -- <ti id>'."""
+    for child in dags_test.children(recursive=True):
+        try:
+            title = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if title.startswith("airflow worker -- ") and "LocalExecutor" not in title and not child.children():
+            return child
+    return None

@@ -1,0 +1,184 @@
+"""Real DAG runs through Airflow (``airflow dags test``), against moto's S3 server over HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import psutil
+import pytest
+
+from airflow_mpu_provider.multipart.integrity import digest_part
+from airflow_mpu_provider.multipart.upload import MultipartUpload
+from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
+from tests.e2e.conftest import BUCKET, task_process
+from tests.support.s3_proxy import Fault
+
+pytestmark = pytest.mark.e2e
+
+
+def stored_parts(s3, key: str) -> int:
+    uploads = [u for u in incomplete_uploads(s3, BUCKET) if u["Key"] == key]
+    if not uploads:
+        return 0
+    return len(s3.list_parts(Bucket=BUCKET, Key=key, UploadId=uploads[0]["UploadId"]).get("Parts", []))
+
+
+def test_provider_is_registered_with_airflow(airflow_home):
+    from tests.support.local_airflow import airflow_cli, airflow_environment
+
+    env = airflow_environment(airflow_home, endpoint="http://127.0.0.1:9", dags_folder=airflow_home)
+    listed = airflow_cli(env, "providers", "list", "--output", "json").stdout
+    providers = {p["package_name"]: p for p in json.loads(listed[listed.index("[") :])}
+    assert "airflow-mpu-provider" in providers
+
+
+def test_1_gib_file_arrives_byte_identical_in_parallel_parts(run_dag, proxy, s3, tmp_path):
+    path = make_file(tmp_path / "dump.sql", 1024 * MiB)
+    key = "e2e/1gib.bin"
+    result = run_dag(file=path, key=f"s3://{BUCKET}/{key}", part_size=16 * MiB, concurrency=8)
+    assert result.succeeded, result.log[-5000:]
+    assert proxy.count("UploadPart", status=200) == 64
+    assert proxy.count("CreateMultipartUpload") == 1
+    assert proxy.count("CompleteMultipartUpload") == 1
+    assert proxy.accepted_connections >= 4  # parts really went out over parallel connections
+    assert "with 8 parallel workers" in result.text
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+    assert incomplete_uploads(s3, BUCKET) == []
+
+
+def test_sigkill_mid_upload_then_airflow_retry_sends_only_missing_parts(run_dag, proxy, s3, tmp_path):
+    path = make_file(tmp_path / "dump.sql", 200 * MiB)
+    key = "e2e/sigkill.bin"
+    total_parts = 40
+    proxy.add_fault(Fault(kind="UploadPart", action="delay", delay=0.15))  # slow enough to kill mid-way
+    state = {"killed": False, "stored_at_kill": None}
+
+    def kill_after_ten_parts(dags_test: psutil.Process) -> None:
+        if state["killed"] or proxy.count("UploadPart", status=200) < 10:
+            return
+        task = task_process(dags_test)
+        if task is not None:
+            task.send_signal(signal.SIGKILL)
+            task.wait(30)
+            state["killed"] = True
+            state["stored_at_kill"] = stored_parts(s3, key)
+            proxy.reset_counts()
+            proxy.clear_faults()
+
+    result = run_dag(
+        use_executor=True,
+        during=kill_after_ten_parts,
+        file=path,
+        key=f"s3://{BUCKET}/{key}",
+        part_size=5 * MiB,
+        concurrency=2,
+        retries=1,
+        retry_delay=1,
+    )
+    assert state["killed"], "the task finished before it could be killed"
+    assert result.succeeded, result.log[-5000:]
+    assert "exit_code=<Negsignal.SIGKILL: -9> final_state=up_for_retry" in result.text
+    done = state["stored_at_kill"]
+    assert 10 <= done < total_parts
+    # Server side: the retry sent exactly the parts that were not in S3 when the task died...
+    assert proxy.count("UploadPart", status=200) == total_parts - done
+    assert proxy.count("CreateMultipartUpload") == 0  # ...into the same upload, found via task_state_store
+    assert "to resume in task_state_store" in result.text
+    assert f"{done} of {total_parts} parts" in result.text
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+    assert incomplete_uploads(s3, BUCKET) == []
+
+
+def test_sigterm_aborts_the_upload_and_fails_the_task(run_dag, proxy, s3, tmp_path):
+    path = make_file(tmp_path / "dump.sql", 100 * MiB)
+    key = "e2e/sigterm.bin"
+    proxy.add_fault(Fault(kind="UploadPart", action="delay", delay=0.2))
+    state = {"terminated": False}
+
+    def terminate_after_three_parts(dags_test: psutil.Process) -> None:
+        if state["terminated"] or proxy.count("UploadPart", status=200) < 3:
+            return
+        task = task_process(dags_test)
+        if task is not None:
+            task.send_signal(signal.SIGTERM)
+            state["terminated"] = True
+
+    result = run_dag(
+        use_executor=True,
+        during=terminate_after_three_parts,
+        file=path,
+        key=f"s3://{BUCKET}/{key}",
+        part_size=5 * MiB,
+        concurrency=2,
+        retries=0,
+    )
+    assert state["terminated"]
+    assert not result.succeeded
+    assert "final_state=failed" in result.text, result.log[-5000:]
+    assert "Task killed: aborting the multipart upload" in result.text
+    assert proxy.count("AbortMultipartUpload") >= 1
+    assert incomplete_uploads(s3, BUCKET) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+
+
+def test_new_run_resumes_a_crashed_upload_found_with_list_multipart_uploads(run_dag, proxy, s3, tmp_path):
+    """The fallback path: no task_state_store record (a new run, a cleared task, older Airflow)."""
+    path = make_file(tmp_path / "dump.sql", 30 * MiB)
+    key = "e2e/fallback.bin"
+    data = path.read_bytes()
+    crashed = MultipartUpload(s3, BUCKET, key)
+    crashed.create()
+    for number in (1, 2, 3):
+        chunk = data[(number - 1) * 5 * MiB : number * 5 * MiB]
+        crashed.put_part(number, chunk, digest_part(number, chunk, algorithm="CRC32C", with_md5=True))
+    result = run_dag(file=path, key=f"s3://{BUCKET}/{key}", part_size=5 * MiB)
+    assert result.succeeded, result.log[-5000:]
+    assert "with ListMultipartUploads" in result.text
+    assert proxy.count("UploadPart", status=200) == 3  # parts 4..6 only
+    assert proxy.count("CreateMultipartUpload") == 0
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+    assert incomplete_uploads(s3, BUCKET) == []
+
+
+@pytest.mark.parametrize(
+    ("new_size", "expected_log"),
+    [
+        (3 * MiB, "Not resuming upload"),  # the stored parts cannot fit the new plan: abort, create afresh
+        (8 * MiB, "Stored part 1 will be sent again: its bytes differ"),  # same plan, other bytes: re-send
+    ],
+)
+def test_different_file_of_the_same_name_is_never_mixed_in_and_leaves_nothing(
+    run_dag, proxy, s3, tmp_path, new_size, expected_log
+):
+    old = make_file(tmp_path / "old.sql", 12 * MiB, seed=1)
+    key = f"e2e/other-file-{new_size}.bin"
+    crashed = MultipartUpload(s3, BUCKET, key)
+    crashed.create()
+    chunk = old.read_bytes()[: 5 * MiB]
+    crashed.put_part(1, chunk, digest_part(1, chunk, algorithm="CRC32C", with_md5=True))
+    new = make_file(tmp_path / "new.sql", new_size, seed=2)
+    result = run_dag(file=new, key=f"s3://{BUCKET}/{key}", part_size=5 * MiB)
+    assert result.succeeded, result.log[-5000:]
+    assert expected_log in result.text
+    assert proxy.count("UploadPart", status=200) == -(-new_size // (5 * MiB))  # every part sent anew
+    assert sha256_object(s3, BUCKET, key) == sha256_file(new)
+    assert incomplete_uploads(s3, BUCKET) == []
+
+
+def test_file_growing_mid_upload_fails_the_task_and_leaves_nothing(run_dag, proxy, s3, tmp_path):
+    path = make_file(tmp_path / "service.log", 40 * MiB)
+    key = "e2e/growing.log"
+    proxy.add_fault(Fault(kind="UploadPart", action="delay", delay=0.1))
+
+    def append_after_two_parts(record) -> None:
+        if record.kind == "UploadPart" and proxy.count("UploadPart", status=200) == 2:
+            with path.open("ab") as f:
+                f.write(b"a late log line\n")
+
+    proxy.on_request = append_after_two_parts
+    result = run_dag(file=path, key=f"s3://{BUCKET}/{key}", part_size=5 * MiB, concurrency=1, retries=0)
+    assert not result.succeeded
+    assert "changed during the upload" in result.text
+    assert incomplete_uploads(s3, BUCKET) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
