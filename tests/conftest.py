@@ -55,6 +55,42 @@ def incomplete_uploads(client, bucket: str) -> list[dict]:
     return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
 
 
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server in its own process on a free loopback port (its state is not mock_aws's)."""
+    from tests.support.local_airflow import moto_server_process
+
+    with moto_server_process() as endpoint:
+        yield endpoint
+        # Whatever the tests did, they must not leave incomplete uploads (billed, invisible) behind.
+        from tests.support.local_airflow import s3_client
+
+        client = s3_client(endpoint)
+        left = {
+            bucket["Name"]: [u["Key"] for u in incomplete_uploads(client, bucket["Name"])]
+            for bucket in client.list_buckets()["Buckets"]
+        }
+        left = {bucket: keys for bucket, keys in left.items() if keys}
+        assert not left, f"incomplete multipart uploads left on the test server after the suite: {left}"
+
+
+@pytest.fixture
+def proxy(moto_endpoint) -> Iterator[object]:
+    """A counting, fault-injecting proxy in front of the server: what crosses the wire, measured."""
+    from tests.support.s3_proxy import S3Proxy
+
+    with S3Proxy(moto_endpoint, seed=1234) as p:
+        yield p
+
+
+@pytest.fixture
+def s3(moto_endpoint):
+    """A client straight to the server (not through the proxy), for setting up and checking."""
+    from tests.support.local_airflow import s3_client
+
+    return s3_client(moto_endpoint)
+
+
 @pytest.fixture
 def mock_s3() -> Iterator[object]:
     """An in-process moto S3 with one bucket, ``test-bucket``."""

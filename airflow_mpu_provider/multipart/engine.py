@@ -358,7 +358,10 @@ class UploadEngine:
             # A retried Complete whose first attempt succeeded gets NoSuchUpload: check the object.
             if e.code != "NoSuchUpload" or expected_etag is None:
                 raise
-            head = self._head()
+            try:
+                head = self._head()
+            except S3UploadError:
+                raise e from None
             if head.get("ETag") != expected_etag:
                 raise
             self.log.warning("CompleteMultipartUpload answered NoSuchUpload but the object is complete and matches.")

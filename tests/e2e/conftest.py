@@ -29,33 +29,18 @@ from tests.support.local_airflow import (
     airflow_cli,
     airflow_environment,
     free_port,
-    moto_server_process,
     s3_client,
 )
-from tests.support.s3_proxy import S3Proxy
 
 BUCKET = "e2e-bucket"
 DAGS = Path(__file__).parent / "dags"
 AIRFLOW = Path(sys.executable).with_name("airflow")
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    with moto_server_process() as endpoint:
-        s3_client(endpoint).create_bucket(Bucket=BUCKET)
-        yield endpoint
-
-
-@pytest.fixture
-def proxy(moto_endpoint) -> Iterator[S3Proxy]:
-    with S3Proxy(moto_endpoint, seed=1234) as p:
-        yield p
-
-
-@pytest.fixture
-def s3(moto_endpoint):
-    """A client straight to the server (not through the proxy), for setting up and checking."""
-    return s3_client(moto_endpoint)
+@pytest.fixture(scope="session", autouse=True)
+def e2e_bucket(moto_endpoint) -> str:
+    s3_client(moto_endpoint).create_bucket(Bucket=BUCKET)
+    return BUCKET
 
 
 @pytest.fixture(scope="session")

@@ -235,3 +235,36 @@ def test_progress_lines_reach_the_log(mock_s3, tmp_path, caplog):
     text = caplog.text
     assert "(100.0%)" in text and "MB/s" in text and "ETA" in text
     assert "verified size, ETag" in text
+
+
+def test_complete_whose_first_attempt_succeeded_is_recognised_by_its_etag(mock_s3, tmp_path, monkeypatch):
+    """Real S3 answers a retried Complete with NoSuchUpload when the lost first attempt succeeded."""
+    from botocore.exceptions import ClientError
+
+    path = make_file(tmp_path / "f", 11 * MiB)
+    engine, source = engine_for(mock_s3, path, concurrency=1)
+    real = mock_s3.complete_multipart_upload
+
+    def lost_response(**kwargs):
+        real(**kwargs)
+        raise ClientError({"Error": {"Code": "NoSuchUpload", "Message": "gone"}}, "CompleteMultipartUpload")
+
+    monkeypatch.setattr(mock_s3, "complete_multipart_upload", lost_response)
+    with source:
+        result = engine.run()
+    assert result.etag.endswith("-3")
+    assert sha256_object(mock_s3, BUCKET, "obj") == sha256_file(path)
+
+
+def test_no_such_upload_at_complete_with_a_different_object_is_an_error(mock_s3, tmp_path, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    path = make_file(tmp_path / "f", 11 * MiB)
+    engine, source = engine_for(mock_s3, path, concurrency=1)
+
+    def aborted_by_someone_else(**kwargs):
+        raise ClientError({"Error": {"Code": "NoSuchUpload", "Message": "gone"}}, "CompleteMultipartUpload")
+
+    monkeypatch.setattr(mock_s3, "complete_multipart_upload", aborted_by_someone_else)
+    with source, pytest.raises(S3UploadError, match="NoSuchUpload"):
+        engine.run()
