@@ -1,0 +1,129 @@
+"""Unit tests of the operator's Airflow glue (no S3 server: moto in-process where S3 is needed)."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from airflow_mpu_provider import get_provider_info
+from airflow_mpu_provider.multipart.errors import UploadCancelledError
+from airflow_mpu_provider.multipart.plan import MiB, plan_parts
+from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
+from tests.conftest import incomplete_uploads, make_file
+
+
+def op(**kwargs) -> MultipartUploadOperator:
+    kwargs.setdefault("file", "/data/dump.sql")
+    kwargs.setdefault("key", "s3://bucket/dumps/x.sql")
+    return MultipartUploadOperator(task_id="upload", **kwargs)
+
+
+def test_provider_info_names_the_operator_module():
+    info = get_provider_info()
+    assert info["package-name"] == "airflow-mpu-provider"
+    modules = info["operators"][0]["python-modules"]
+    assert "airflow_mpu_provider.operators.multipart_upload" in modules
+
+
+def test_arguments_are_keyword_only_and_templated_fields_are_a_tuple():
+    with pytest.raises(TypeError):
+        MultipartUploadOperator("upload", "/f", "k")  # type: ignore[misc]
+    assert isinstance(MultipartUploadOperator.template_fields, tuple)
+    assert {"file", "key", "bucket"} <= set(MultipartUploadOperator.template_fields)
+
+
+def test_target_from_url_or_bucket_argument():
+    assert op(key="s3://b/some/key").resolve_target() == ("b", "some/key")
+    assert op(key="some/key", bucket="b").resolve_target() == ("b", "some/key")
+
+
+def test_object_arguments():
+    args = op(
+        sse_kms_key_id="alias/k",
+        storage_class="GLACIER_IR",
+        content_type="text/plain",
+        metadata={"a": 1},
+        tags={"team": "data eng", "x": "y"},
+        acl_policy="bucket-owner-full-control",
+        extra_args={"CacheControl": "no-cache", "StorageClass": "STANDARD"},
+    ).object_args()
+    assert args == {
+        "ServerSideEncryption": "aws:kms",
+        "SSEKMSKeyId": "alias/k",
+        "StorageClass": "STANDARD",  # extra_args wins
+        "ContentType": "text/plain",
+        "Metadata": {"a": "1"},
+        "Tagging": "team=data+eng&x=y",
+        "ACL": "bucket-owner-full-control",
+        "CacheControl": "no-cache",
+    }
+
+
+def test_misuse_is_refused_when_the_dag_is_parsed():
+    with pytest.raises(ValueError, match="not CreateMultipartUpload arguments"):
+        op(extra_args={"Bucket": "other"})
+    with pytest.raises(ValueError, match="not both"):
+        op(encrypt=True, sse_kms_key_id="k")
+    with pytest.raises(ValueError, match="concurrency"):
+        op(concurrency=0)
+
+
+@pytest.mark.parametrize(
+    ("ti", "retries", "expected"),
+    [
+        (SimpleNamespace(_ti_context_from_server=SimpleNamespace(should_retry=True)), 0, True),
+        (SimpleNamespace(_ti_context_from_server=SimpleNamespace(should_retry=False)), 3, False),
+        (SimpleNamespace(try_number=1, max_tries=2), 0, True),
+        (SimpleNamespace(try_number=3, max_tries=2), 0, False),
+        (None, 2, True),
+        (None, 0, False),
+    ],
+)
+def test_will_retry_asks_airflow(ti, retries, expected):
+    assert op(retries=retries).will_retry({"ti": ti}) is expected
+
+
+def test_client_takes_the_connection_config_and_sizes_the_pool(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        '{"conn_type": "aws", "extra": {"region_name": "eu-west-1", "config_kwargs": {"connect_timeout": 7}}}',
+    )
+    operator = op(concurrency=16)
+    client = operator.s3_client(operator.upload_options("CRC32C"), plan_parts(100 * MiB))
+    assert client.meta.region_name == "eu-west-1"
+    assert client.meta.config.connect_timeout == 7
+    assert client.meta.config.max_pool_connections >= 16
+    assert client.meta.config.retries["mode"] == "standard"
+    md5_only = operator.s3_client(operator.upload_options(None), plan_parts(100 * MiB))
+    assert md5_only.meta.config.request_checksum_calculation == "when_required"
+
+
+def test_on_kill_during_execute_aborts_and_fails_the_task(mock_s3, tmp_path, monkeypatch):
+    from airflow_mpu_provider.multipart.upload import MultipartUpload
+
+    path = make_file(tmp_path / "f", 30 * MiB)
+    operator = op(file=str(path), key="s3://test-bucket/killed.bin", part_size=5 * MiB, concurrency=1, retries=3)
+    monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
+    real = MultipartUpload.put_part
+    first_part = threading.Event()
+
+    def slow(self, *args, **kwargs):
+        entry = real(self, *args, **kwargs)
+        first_part.set()
+        threading.Event().wait(0.2)
+        return entry
+
+    monkeypatch.setattr(MultipartUpload, "put_part", slow)
+    threading.Thread(target=lambda: first_part.wait(10) and operator.on_kill()).start()
+    with pytest.raises(UploadCancelledError):
+        operator.execute({})  # retries=3: a plain failure would keep the upload, a kill never does
+    assert incomplete_uploads(mock_s3, "test-bucket") == []
+
+
+def test_openlineage_facets():
+    pytest.importorskip("airflow.providers.openlineage")
+    lineage = op(file="/data/x.sql", key="s3://b/k/x.sql").get_openlineage_facets_on_start()
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://b", "k/x.sql")]
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [("file", "/data/x.sql")]
