@@ -85,57 +85,57 @@ _PER_REQUEST_ARGS = (
 _BODY_CHUNK = 1024 * 1024
 
 
-class PartBody(io.RawIOBase):
+class PartBody(io.BytesIO):
     """A part's bytes as a seekable file whose reads stop as soon as ``cancel`` is set.
 
     botocore rewinds it for retries and reads it to send; handing it a file rather than bytes is
     what lets on_kill interrupt a multi-GiB part mid-body (the idea of s3transfer's InterruptReader).
-    Reads return memoryview slices of at least 1 MiB, so nothing is copied and sockets see large writes.
+    ``read`` (the socket path) returns memoryview slices of at least 1 MiB: nothing is copied and
+    sockets see large writes. ``readinto`` stays BytesIO's C implementation, because awscrt's signer
+    reads the body through it 8 KiB at a time. BytesIO shares ``data`` rather than copying it.
     """
 
     def __init__(self, data: bytes, cancel: threading.Event | None = None) -> None:
-        super().__init__()
+        super().__init__(data)
         self._view = memoryview(data)
-        self._pos = 0
         self._cancel = cancel
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
     def __len__(self) -> int:
         return len(self._view)
 
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, min(len(self._view), base + offset))
-        return self._pos
-
-    def read(self, size: int = -1) -> bytes | memoryview:  # type: ignore[override]
+    def read(self, size: int | None = -1) -> bytes | memoryview:  # type: ignore[override]
         if self._cancel is not None and self._cancel.is_set():
             raise UploadCancelledError("upload cancelled while sending a part")
         if size is None or size < 0:  # read-all callers (test stubs) expect real bytes
-            chunk: bytes | memoryview = self._view[self._pos :].tobytes()
-            self._pos = len(self._view)
-            return chunk
-        end = min(len(self._view), self._pos + max(size, _BODY_CHUNK))
-        chunk = self._view[self._pos : end]
-        self._pos = end
-        return chunk
+            return super().read()
+        start = self.tell()
+        end = min(len(self._view), start + max(size, _BODY_CHUNK))
+        self.seek(end)
+        return self._view[start:end]
 
-    def readinto(self, buffer: Any) -> int:
-        if self._cancel is not None and self._cancel.is_set():
-            raise UploadCancelledError("upload cancelled while sending a part")
-        end = min(len(self._view), self._pos + len(buffer))
-        n = end - self._pos
-        buffer[:n] = self._view[self._pos : end]
-        self._pos = end
-        return n
+
+def sign_payload_only_when_needed(client: Any) -> None:
+    """Let botocore skip SHA-256 payload signing over HTTPS when a part carries our own checksum.
+
+    botocore already skips it (TLS + a checksum is enough) when it computed the checksum itself or
+    Content-MD5 is present, but not for a checksum header the caller precomputed, as we do to hash
+    each byte once. This tells its S3 signer which header holds the checksum. Over plain HTTP the
+    payload is still signed (botocore's rule, unchanged).
+    """
+
+    def declare_checksum_header(request: Any, **_: Any) -> None:
+        for header in request.headers:
+            name = header.lower()
+            if name.startswith("x-amz-checksum-") and name != "x-amz-checksum-algorithm":
+                checksum = request.context.setdefault("checksum", {})
+                checksum.setdefault(
+                    "request_algorithm", {"algorithm": name[len("x-amz-checksum-") :], "in": "header", "name": header}
+                )
+                return
+
+    client.meta.events.register(
+        "before-sign.s3.UploadPart", declare_checksum_header, unique_id="airflow-mpu-checksum-header"
+    )
 
 
 class MultipartUpload:
@@ -162,6 +162,8 @@ class MultipartUpload:
         #: AWS does; moto and many S3-compatible stores report only the ETag (an MD5).
         self.store_echoes_checksums: bool | None = None
         self._request_args = {k: self.extra_args[k] for k in _PER_REQUEST_ARGS if k in self.extra_args}
+        if self.checksum_algorithm:
+            sign_payload_only_when_needed(client)
 
     # -- the S3 calls -------------------------------------------------------------------------
 

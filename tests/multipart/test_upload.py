@@ -101,3 +101,31 @@ def test_part_body_reads_large_chunks_and_stops_on_cancel():
     cancel.set()
     with pytest.raises(UploadCancelledError):
         body.read(10)
+
+
+@pytest.mark.parametrize(("scheme", "signed"), [("https", False), ("http", True)])
+def test_precomputed_checksum_lets_botocore_skip_payload_signing_over_tls_only(scheme, signed):
+    """Hashing each byte once: over HTTPS our CRC32C replaces botocore's SHA-256 of the payload."""
+    import boto3
+    from botocore.awsrequest import AWSResponse
+
+    from airflow_mpu_provider.multipart.integrity import digest_part
+
+    client = boto3.client("s3", endpoint_url=f"{scheme}://127.0.0.1:9", region_name="us-east-1")
+    sent = {}
+
+    class Raw:
+        def stream(self):
+            yield b""
+
+    def capture(request, **_):  # answer locally: nothing goes on the wire
+        sent.update(request.headers)
+        return AWSResponse(request.url, 200, {"ETag": '"x"'}, Raw())
+
+    client.meta.events.register("before-send.s3.UploadPart", capture)
+    upload = MultipartUpload(client, "bucket", "key", upload_id="u1")
+    data = b"d" * 1024
+    upload.put_part(1, data, digest_part(1, data, algorithm="CRC32C", with_md5=False))
+    assert sent["x-amz-checksum-crc32c"] == digest_part(1, data, algorithm="CRC32C", with_md5=False).checksum.encode()
+    headers = {k.lower(): v for k, v in sent.items()}
+    assert (headers["x-amz-content-sha256"] != b"UNSIGNED-PAYLOAD") is signed
