@@ -95,8 +95,9 @@ class UploadResult:
         return asdict(self)
 
 
-class UploadEngine:
-    """Uploads one source to one key; ``run`` once per instance, ``cancel`` from any thread."""
+class BaseUploadEngine:
+    """What every upload shares, whatever the bytes come from: create, send a part, complete and
+    verify, abort, cancel. ``run`` once per instance, ``cancel`` from any thread."""
 
     def __init__(
         self,
@@ -104,21 +105,17 @@ class UploadEngine:
         *,
         bucket: str,
         key: str,
-        source: FileSource,
-        plan: PartPlan,
+        description: str,
         options: UploadOptions = UploadOptions(),
         log: logging.Logger | None = None,
         on_upload_started: Callable[[str], None] | None = None,
     ) -> None:
         """``on_upload_started(upload_id)`` runs as soon as the upload to send parts to is known
         (created, or reopened for resume): the place to record the UploadId durably."""
-        if plan.size != source.size:
-            raise InvalidUploadRequest(f"the plan is for {plan.size:,} bytes but the source has {source.size:,}")
         self.client = client
         self.bucket = bucket
         self.key = key
-        self.source = source
-        self.plan = plan
+        self.description = description
         self.options = options
         self.log = log or logging.getLogger(__name__)
         self.on_upload_started = on_upload_started
@@ -145,8 +142,216 @@ class UploadEngine:
     def _raise_if_cancelled(self) -> None:
         if self._cancelled.is_set():
             raise UploadCancelledError(
-                f"upload of {self.source.description} to s3://{self.bucket}/{self.key} was cancelled and aborted"
+                f"upload of {self.description} to s3://{self.bucket}/{self.key} was cancelled and aborted"
             )
+
+    def _create(self, what: str) -> str:
+        self.upload = MultipartUpload(
+            self.client,
+            self.bucket,
+            self.key,
+            checksum_algorithm=self.options.checksum_algorithm,
+            extra_args=self.options.extra_args,
+        )
+        upload_id = self.upload.create()
+        self.log.info(
+            "Started multipart upload %s: %s to s3://%s/%s, %s",
+            upload_id,
+            self.description,
+            self.bucket,
+            self.key,
+            what,
+        )
+        if self.on_upload_started is not None:
+            self.on_upload_started(upload_id)
+        return upload_id
+
+    def _put(self, number: int, data: bytes) -> dict[str, Any]:
+        """Hash and send one part; the entry carries the part's MD5 (``_md5``) when one was computed."""
+        assert self.upload is not None
+        algorithm = self.options.checksum_algorithm
+        # Until the store proves it echoes checksums, parts also carry Content-MD5 so that they (and the
+        # object's ETag) can be verified; moto and many S3-compatible stores report only ETags.
+        with_md5 = algorithm is None or not self.upload.store_echoes_checksums
+        digest = digest_part(number, data, algorithm=algorithm, with_md5=with_md5)
+        entry = self.upload.put_part(number, data, digest, cancel=self._stop)
+        if digest.md5 is not None:
+            entry["_md5"] = digest.md5
+        return entry
+
+    def _result(
+        self,
+        response: dict[str, Any],
+        *,
+        size: int,
+        part_size: int,
+        parts: int,
+        sent: tuple[int, int],
+        resumed: tuple[int, int],
+        started: float,
+    ) -> UploadResult:
+        algorithm = self.options.checksum_algorithm
+        assert self.upload is not None
+        return UploadResult(
+            bucket=self.bucket,
+            key=self.key,
+            upload_id=self.upload.upload_id or "",
+            etag=str(response.get("ETag", "")).strip('"'),
+            size=size,
+            part_size=part_size,
+            parts=parts,
+            parts_sent=sent[0],
+            parts_resumed=resumed[0],
+            bytes_sent=sent[1],
+            bytes_resumed=resumed[1],
+            seconds=round(time.monotonic() - started, 3),
+            checksum=response.get(checksum_field(algorithm)) if algorithm else None,
+            checksum_algorithm=algorithm,
+            version_id=response.get("VersionId"),
+        )
+
+    def _complete(self, parts: list[dict[str, Any]], expected_size: int) -> dict[str, Any]:
+        """CompleteMultipartUpload, then prove the object is the source: size, and ETag or checksum."""
+        assert self.upload is not None
+        md5s = [p.pop("_md5", None) for p in parts]
+        algorithm = self.options.checksum_algorithm
+        expected_etag = None
+        if all(m is not None for m in md5s) and not self._etag_is_not_md5():
+            expected_etag = multipart_etag(m for m in md5s if m is not None)
+        expected_checksum = None
+        if algorithm and all(p.get(checksum_field(algorithm)) for p in parts):
+            expected_checksum = composite_checksum(algorithm, [p[checksum_field(algorithm)] for p in parts])
+        try:
+            response = self.upload.complete(parts)
+        except S3UploadError as e:
+            # A retried Complete whose first attempt succeeded gets NoSuchUpload: check the object.
+            if e.code != "NoSuchUpload" or expected_etag is None:
+                raise
+            try:
+                head = self._head()
+            except S3UploadError:
+                raise e from None
+            if head.get("ETag") != expected_etag:
+                raise
+            self.log.warning("CompleteMultipartUpload answered NoSuchUpload but the object is complete and matches.")
+            response = head
+        head = self._head(response.get("VersionId"))
+        problems = []
+        if head.get("ContentLength") != expected_size:
+            problems.append(f"size is {head.get('ContentLength')} bytes, expected {expected_size}")
+        etag = response.get("ETag")
+        if expected_etag is not None and etag != expected_etag:
+            problems.append(f"ETag is {etag}, expected {expected_etag} from the parts' MD5s")
+        reported = response.get(checksum_field(algorithm)) if algorithm else None
+        if expected_checksum and reported and "-" in reported and reported != expected_checksum:
+            problems.append(f"checksum {algorithm} is {reported}, expected {expected_checksum}")
+        if problems:
+            raise IntegrityError(
+                f"s3://{self.bucket}/{self.key} (UploadId {self.upload.upload_id}) does not match "
+                f"{self.description}: {'; '.join(problems)}. The object is corrupt: do not use it; "
+                "re-run the task with replace=True."
+            )
+        verified = [
+            "size",
+            *(["ETag"] if expected_etag else []),
+            *([f"{algorithm} checksum"] if expected_checksum and reported and "-" in reported else []),
+        ]
+        self.log.info(
+            "Completed s3://%s/%s: %s, ETag %s; verified %s.",
+            self.bucket,
+            self.key,
+            format_bytes(expected_size),
+            etag,
+            ", ".join(verified),
+        )
+        return response
+
+    def _collect(
+        self, pending: set[Future[dict[str, Any]]], entries: dict[int, dict[str, Any]], *, until: int
+    ) -> set[Future[dict[str, Any]]]:
+        """Wait until at most ``until`` parts are pending, filing finished ones into ``entries``.
+
+        The short wait keeps the main thread responsive to signals (on_kill) and cancel(); the first
+        failed part raises here, and the caller stops the rest.
+        """
+        while len(pending) > until:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            self._raise_if_cancelled()
+            for future in done:
+                entry = future.result()
+                entries[entry["PartNumber"]] = entry
+        return pending
+
+    def _etag_is_not_md5(self) -> bool:
+        sse = str(self.options.extra_args.get("ServerSideEncryption", ""))
+        return sse.startswith("aws:kms") or "SSECustomerKey" in self.options.extra_args
+
+    def _head(self, version_id: str | None = None) -> dict[str, Any]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
+        if version_id and version_id != "null":
+            args["VersionId"] = version_id
+        for name in ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer"):
+            if name in self.options.extra_args:
+                args[name] = self.options.extra_args[name]
+        try:
+            return self.client.head_object(**args)
+        except ClientError as e:
+            raise s3_error(e, operation="HeadObject", bucket=self.bucket, key=self.key, upload_id=None) from e
+
+    def _after_failure(self, error: BaseException, keep_on_failure: bool) -> None:
+        assert self.upload is not None
+        resumable = not isinstance(error, _NOT_RESUMABLE) and error_code(error) not in _NOT_RESUMABLE_CODES
+        if isinstance(error, (KeyboardInterrupt, SystemExit)) or self.cancelled:
+            resumable = False
+        if keep_on_failure and resumable:
+            self.log.warning(
+                "Upload failed; keeping multipart upload %s of s3://%s/%s so that the retry resumes it.",
+                self.upload.upload_id,
+                self.bucket,
+                self.key,
+            )
+            return
+        try:
+            self.upload.abort()
+        except Exception as abort_error:  # the original error matters more; say what is left behind
+            self.log.error(
+                "Could not abort multipart upload %s of s3://%s/%s after a failure (%s); abort it by hand or "
+                "let S3AbortStaleUploadsOperator clean it up.",
+                self.upload.upload_id,
+                self.bucket,
+                self.key,
+                abort_error,
+            )
+
+
+class UploadEngine(BaseUploadEngine):
+    """Uploads one file (a ``FileSource`` cut by a ``PartPlan``), resuming an earlier upload of it."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        bucket: str,
+        key: str,
+        source: FileSource,
+        plan: PartPlan,
+        options: UploadOptions = UploadOptions(),
+        log: logging.Logger | None = None,
+        on_upload_started: Callable[[str], None] | None = None,
+    ) -> None:
+        if plan.size != source.size:
+            raise InvalidUploadRequest(f"the plan is for {plan.size:,} bytes but the source has {source.size:,}")
+        super().__init__(
+            client,
+            bucket=bucket,
+            key=key,
+            description=source.description,
+            options=options,
+            log=log,
+            on_upload_started=on_upload_started,
+        )
+        self.source = source
+        self.plan = plan
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -204,22 +409,9 @@ class UploadEngine:
                     reason,
                 )
                 earlier.abort()
-        self.upload = MultipartUpload(
-            self.client, self.bucket, self.key, checksum_algorithm=algorithm, extra_args=self.options.extra_args
+        self._create(
+            f"{format_bytes(self.plan.size)} in {self.plan.count} parts of {format_bytes(self.plan.part_size)}"
         )
-        upload_id = self.upload.create()
-        self.log.info(
-            "Started multipart upload %s: %s (%s) to s3://%s/%s in %d parts of %s",
-            upload_id,
-            self.source.description,
-            format_bytes(self.plan.size),
-            self.bucket,
-            self.key,
-            self.plan.count,
-            format_bytes(self.plan.part_size),
-        )
-        if self.on_upload_started is not None:
-            self.on_upload_started(upload_id)
         return {}
 
     def _verify_stored(self, stored: list[dict[str, Any]], pool: ThreadPoolExecutor) -> dict[int, dict[str, Any]]:
@@ -285,155 +477,32 @@ class UploadEngine:
         self._raise_if_cancelled()
         self.source.check_unchanged()
         parts = [entries[n] for n in range(1, self.plan.count + 1)]
-        md5s = [p.pop("_md5", None) for p in parts]
-        response = self._complete(parts, md5s)
+        response = self._complete(parts, self.plan.size)
         self.log.info("%s", progress.summary())
-        result = UploadResult(
-            bucket=self.bucket,
-            key=self.key,
-            upload_id=self.upload.upload_id or "",
-            etag=str(response.get("ETag", "")).strip('"'),
+        return self._result(
+            response,
             size=self.plan.size,
             part_size=self.plan.part_size,
             parts=self.plan.count,
-            parts_sent=len(missing),
-            parts_resumed=len(kept),
-            bytes_sent=sum(p.length for p in missing),
-            bytes_resumed=sum(self.plan.part(n).length for n in kept),
-            seconds=round(time.monotonic() - started, 3),
-            checksum=response.get(checksum_field(self.options.checksum_algorithm))
-            if self.options.checksum_algorithm
-            else None,
-            checksum_algorithm=self.options.checksum_algorithm,
-            version_id=response.get("VersionId"),
+            sent=(len(missing), sum(p.length for p in missing)),
+            resumed=(len(kept), sum(self.plan.part(n).length for n in kept)),
+            started=started,
         )
-        return result
 
     def _send(
         self, missing: list[Part], pool: ThreadPoolExecutor, progress: ProgressReporter
     ) -> dict[int, dict[str, Any]]:
-        futures: dict[Future[dict[str, Any]], Part] = {pool.submit(self._send_part, p, progress): p for p in missing}
-        done_entries: dict[int, dict[str, Any]] = {}
-        pending = set(futures)
+        entries: dict[int, dict[str, Any]] = {}
+        pending = {pool.submit(self._send_part, p, progress) for p in missing}
         while pending:
-            # A short timeout keeps the main thread responsive to signals (on_kill) and cancel().
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            self._raise_if_cancelled()
-            for future in done:
-                entry = future.result()  # the first failure propagates; run() stops the rest
-                done_entries[entry["PartNumber"]] = entry
-        return done_entries
+            pending = self._collect(pending, entries, until=0)
+        return entries
 
     def _send_part(self, part: Part, progress: ProgressReporter) -> dict[str, Any]:
         assert self.upload is not None
         if self._stop.is_set():
             raise UploadCancelledError(f"stopped before sending part {part.number}")
-        data = self.source.read(part.offset, part.length)
-        algorithm = self.options.checksum_algorithm
-        # Until the store proves it echoes checksums, parts also carry Content-MD5 so that they (and the
-        # object's ETag) can be verified; moto and many S3-compatible stores report only ETags.
-        with_md5 = algorithm is None or not self.upload.store_echoes_checksums
-        digest = digest_part(part.number, data, algorithm=algorithm, with_md5=with_md5)
-        entry = self.upload.put_part(part.number, data, digest, cancel=self._stop)
-        del data
-        if digest.md5 is not None:
-            entry["_md5"] = digest.md5
+        entry = self._put(part.number, self.source.read(part.offset, part.length))
         self.source.check_unchanged()
         progress.advance(part.length)
         return entry
-
-    def _complete(self, parts: list[dict[str, Any]], md5s: list[bytes | None]) -> dict[str, Any]:
-        """CompleteMultipartUpload, then prove the object is the file: size, and ETag or checksum."""
-        assert self.upload is not None
-        algorithm = self.options.checksum_algorithm
-        expected_etag = None
-        if all(m is not None for m in md5s) and not self._etag_is_not_md5():
-            expected_etag = multipart_etag(m for m in md5s if m is not None)
-        expected_checksum = None
-        if algorithm and all(p.get(checksum_field(algorithm)) for p in parts):
-            expected_checksum = composite_checksum(algorithm, [p[checksum_field(algorithm)] for p in parts])
-        try:
-            response = self.upload.complete(parts)
-        except S3UploadError as e:
-            # A retried Complete whose first attempt succeeded gets NoSuchUpload: check the object.
-            if e.code != "NoSuchUpload" or expected_etag is None:
-                raise
-            try:
-                head = self._head()
-            except S3UploadError:
-                raise e from None
-            if head.get("ETag") != expected_etag:
-                raise
-            self.log.warning("CompleteMultipartUpload answered NoSuchUpload but the object is complete and matches.")
-            response = head
-        head = self._head(response.get("VersionId"))
-        problems = []
-        if head.get("ContentLength") != self.plan.size:
-            problems.append(f"size is {head.get('ContentLength')} bytes, expected {self.plan.size}")
-        etag = response.get("ETag")
-        if expected_etag is not None and etag != expected_etag:
-            problems.append(f"ETag is {etag}, expected {expected_etag} from the parts' MD5s")
-        reported = response.get(checksum_field(algorithm)) if algorithm else None
-        if expected_checksum and reported and "-" in reported and reported != expected_checksum:
-            problems.append(f"checksum {algorithm} is {reported}, expected {expected_checksum}")
-        if problems:
-            raise IntegrityError(
-                f"s3://{self.bucket}/{self.key} (UploadId {self.upload.upload_id}) does not match "
-                f"{self.source.description}: {'; '.join(problems)}. The object is corrupt: do not use it; "
-                "re-run the task with replace=True."
-            )
-        verified = [
-            "size",
-            *(["ETag"] if expected_etag else []),
-            *([f"{algorithm} checksum"] if expected_checksum and reported and "-" in reported else []),
-        ]
-        self.log.info(
-            "Completed s3://%s/%s: %s, ETag %s; verified %s.",
-            self.bucket,
-            self.key,
-            format_bytes(self.plan.size),
-            etag,
-            ", ".join(verified),
-        )
-        return response
-
-    def _etag_is_not_md5(self) -> bool:
-        sse = str(self.options.extra_args.get("ServerSideEncryption", ""))
-        return sse.startswith("aws:kms") or "SSECustomerKey" in self.options.extra_args
-
-    def _head(self, version_id: str | None = None) -> dict[str, Any]:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
-        if version_id and version_id != "null":
-            args["VersionId"] = version_id
-        for name in ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer"):
-            if name in self.options.extra_args:
-                args[name] = self.options.extra_args[name]
-        try:
-            return self.client.head_object(**args)
-        except ClientError as e:
-            raise s3_error(e, operation="HeadObject", bucket=self.bucket, key=self.key, upload_id=None) from e
-
-    def _after_failure(self, error: BaseException, keep_on_failure: bool) -> None:
-        assert self.upload is not None
-        resumable = not isinstance(error, _NOT_RESUMABLE) and error_code(error) not in _NOT_RESUMABLE_CODES
-        if isinstance(error, (KeyboardInterrupt, SystemExit)) or self.cancelled:
-            resumable = False
-        if keep_on_failure and resumable:
-            self.log.warning(
-                "Upload failed; keeping multipart upload %s of s3://%s/%s so that the retry resumes it.",
-                self.upload.upload_id,
-                self.bucket,
-                self.key,
-            )
-            return
-        try:
-            self.upload.abort()
-        except Exception as abort_error:  # the original error matters more; say what is left behind
-            self.log.error(
-                "Could not abort multipart upload %s of s3://%s/%s after a failure (%s); abort it by hand or "
-                "let S3AbortStaleUploadsOperator clean it up.",
-                self.upload.upload_id,
-                self.bucket,
-                self.key,
-                abort_error,
-            )

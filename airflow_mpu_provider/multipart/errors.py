@@ -119,3 +119,7 @@ def error_code(error: BaseException) -> str | None:
     if isinstance(error, ClientError):
         return str(error.response.get("Error", {}).get("Code"))
     return None
+
+
+class CommandFailedError(MultipartUploadError):
+    """The command whose output was being uploaded failed; nothing was committed."""

@@ -129,3 +129,27 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+#: A stream of unknown size starts with DEFAULT_PART_SIZE parts and doubles the part size every
+#: this many parts (up to 5 GiB), so that short streams use small parts and long ones still fit.
+STREAM_PARTS_PER_SIZE = 1000
+
+
+def stream_part_size(number: int, first: int = DEFAULT_PART_SIZE, *, growing: bool = True) -> int:
+    """Size of part ``number`` of a stream whose total size is not known up front.
+
+    S3 allows parts of different sizes (only some S3-compatible stores, e.g. R2, insist on equal
+    ones: ``growing=False`` keeps every part at ``first``).
+    """
+    if not growing:
+        return first
+    return min(MAX_PART_SIZE, first << ((number - 1) // STREAM_PARTS_PER_SIZE))
+
+
+def stream_capacity(first: int = DEFAULT_PART_SIZE, *, growing: bool = True) -> int:
+    """The largest stream 10,000 parts of ``stream_part_size`` can hold."""
+    if not growing:
+        return first * MAX_PARTS
+    tiers = MAX_PARTS // STREAM_PARTS_PER_SIZE
+    return sum(min(MAX_PART_SIZE, first << tier) * STREAM_PARTS_PER_SIZE for tier in range(tiers))

@@ -35,8 +35,8 @@ class ProgressReporter:
     def __init__(
         self,
         *,
-        total_bytes: int,
-        total_parts: int,
+        total_bytes: int | None,
+        total_parts: int | None,
         log: logging.Logger,
         interval: float = DEFAULT_PROGRESS_INTERVAL,
         label: str = "",
@@ -81,13 +81,15 @@ class ProgressReporter:
 
     def _line(self, now: float) -> str:
         rate = self.rate(now)
+        prefix = f"{self.label}: " if self.label else ""
+        if self.total_bytes is None:  # a stream: no total, no percentage, no ETA
+            return f"{prefix}{format_bytes(self.done_bytes)} so far, part {self.done_parts:,}, {rate / 1e6:.1f} MB/s"
         pct = 100.0 * self.done_bytes / self.total_bytes if self.total_bytes else 100.0
         remaining = self.total_bytes - self.done_bytes
         eta = format_duration(remaining / rate) if rate > 0 else "unknown"
-        prefix = f"{self.label}: " if self.label else ""
         return (
             f"{prefix}{format_bytes(self.done_bytes)} of {format_bytes(self.total_bytes)} ({pct:.1f}%), "
-            f"part {self.done_parts:,}/{self.total_parts:,}, {rate / 1e6:.1f} MB/s, ETA {eta}"
+            f"part {self.done_parts:,}/{self.total_parts or 0:,}, {rate / 1e6:.1f} MB/s, ETA {eta}"
         )
 
     def summary(self) -> str:

@@ -8,24 +8,29 @@ retry resume, whether a retry will follow, ``on_kill`` and lineage. Everything S
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from botocore.config import Config
 
+from airflow_mpu_provider.multipart.command import CommandSource
 from airflow_mpu_provider.multipart.engine import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BUFFER_BYTES,
+    BaseUploadEngine,
     UploadEngine,
     UploadOptions,
+    UploadResult,
 )
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest, S3UploadError, UploadCancelledError
 from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
-from airflow_mpu_provider.multipart.plan import PartPlan, plan_parts
+from airflow_mpu_provider.multipart.plan import DEFAULT_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
 from airflow_mpu_provider.multipart.resume import find_resumable_upload
 from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.stream import StreamUploadEngine
 from airflow_mpu_provider.multipart.upload import OBJECT_ARGS, MultipartUpload
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
@@ -54,6 +59,13 @@ class MultipartUploadOperator(BaseOperator):
     invisible, billed parts stay behind.
 
     :param file: local path of the file to upload. (templated)
+    :param command: instead of ``file``: a shell command whose standard output is uploaded as it is
+        produced, with no temporary file (e.g. ``"pg_dump mydb | zstd"``; run with ``bash -o pipefail``).
+        Nothing is completed unless it exits 0; a failure, a signal or ``command_timeout`` aborts the
+        upload and fails the task with the tail of its stderr. A stream cannot be resumed. (templated)
+    :param command_timeout: seconds after which the command is killed (the task then fails).
+    :param equal_parts: for ``command``: keep every part at ``part_size`` instead of letting parts grow
+        (needed by stores such as Cloudflare R2; the stream may then be at most 10,000 x part_size).
     :param key: destination key, or a full ``s3://bucket/key`` URL when ``bucket`` is not given. (templated)
     :param bucket: destination bucket; None when ``key`` is an ``s3://`` URL. (templated)
     :param aws_conn_id: Airflow connection used through S3Hook (credentials, region, endpoint_url,
@@ -62,7 +74,8 @@ class MultipartUploadOperator(BaseOperator):
     :param replace: overwrite an existing object at the key. If False (the default, like
         LocalFilesystemToS3Operator) an existing object fails the task before anything is uploaded.
     :param part_size: bytes per part, 5 MiB..5 GiB. None (the default) picks 16 MiB, or the smallest
-        size that fits the file into 10,000 parts, so any file up to 48.8 TiB works untuned.
+        size that fits the file into 10,000 parts, so any file up to 48.8 TiB works untuned. For a
+        ``command``: the first part's size; parts double every 1,000 parts (16 MiB: streams up to 12.7 TiB).
     :param concurrency: parts sent in parallel.
     :param max_buffer_bytes: cap on part bytes held in memory at once; parallelism is reduced for
         very large parts so that memory stays below it (but at least one part is always in flight).
@@ -84,15 +97,18 @@ class MultipartUploadOperator(BaseOperator):
     :param progress_interval: seconds between progress lines in the task log.
     """
 
-    template_fields: Sequence[str] = ("file", "key", "bucket", "content_type", "metadata", "tags")
+    template_fields: Sequence[str] = ("file", "command", "key", "bucket", "content_type", "metadata", "tags")
     template_fields_renderers: ClassVar[dict[str, str]] = {"metadata": "json", "tags": "json"}
     ui_color = "#f0eee4"
 
     def __init__(
         self,
         *,
-        file: str,
         key: str,
+        file: str | None = None,
+        command: str | None = None,
+        command_timeout: float | None = None,
+        equal_parts: bool = False,
         bucket: str | None = None,
         aws_conn_id: str | None = "aws_default",
         verify: str | bool | None = None,
@@ -116,6 +132,9 @@ class MultipartUploadOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.file = file
+        self.command = command
+        self.command_timeout = command_timeout
+        self.equal_parts = equal_parts
         self.key = key
         self.bucket = bucket
         self.aws_conn_id = aws_conn_id
@@ -136,6 +155,10 @@ class MultipartUploadOperator(BaseOperator):
         self.resume = resume
         self.keep_upload_for_retry = keep_upload_for_retry
         self.progress_interval = progress_interval
+        if (file is None) == (command is None):
+            raise ValueError(
+                "give exactly one of file=... (a local file) or command=... (a command whose output to upload)"
+            )
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if encrypt and sse_kms_key_id:
@@ -145,7 +168,8 @@ class MultipartUploadOperator(BaseOperator):
             raise ValueError(
                 f"extra_args {sorted(unknown)} are not CreateMultipartUpload arguments; allowed: {sorted(OBJECT_ARGS)}"
             )
-        self._engine: UploadEngine | None = None
+        self._engine: BaseUploadEngine | None = None
+        self._command: CommandSource | None = None
         self._killed = False
 
     # -- inputs -------------------------------------------------------------------------------
@@ -203,7 +227,7 @@ class MultipartUploadOperator(BaseOperator):
             progress_interval=self.progress_interval,
         )
 
-    def s3_client(self, options: UploadOptions, plan: PartPlan) -> Any:
+    def s3_client(self, options: UploadOptions, part_size: int) -> Any:
         """A client from the connection, with a pool big enough for the parallel parts.
 
         Our defaults (pool size, standard retries with a budget for a flaky network) sit under the
@@ -212,7 +236,7 @@ class MultipartUploadOperator(BaseOperator):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         hook: S3Hook = S3Hook(aws_conn_id=self.aws_conn_id, verify=self.verify)
-        workers = options.workers_for(plan.part_size)
+        workers = options.workers_for(part_size)
         config = Config(
             max_pool_connections=workers + 4,
             retries={"mode": "standard", "max_attempts": 10},
@@ -302,52 +326,15 @@ class MultipartUploadOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         bucket, key = self.resolve_target()
         checksum = normalize_checksum_algorithm(self.checksum_algorithm)
-        with FileSource(self.file) as source:
-            plan = plan_parts(source.size, self.part_size)
-            options = self.upload_options(checksum)
-            client = self.s3_client(options, plan)
-            record = self._resume_record(bucket, key, source, plan, checksum)
-            resume_id = None
-            if self.resume:
-                resume_id = self.find_upload_to_resume(context, client, bucket, key, record, options)
-            if not self.replace and resume_id is None:
-                self._refuse_existing(client, bucket, key)
-
-            def upload_started(upload_id: str) -> None:
-                ti = context.get("ti")
-                if ti is not None:
-                    ti.xcom_push(key="upload_id", value=upload_id)
-                    ti.xcom_push(key="multipart_upload", value={"bucket": bucket, "key": key, "upload_id": upload_id})
-                store = self._state_store(context)
-                if store is not None:
-                    store.set(STATE_KEY, {**record, "upload_id": upload_id})
-
-            engine = UploadEngine(
-                client,
-                bucket=bucket,
-                key=key,
-                source=source,
-                plan=plan,
-                options=options,
-                log=self.log,
-                on_upload_started=upload_started,
-            )
-            self._engine = engine
-            if self._killed:
-                raise UploadCancelledError("the task was killed before the upload started")
-            keep = self.keep_upload_for_retry and self.will_retry(context)
-            try:
-                result = engine.run(resume_upload_id=resume_id, keep_on_failure=keep)
-            finally:
-                self._engine = None
-            if self._killed:
-                raise UploadCancelledError("the task was killed; failing it although the upload had finished")
-        store = self._state_store(context)
-        if store is not None:
-            store.delete(STATE_KEY)
+        if self.command is not None:
+            result = self._upload_command_output(context, bucket, key, checksum)
+        else:
+            result = self._upload_file(context, bucket, key, checksum)
+        if self._killed:
+            raise UploadCancelledError("the task was killed; failing it although the upload had finished")
         self.log.info(
             "Uploaded %s to s3://%s/%s: %d parts (%d sent now, %d resumed), ETag %s, %.1f s.",
-            self.file,
+            self.file or f"the output of `{self.command}`",
             bucket,
             key,
             result.parts,
@@ -357,6 +344,82 @@ class MultipartUploadOperator(BaseOperator):
             result.seconds,
         )
         return result.to_dict()
+
+    def _announce(self, context: Context, bucket: str, key: str, resume_record: dict | None, upload_id: str) -> None:
+        """Make the UploadId known the moment it exists: XCom for people and cleanup, task_state_store for retries."""
+        ti = context.get("ti")
+        if ti is not None:
+            ti.xcom_push(key="upload_id", value=upload_id)
+            ti.xcom_push(key="multipart_upload", value={"bucket": bucket, "key": key, "upload_id": upload_id})
+        store = self._state_store(context)
+        if store is not None and resume_record is not None:
+            store.set(STATE_KEY, {**resume_record, "upload_id": upload_id})
+
+    def _run(self, engine: BaseUploadEngine, run: Callable[[], UploadResult]) -> UploadResult:
+        self._engine = engine
+        try:
+            if self._killed:
+                raise UploadCancelledError("the task was killed before the upload started")
+            return run()
+        finally:
+            self._engine = None
+
+    def _upload_file(self, context: Context, bucket: str, key: str, checksum: str | None) -> UploadResult:
+        if self.file is None:
+            raise InvalidUploadRequest("give either file=... or command=...")
+        with FileSource(self.file) as source:
+            plan = plan_parts(source.size, self.part_size)
+            options = self.upload_options(checksum)
+            client = self.s3_client(options, plan.part_size)
+            record = self._resume_record(bucket, key, source, plan, checksum)
+            resume_id = None
+            if self.resume:
+                resume_id = self.find_upload_to_resume(context, client, bucket, key, record, options)
+            if not self.replace and resume_id is None:
+                self._refuse_existing(client, bucket, key)
+            engine = UploadEngine(
+                client,
+                bucket=bucket,
+                key=key,
+                source=source,
+                plan=plan,
+                options=options,
+                log=self.log,
+                on_upload_started=functools.partial(self._announce, context, bucket, key, record),
+            )
+            keep = self.keep_upload_for_retry and self.will_retry(context)
+            result = self._run(engine, lambda: engine.run(resume_upload_id=resume_id, keep_on_failure=keep))
+        store = self._state_store(context)
+        if store is not None:
+            store.delete(STATE_KEY)
+        return result
+
+    def _upload_command_output(self, context: Context, bucket: str, key: str, checksum: str | None) -> UploadResult:
+        """Stream the command's stdout; no resume (a stream cannot be replayed), so any failure aborts."""
+        assert self.command is not None
+        first_part_size = self.part_size or DEFAULT_PART_SIZE
+        plan_parts(first_part_size, first_part_size)  # the same part-size checks as for a file
+        options = self.upload_options(checksum)
+        client = self.s3_client(options, first_part_size)
+        if not self.replace:
+            self._refuse_existing(client, bucket, key)
+        with CommandSource(self.command, timeout=self.command_timeout, log=self.log) as source:
+            engine = StreamUploadEngine(
+                client,
+                bucket=bucket,
+                key=key,
+                stream=source,
+                first_part_size=first_part_size,
+                growing=not self.equal_parts,
+                options=options,
+                log=self.log,
+                on_upload_started=functools.partial(self._announce, context, bucket, key, None),
+            )
+            self._command = source
+            try:
+                return self._run(engine, engine.run)
+            finally:
+                self._command = None
 
     def _refuse_existing(self, client: Any, bucket: str, key: str) -> None:
         from botocore.exceptions import ClientError
@@ -385,7 +448,9 @@ class MultipartUploadOperator(BaseOperator):
         still be running; the engine's cancel makes ``execute`` raise once its workers stop.
         """
         self._killed = True
-        engine = self._engine
+        engine, command = self._engine, self._command
+        if command is not None:
+            command.kill()
         if engine is not None:
             self.log.warning("Task killed: aborting the multipart upload.")
             engine.cancel()

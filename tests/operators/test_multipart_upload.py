@@ -9,7 +9,7 @@ import pytest
 
 from airflow_mpu_provider import get_provider_info
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
-from airflow_mpu_provider.multipart.plan import MiB, plan_parts
+from airflow_mpu_provider.multipart.plan import MiB
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
 from tests.conftest import incomplete_uploads, make_file
 
@@ -91,12 +91,12 @@ def test_client_takes_the_connection_config_and_sizes_the_pool(monkeypatch):
         '{"conn_type": "aws", "extra": {"region_name": "eu-west-1", "config_kwargs": {"connect_timeout": 7}}}',
     )
     operator = op(concurrency=16)
-    client = operator.s3_client(operator.upload_options("CRC32C"), plan_parts(100 * MiB))
+    client = operator.s3_client(operator.upload_options("CRC32C"), 16 * MiB)
     assert client.meta.region_name == "eu-west-1"
     assert client.meta.config.connect_timeout == 7
     assert client.meta.config.max_pool_connections >= 16
     assert client.meta.config.retries["mode"] == "standard"
-    md5_only = operator.s3_client(operator.upload_options(None), plan_parts(100 * MiB))
+    md5_only = operator.s3_client(operator.upload_options(None), 16 * MiB)
     assert md5_only.meta.config.request_checksum_calculation == "when_required"
 
 
