@@ -1,0 +1,670 @@
+#!/usr/bin/env python
+"""Benchmark the multipart upload engine against boto3's upload_file and a sequential loop.
+
+Run by hand, never in CI (see benchmarks/README.md):
+
+    python benchmarks/bench_upload.py --size 1GiB --rounds 3
+
+By default a moto S3 server is started on 127.0.0.1 in its own process (so its CPU is not counted
+as client CPU); ``--endpoint`` points at an existing store instead. Every upload runs in a fresh
+worker process (this script with the hidden ``--worker`` option), contenders alternating
+A B C D A B C D ..., and each worker reports wall time and CPU of the upload alone and its peak RSS.
+
+``--part-size`` and ``--concurrency`` take comma-separated lists; every combination becomes its own
+row, e.g. ``--contenders engine --part-size 8MiB,16MiB,32MiB,64MiB --concurrency 4,8,16``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+CONTENDERS = ("engine", "boto3-default", "boto3-tuned", "sequential")
+#: Contenders that take --part-size / --concurrency (the others ignore one or both).
+USES_PART_SIZE = {"engine", "boto3-tuned", "sequential"}
+USES_CONCURRENCY = {"engine", "boto3-tuned"}
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": KiB, "kb": 1000, "kib": KiB,
+    "m": MiB, "mb": 1000**2, "mib": MiB,
+    "g": GiB, "gb": 1000**3, "gib": GiB,
+    "t": 1024 * GiB, "tb": 1000**4, "tib": 1024 * GiB,
+}
+
+
+def parse_size(text: str) -> int:
+    """'1GiB' -> 1073741824; binary suffixes (KiB/MiB/GiB, or K/M/G), decimal ones (KB/MB/GB), or bytes."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 256MiB, 1GiB, 8GiB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}B"
+
+
+def size_list(text: str) -> list[int]:
+    return [parse_size(t) for t in text.split(",") if t.strip()]
+
+
+def int_list(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+# -- the worker: one upload in a fresh process ------------------------------------------------
+
+
+def make_client(args: argparse.Namespace, concurrency: int, *, default_config: bool = False) -> Any:
+    """A client configured as the operator configures it (or boto3's defaults for boto3-default).
+
+    Path-style addressing is added for every contender: endpoints on an IP address need it.
+    """
+    import boto3
+    from botocore.config import Config
+
+    s3: dict[str, Any] = {"addressing_style": "path"}
+    if args.payload_signing == "off":
+        s3["payload_signing_enabled"] = False  # experiment: UNSIGNED-PAYLOAD even over plain HTTP
+    if default_config:
+        config = Config(s3=s3)
+    else:
+        config = Config(
+            max_pool_connections=concurrency + 4,
+            retries={"mode": "standard", "max_attempts": 10},
+            s3=s3,
+        )
+    if args.https and not args.verify_tls:
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    return boto3.client(
+        "s3", endpoint_url=args.endpoint, config=config, verify=args.verify_tls if args.https else None
+    )
+
+
+def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str, Any]:
+    from airflow_mpu_provider.multipart.engine import UploadEngine, UploadOptions
+    from airflow_mpu_provider.multipart.plan import plan_parts
+    from airflow_mpu_provider.multipart.sources import FileSource
+
+    if args.checksum_algorithm == "default":
+        options = UploadOptions(concurrency=args.concurrency_value)
+    else:
+        options = UploadOptions(concurrency=args.concurrency_value, checksum_algorithm=args.checksum_algorithm)
+    with FileSource(args.file) as src:
+        plan = plan_parts(src.size, args.part_size_value)
+        engine = UploadEngine(client, bucket=args.bucket, key=key, source=src, plan=plan, options=options)
+        result = engine.run()
+    return {"parts": result.parts, "part_size": result.part_size, "workers": options.workers_for(plan.part_size),
+            "etag": result.etag, "checksum": result.checksum}
+
+
+def _boto3_upload(client: Any, args: argparse.Namespace, key: str, tuned: bool) -> dict[str, Any]:
+    from boto3.s3.transfer import TransferConfig
+
+    if tuned:
+        config = TransferConfig(
+            multipart_threshold=8 * MiB,
+            multipart_chunksize=args.part_size_value,
+            max_concurrency=args.concurrency_value,
+        )
+    else:
+        config = TransferConfig()
+    client.upload_file(args.file, args.bucket, key, Config=config)
+    return {"part_size": config.multipart_chunksize, "workers": config.max_concurrency}
+
+
+def _sequential_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str, Any]:
+    """The simplest correct multipart upload: one part read and sent at a time, botocore's defaults."""
+    part_size = args.part_size_value
+    upload_id = client.create_multipart_upload(Bucket=args.bucket, Key=key)["UploadId"]
+    parts = []
+    try:
+        with open(args.file, "rb") as f:
+            number = 1
+            while True:
+                data = f.read(part_size)
+                if not data and number > 1:
+                    break
+                response = client.upload_part(
+                    Bucket=args.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                )
+                parts.append({"PartNumber": number, "ETag": response["ETag"]})
+                number += 1
+                if len(data) < part_size:
+                    break
+        client.complete_multipart_upload(
+            Bucket=args.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
+    except BaseException:
+        client.abort_multipart_upload(Bucket=args.bucket, Key=key, UploadId=upload_id)
+        raise
+    return {"parts": len(parts), "part_size": part_size, "workers": 1}
+
+
+class ThreadProfiler:
+    """cProfile for every thread (3.11 has no setprofile_all_threads): a profiler per thread, merged.
+
+    The timer is the thread's CPU clock by default, so the numbers say where client CPU goes rather
+    than where threads wait.
+    """
+
+    def __init__(self, cpu: bool) -> None:
+        self.timer = time.thread_time if cpu else time.perf_counter
+        self.profilers: list[Any] = []
+
+    def _start_in_thread(self, *_: Any) -> None:
+        import cProfile
+
+        profiler = cProfile.Profile(self.timer)
+        self.profilers.append(profiler)
+        profiler.enable()  # replaces this hook for the rest of the thread
+
+    def __enter__(self) -> ThreadProfiler:
+        import threading
+
+        threading.setprofile(self._start_in_thread)
+        self._start_in_thread()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import threading
+
+        self.profilers[0].disable()
+        threading.setprofile(None)  # type: ignore[arg-type]
+
+    def report(self, top: int) -> str:
+        import io
+        import pstats
+
+        out = io.StringIO()
+        stats = pstats.Stats(self.profilers[0], stream=out)
+        for profiler in self.profilers[1:]:
+            stats.add(profiler)
+        clock = "thread CPU time" if self.timer is time.thread_time else "wall time"
+        out.write(f"== cProfile ({clock}, {len(self.profilers)} threads merged), top {top} by cumulative ==\n")
+        stats.sort_stats("cumulative").print_stats(top)
+        out.write(f"== top {top} by own time (tottime) ==\n")
+        stats.sort_stats("tottime").print_stats(top)
+        return out.getvalue()
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    import resource
+
+    name = args.worker
+    key = f"bench/{name}/{uuid.uuid4().hex}"
+    client = make_client(args, args.concurrency_value, default_config=name == "boto3-default")
+    size = os.path.getsize(args.file)
+    uploads = {
+        "engine": lambda: _engine_upload(client, args, key),
+        "boto3-default": lambda: _boto3_upload(client, args, key, tuned=False),
+        "boto3-tuned": lambda: _boto3_upload(client, args, key, tuned=True),
+        "sequential": lambda: _sequential_upload(client, args, key),
+    }
+    upload = uploads[name]
+    import cProfile  # noqa: F401  (imported before measuring, like everything else)
+
+    rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    profiler = ThreadProfiler(cpu=args.profile_timer == "cpu") if args.profile else None
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    if profiler is not None:
+        with profiler:
+            details = upload()
+    else:
+        details = upload()
+    seconds = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    head = client.head_object(Bucket=args.bucket, Key=key)
+    if head["ContentLength"] != size:
+        raise SystemExit(f"{name}: object has {head['ContentLength']} bytes, file has {size}")
+    client.delete_object(Bucket=args.bucket, Key=key)
+    user = ru1.ru_utime - ru0.ru_utime
+    system = ru1.ru_stime - ru0.ru_stime
+    record = {
+        "contender": name,
+        "size": size,
+        "seconds": round(seconds, 4),
+        "mib_s": round(size / MiB / seconds, 2),
+        "cpu_user": round(user, 3),
+        "cpu_sys": round(system, 3),
+        "cpu_s": round(user + system, 3),
+        "cpu_s_per_gib": round((user + system) / (size / GiB), 3),
+        "peak_rss_mb": round(ru1.ru_maxrss / 1024, 1),
+        "rss_before_upload_mb": round(rss_before_mb, 1),
+        "vol_ctx_switches": ru1.ru_nvcsw - ru0.ru_nvcsw,
+        "invol_ctx_switches": ru1.ru_nivcsw - ru0.ru_nivcsw,
+        "profiled": bool(args.profile),
+        **details,
+    }
+    if profiler is not None:
+        print(profiler.report(args.profile_top), file=sys.stderr)
+    print(json.dumps(record), flush=True)
+    return 0
+
+
+# -- the local S3 server ----------------------------------------------------------------------
+
+
+def run_server(args: argparse.Namespace) -> int:
+    """Serve moto on 127.0.0.1 (port chosen by the OS), print 'PORT n', run until stdin closes."""
+    if args.https:
+        import threading
+
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        server = make_server(
+            "127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), threaded=True,
+            request_handler=MotoRequestHandler, ssl_context="adhoc",
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+    else:
+        from moto.server import ThreadedMotoServer
+
+        moto_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto_server.start()
+        port = moto_server.get_host_and_port()[1]
+    print(f"PORT {port}", flush=True)
+    sys.stdin.read()  # the parent closes our stdin when it is done
+    return 0
+
+
+class LocalServer:
+    def __init__(self, https: bool, log_path: Path) -> None:
+        self.https = https
+        self.log_path = log_path
+        self.proc: subprocess.Popen[str] | None = None
+        self.endpoint = ""
+
+    def __enter__(self) -> LocalServer:
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve"] + (["--https"] if self.https else [])
+        self._log = open(self.log_path, "w")  # closed in __exit__
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=child_env()
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.__exit__()
+            raise SystemExit(f"moto server did not start; see {self.log_path}")
+        scheme = "https" if self.https else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{int(line.split()[1])}"
+        return self
+
+    def cpu_seconds(self) -> float | None:
+        """User+system CPU of the server process so far (Linux /proc), to show how busy moto is."""
+        assert self.proc is not None
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+# -- the parent: rounds, table ---------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    """Environment for the server and workers: fake credentials unless real ones are set, no IMDS."""
+    env = dict(os.environ)
+    env.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def ensure_file(directory: Path, size: int) -> Path:
+    """A file of random bytes, reused across rounds and runs of the same size."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"random-{format_size(size)}.bin"
+    if path.exists() and path.stat().st_size == size:
+        return path
+    tmp = path.with_suffix(".tmp")
+    chunk = 64 * MiB
+    print(f"writing {format_size(size)} of random bytes to {path} ...", file=sys.stderr, flush=True)
+    with open(tmp, "wb") as f:
+        left = size
+        while left:
+            n = min(chunk, left)
+            f.write(os.urandom(n))
+            left -= n
+    tmp.replace(path)
+    return path
+
+
+@dataclass(frozen=True)
+class Variant:
+    contender: str
+    part_size: int
+    concurrency: int
+
+    @property
+    def label(self) -> str:
+        extra = []
+        if self.contender in USES_PART_SIZE:
+            extra.append(format_size(self.part_size))
+        if self.contender in USES_CONCURRENCY:
+            extra.append(f"c{self.concurrency}")
+        return self.contender + (f" [{' '.join(extra)}]" if extra else "")
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    out: list[Variant] = []
+    for name in args.contenders:
+        sizes = args.part_sizes if name in USES_PART_SIZE else [args.part_sizes[0]]
+        concs = args.concurrencies if name in USES_CONCURRENCY else [args.concurrencies[0]]
+        out.extend(Variant(name, ps, c) for ps, c in product(sizes, concs))
+    return out
+
+
+def worker_command(args: argparse.Namespace, v: Variant, file: Path, endpoint: str, profile: bool) -> list[str]:
+    cmd = [
+        sys.executable, os.path.abspath(__file__), "--worker", v.contender, "--file", str(file),
+        "--endpoint", endpoint, "--bucket", args.bucket, "--part-size", str(v.part_size),
+        "--concurrency", str(v.concurrency), "--checksum", args.checksum, "--payload-signing", args.payload_signing,
+    ]
+    if args.https:
+        cmd.append("--https")
+    if args.verify_tls:
+        cmd.append("--verify-tls")
+    if profile:
+        cmd += ["--profile", "--profile-timer", args.profile_timer, "--profile-top", str(args.profile_top)]
+    return cmd
+
+
+def run_one(args: argparse.Namespace, v: Variant, file: Path, endpoint: str, profile: bool = False) -> dict[str, Any]:
+    cmd = worker_command(args, v, file, endpoint, profile)
+    try:
+        env = child_env()
+        if args.no_crt:
+            env["BOTO_DISABLE_CRT"] = "true"
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"contender": v.contender, "label": v.label, "error": f"timed out after {args.timeout} s"}
+    if profile and proc.stderr:
+        print(proc.stderr)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        return {"contender": v.contender, "label": v.label, "error": f"exit {proc.returncode}: " + "\n".join(tail)}
+    record = json.loads(lines[-1])
+    record["label"] = v.label
+    record["requested_part_size"] = v.part_size
+    record["requested_concurrency"] = v.concurrency
+    return record
+
+
+def ensure_bucket(args: argparse.Namespace, endpoint: str) -> None:
+    os.environ.update({k: v for k, v in child_env().items() if k.startswith(("AWS_", "NO_PROXY", "no_proxy"))})
+    ns = argparse.Namespace(**{**vars(args), "endpoint": endpoint})
+    client = make_client(ns, 4)
+    try:
+        client.head_bucket(Bucket=args.bucket)
+    except Exception:
+        client.create_bucket(Bucket=args.bucket)
+
+
+def median(records: list[dict[str, Any]], field: str) -> float:
+    return statistics.median(r[field] for r in records)
+
+
+def table(results: list[dict[str, Any]], vs: list[Variant]) -> str:
+    ok = [r for r in results if "error" not in r]
+    by_label = {v.label: [r for r in ok if r["label"] == v.label] for v in vs}
+    base = next((rs for v, rs in ((v, by_label[v.label]) for v in vs) if v.contender == "boto3-default" and rs), None)
+    base_mib = median(base, "mib_s") if base else None
+    base_cpu = median(base, "cpu_s_per_gib") if base else None
+    seq = {v.part_size: by_label[v.label] for v in vs if v.contender == "sequential" and by_label[v.label]}
+    width = max(len(v.label) for v in vs) + 2
+    head = (f"{'contender':<{width}} {'runs':>4} {'MiB/s':>8} {'CPU s/GiB':>10} {'peak RSS MB':>12} "
+            f"{'MiB/s vs b':>11} {'CPU vs b':>9} {'MiB/s vs seq':>13} {'srv CPU s/GiB':>14}   MiB/s per round")
+    lines = [head, "-" * len(head)]
+    for v in vs:
+        rs = by_label[v.label]
+        if not rs:
+            lines.append(f"{v.label:<{width}} {0:>4}  (all runs failed)")
+            continue
+        mib, cpu, rss = median(rs, "mib_s"), median(rs, "cpu_s_per_gib"), median(rs, "peak_rss_mb")
+        r_mib = f"{mib / base_mib:.2f}x" if base_mib else "-"
+        r_cpu = f"{cpu / base_cpu:.2f}x" if base_cpu else "-"
+        r_seq = "-"
+        if v.contender == "engine":
+            seq_rs = seq.get(v.part_size) or next(iter(seq.values()), None)
+            if seq_rs:
+                r_seq = f"{mib / median(seq_rs, 'mib_s'):.2f}x"
+        per_round = " ".join(f"{r['mib_s']:.0f}" for r in rs)
+        srv_rs = [r for r in rs if "server_cpu_s_per_gib" in r]
+        srv = f"{median(srv_rs, 'server_cpu_s_per_gib'):.2f}" if srv_rs else "-"
+        lines.append(f"{v.label:<{width}} {len(rs):>4} {mib:>8.1f} {cpu:>10.2f} {rss:>12.0f} "
+                     f"{r_mib:>11} {r_cpu:>9} {r_seq:>13} {srv:>14}   {per_round}")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    import boto3
+    import botocore
+
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "boto3": boto3.__version__,
+        "botocore": botocore.__version__,
+    }
+    try:
+        import awscrt
+
+        info["awscrt"] = getattr(awscrt, "__version__", "installed")
+    except ImportError:
+        info["awscrt"] = None
+    try:
+        import moto
+
+        info["moto"] = moto.__version__
+    except ImportError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    return info
+
+
+def run_parent(args: argparse.Namespace) -> int:
+    command = shlex.join([sys.executable, *sys.argv])
+    info = machine()
+    print(f"command: {command}")
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    file = ensure_file(Path(args.tmpdir), args.size)
+    vs = variants(args)
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mpu-bench-") as scratch:
+        server: LocalServer | None = None
+        if args.endpoint:
+            endpoint = args.endpoint
+        else:
+            server = LocalServer(args.https, Path(scratch) / "moto.log").__enter__()
+            endpoint = server.endpoint
+        try:
+            print(f"endpoint: {endpoint} ({'existing' if args.endpoint else 'moto, own process'}), "
+                  f"bucket: {args.bucket}, file: {file} ({format_size(args.size)})")
+            ensure_bucket(args, endpoint)
+            for _ in range(args.warmup):  # the first upload into a fresh moto is slower: not counted
+                warm = run_one(args, vs[0], file, endpoint)
+                print(f"  warm-up {vs[0].label}: {warm.get('mib_s', warm.get('error'))} MiB/s (not counted)",
+                      file=sys.stderr, flush=True)
+            for round_no in range(1, args.rounds + 1):
+                for v in vs:
+                    server_cpu = server.cpu_seconds() if server is not None else None
+                    record = run_one(args, v, file, endpoint)
+                    if server is not None and server_cpu is not None and "error" not in record:
+                        # The whole worker's lifetime (imports, upload, HEAD, DELETE): mostly the upload.
+                        record["server_cpu_s"] = round(server.cpu_seconds() - server_cpu, 3)
+                        record["server_cpu_s_per_gib"] = round(record["server_cpu_s"] / (args.size / GiB), 3)
+                    record["round"] = round_no
+                    results.append(record)
+                    if "error" in record:
+                        print(f"  round {round_no} {v.label}: FAILED {record['error']}", file=sys.stderr, flush=True)
+                    else:
+                        print(f"  round {round_no} {v.label}: {record['seconds']:.2f} s, {record['mib_s']:.1f} MiB/s, "
+                              f"CPU {record['cpu_s']:.2f} s (user {record['cpu_user']:.2f} "
+                              f"sys {record['cpu_sys']:.2f}), peak RSS {record['peak_rss_mb']:.0f} MB"
+                              + (f", server CPU {record['server_cpu_s']:.2f} s" if "server_cpu_s" in record else ""),
+                              file=sys.stderr, flush=True)
+            profile_record = None
+            if args.profile:
+                engines = [v for v in vs if v.contender == "engine"] or [
+                    Variant("engine", args.part_sizes[0], args.concurrencies[0])
+                ]
+                print(f"\nprofiled run of {engines[0].label} (not in the table):")
+                profile_record = run_one(args, engines[0], file, endpoint, profile=True)
+                print(f"profiled run: {json.dumps(profile_record)}")
+        finally:
+            if server is not None:
+                server.__exit__()
+    elapsed = time.monotonic() - started
+    if results:
+        print(f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians; checksum for engine: {args.checksum}; "
+              f"{'HTTPS' if args.https or endpoint.startswith('https') else 'plain HTTP'}; "
+              f"payload signing {args.payload_signing}{'; BOTO_DISABLE_CRT' if args.no_crt else ''}; "
+              f"took {elapsed:.0f} s")
+        print(table(results, vs))
+        failures = [r for r in results if "error" in r]
+        if failures:
+            print(f"{len(failures)} run(s) failed; first error: {failures[0]['error']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": command, "machine": info, "endpoint": endpoint, "size": args.size,
+                       "rounds": args.rounds, "results": results, "profile": profile_record}, f, indent=2)
+        print(f"raw results: {args.json}")
+    if args.cleanup:
+        file.unlink(missing_ok=True)
+    return 1 if any("error" in r for r in results) else 0
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from_engine = _engine_defaults()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=parse_size, default=GiB, help="file size, e.g. 256MiB, 1GiB, 8GiB (default 1GiB)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of A B C D ... (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed uploads before the rounds (default 1)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help=f"comma-separated subset of {', '.join(CONTENDERS)} (default: all)")
+    p.add_argument("--endpoint", help="use this S3 endpoint (MinIO, real S3...) instead of starting moto")
+    p.add_argument("--bucket", default="mpu-bench", help="bucket (created if missing; default mpu-bench)")
+    p.add_argument("--https", action="store_true", help="moto over HTTPS with a self-signed certificate")
+    p.add_argument("--verify-tls", action="store_true", help="verify the endpoint's certificate (default: not)")
+    p.add_argument("--part-size", default=format_size(from_engine["part_size"]),
+                   help="part size(s) for engine, boto3-tuned, sequential; comma-separated list for a grid "
+                        f"(default {format_size(from_engine['part_size'])} = plan.DEFAULT_PART_SIZE)")
+    p.add_argument("--concurrency", default=str(from_engine["concurrency"]),
+                   help="parallel parts for engine and boto3-tuned; comma-separated list for a grid "
+                        f"(default {from_engine['concurrency']} = engine.DEFAULT_CONCURRENCY)")
+    p.add_argument("--checksum", default="default",
+                   help="engine checksum_algorithm: default (UploadOptions' default: CRC32C with awscrt), "
+                        "CRC32C, CRC32, SHA256, ... or none (Content-MD5 only)")
+    p.add_argument("--payload-signing", choices=("auto", "off"), default="auto",
+                   help="auto: botocore decides (SHA-256 of every body over plain HTTP); off: "
+                        "s3.payload_signing_enabled=False for every contender (experiment)")
+    p.add_argument("--no-crt", action="store_true",
+                   help="workers run with BOTO_DISABLE_CRT=true: botocore's Python SigV4 signer, no CRC32C "
+                        "(the engine then defaults to CRC32)")
+    p.add_argument("--json", help="save raw results to this file")
+    p.add_argument("--profile", action="store_true", help="after the rounds, run the engine once under cProfile")
+    p.add_argument("--profile-timer", choices=("cpu", "wall"), default="cpu",
+                   help="cProfile clock: per-thread CPU time (default) or wall time")
+    p.add_argument("--profile-top", type=int, default=25)
+    p.add_argument("--timeout", type=float, default=600, help="seconds before a worker is killed (default 600)")
+    p.add_argument("--tmpdir", default=os.path.join(tempfile.gettempdir(), "mpu-bench"),
+                   help="where the random file is written and kept for reuse (default $TMPDIR/mpu-bench)")
+    p.add_argument("--cleanup", action="store_true", help="delete the random file at the end")
+    p.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    p.add_argument("--file", help=argparse.SUPPRESS)
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = set(args.contenders) - set(CONTENDERS)
+    if unknown:
+        p.error(f"unknown contender(s) {', '.join(sorted(unknown))}; choose from {', '.join(CONTENDERS)}")
+    args.part_sizes = size_list(args.part_size)
+    args.concurrencies = int_list(args.concurrency)
+    args.part_size_value = args.part_sizes[0]
+    args.concurrency_value = args.concurrencies[0]
+    lowered = args.checksum.lower()
+    args.checksum_algorithm = None if lowered in ("none", "md5", "") else "default" if lowered == "default" else (
+        args.checksum.upper()
+    )
+    if args.worker and not (args.file and args.endpoint):
+        p.error("--worker needs --file and --endpoint")
+    return args
+
+
+def _engine_defaults() -> dict[str, int]:
+    """The engine's defaults (plan.DEFAULT_PART_SIZE, engine.DEFAULT_CONCURRENCY), from this checkout."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from airflow_mpu_provider.multipart.engine import DEFAULT_CONCURRENCY
+    from airflow_mpu_provider.multipart.plan import DEFAULT_PART_SIZE
+
+    return {"part_size": DEFAULT_PART_SIZE, "concurrency": DEFAULT_CONCURRENCY}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve:
+        return run_server(args)
+    if args.worker:
+        return run_worker(args)
+    return run_parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
