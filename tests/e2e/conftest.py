@@ -115,17 +115,19 @@ def run_dag(airflow_home, proxy, tmp_path, request) -> Callable[..., DagRunResul
         *,
         use_executor: bool = False,
         during: Callable[[psutil.Process], None] | None = None,
+        dag_id: str = "mpu_e2e",
+        dags_folder: Path = DAGS,
         timeout: float = 600,
         **settings: str,
     ) -> DagRunResult:
         extra = dict(request.getfixturevalue("execution_api")) if use_executor else {}
         for name, value in settings.items():
-            extra[f"MPU_E2E_{name.upper()}"] = str(value)
-        env = airflow_environment(airflow_home, endpoint=proxy.url, dags_folder=DAGS, **extra)
+            extra[name if name.isupper() else f"MPU_E2E_{name.upper()}"] = str(value)
+        env = airflow_environment(airflow_home, endpoint=proxy.url, dags_folder=dags_folder, **extra)
         # Each run gets its own logs folder so the task log read back is this run's only.
         logs = tmp_path / f"logs-{time.monotonic_ns()}"
         env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(logs)
-        cmd = [str(AIRFLOW), "dags", "test", "mpu_e2e", *(["--use-executor"] if use_executor else [])]
+        cmd = [str(AIRFLOW), "dags", "test", dag_id, *(["--use-executor"] if use_executor else [])]
         out = tmp_path / f"dags-test-{time.monotonic_ns()}.out"
         with out.open("w") as sink:
             process = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)

@@ -182,3 +182,60 @@ def test_file_growing_mid_upload_fails_the_task_and_leaves_nothing(run_dag, prox
     assert "changed during the upload" in result.text
     assert incomplete_uploads(s3, BUCKET) == []
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+
+
+GENERATOR = "import sys\nfor i in range(300):\n    sys.stdout.buffer.write(bytes([i % 256]) * 1048576)\n"
+
+
+def test_command_output_streamed_through_a_dag_arrives_byte_identical(run_dag, proxy, s3):
+    import hashlib
+    import shlex
+    import sys
+
+    key = "e2e/streamed.bin"
+    result = run_dag(command=f"{shlex.quote(sys.executable)} -c {shlex.quote(GENERATOR)}", key=f"s3://{BUCKET}/{key}")
+    assert result.succeeded, result.log[-5000:]
+    expected = hashlib.sha256(b"".join(bytes([i % 256]) * 1048576 for i in range(300))).hexdigest()
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert len(body) == 300 * MiB
+    assert hashlib.sha256(body).hexdigest() == expected
+    assert proxy.count("UploadPart", status=200) == 60  # 5 MiB parts (the DAG's part_size)
+    assert incomplete_uploads(s3, BUCKET) == []
+
+
+def test_command_failing_half_way_through_a_dag_leaves_nothing(run_dag, s3):
+    key = "e2e/streamed-failed.bin"
+    command = "head -c 30000000 /dev/zero; echo 'dump failed: disk full' >&2; exit 7"
+    result = run_dag(command=command, key=f"s3://{BUCKET}/{key}", retries=0)
+    assert not result.succeeded
+    assert "exited with status 7" in result.text and "disk full" in result.text
+    assert incomplete_uploads(s3, BUCKET) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "key_suffix", "gzip_encoded"),
+    [("nightly_db_dump", "app.sql", False), ("nightly_db_dump_streamed", "app.sql.gz", True)],
+)
+def test_example_nightly_dump_dags_upload_a_real_database_dump(run_dag, s3, tmp_path, dag_id, key_suffix, gzip_encoded):
+    import gzip
+    import sqlite3
+    from pathlib import Path
+
+    database = tmp_path / "app.sqlite3"
+    result = run_dag(
+        dag_id=dag_id,
+        dags_folder=Path(__file__).parents[2] / "example_dags",
+        MPU_BUCKET=BUCKET,
+        MPU_DUMP_DATABASE=str(database),
+        MPU_DUMP_DIR=str(tmp_path / "dumps"),
+        MPU_SAMPLE_ROWS="50000",
+    )
+    assert result.succeeded, result.log[-5000:]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="dumps/").get("Contents", [])]
+    key = next(k for k in keys if k.endswith("/" + key_suffix))
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    dump = gzip.decompress(body) if gzip_encoded else body
+    expected = "".join(line + "\n" for line in sqlite3.connect(database).iterdump()).encode()
+    assert dump == expected  # the object is exactly the database's dump
+    s3.delete_object(Bucket=BUCKET, Key=key)

@@ -14,7 +14,8 @@ env = os.environ.get
 with DAG(dag_id="mpu_e2e", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     MultipartUploadOperator(
         task_id="upload",
-        file=env("MPU_E2E_FILE", "/nonexistent"),
+        file=None if env("MPU_E2E_COMMAND") else env("MPU_E2E_FILE", "/nonexistent"),
+        command=env("MPU_E2E_COMMAND"),
         key=env("MPU_E2E_KEY", "s3://e2e-bucket/e2e/object.bin"),
         part_size=int(env("MPU_E2E_PART_SIZE", str(5 * 1024 * 1024))),
         concurrency=int(env("MPU_E2E_CONCURRENCY", "4")),
