@@ -9,6 +9,8 @@ retry resume, whether a retry will follow, ``on_kill`` and lineage. Everything S
 from __future__ import annotations
 
 import functools
+import os
+import shlex
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -458,11 +460,19 @@ class MultipartUploadOperator(BaseOperator):
     # -- lineage ------------------------------------------------------------------------------
 
     def get_openlineage_facets_on_start(self) -> Any:
+        """Input: the local file (or, for a command, the program that produced the stream, never its
+        arguments, which may hold credentials); output: the S3 object, as the amazon provider's
+        transfer operators report them. OpenLineage is imported lazily: it is an optional provider."""
         from airflow.providers.common.compat.openlineage.facet import Dataset
         from airflow.providers.openlineage.extractors import OperatorLineage
 
         bucket, key = self.resolve_target()
-        return OperatorLineage(
-            inputs=[Dataset(namespace="file", name=str(self.file))],
-            outputs=[Dataset(namespace=f"s3://{bucket}", name=key)],
-        )
+        if self.command is not None:
+            words = shlex.split(self.command, posix=True) or ["command"]
+            source = Dataset(namespace="command", name=os.path.basename(words[0]))
+        else:
+            source = Dataset(namespace="file", name=str(self.file))
+        return OperatorLineage(inputs=[source], outputs=[Dataset(namespace=f"s3://{bucket}", name=key)])
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return self.get_openlineage_facets_on_start()

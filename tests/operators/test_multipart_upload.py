@@ -127,3 +127,15 @@ def test_openlineage_facets():
     lineage = op(file="/data/x.sql", key="s3://b/k/x.sql").get_openlineage_facets_on_start()
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://b", "k/x.sql")]
     assert [(d.namespace, d.name) for d in lineage.inputs] == [("file", "/data/x.sql")]
+    streamed = op(file=None, command="/usr/bin/pg_dump postgresql://u:secret@db/app | zstd", key="s3://b/k.zst")
+    lineage = streamed.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [("command", "pg_dump")]
+    assert "secret" not in repr(lineage)
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://b", "k.zst")]
+
+
+def test_exactly_one_of_file_or_command():
+    with pytest.raises(ValueError, match="exactly one of file"):
+        op(file=None)
+    with pytest.raises(ValueError, match="exactly one of file"):
+        op(command="true")
