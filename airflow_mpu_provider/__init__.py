@@ -28,6 +28,7 @@ def get_provider_info() -> dict:
                 "integration-name": "Amazon Simple Storage Service (S3) multipart upload",
                 "python-modules": [
                     "airflow_mpu_provider.operators.multipart_upload",
+                    "airflow_mpu_provider.operators.cleanup",
                 ],
             }
         ],

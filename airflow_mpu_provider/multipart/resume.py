@@ -11,27 +11,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from airflow_mpu_provider.multipart.errors import s3_error
 from airflow_mpu_provider.multipart.integrity import PartDigest, checksum_field, part_matches
 from airflow_mpu_provider.multipart.plan import PartPlan, format_bytes
+from airflow_mpu_provider.multipart.upload import list_incomplete_uploads
 
 
 def find_resumable_upload(client: Any, bucket: str, key: str) -> str | None:
     """The newest incomplete multipart upload for exactly ``key`` (never a key that merely shares its prefix)."""
-    uploads: list[dict[str, Any]] = []
-    args: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
-    try:
-        while True:
-            response = client.list_multipart_uploads(**args)
-            uploads.extend(u for u in response.get("Uploads", []) if u.get("Key") == key)
-            if not response.get("IsTruncated"):
-                break
-            args["KeyMarker"] = response.get("NextKeyMarker", "")
-            args["UploadIdMarker"] = response.get("NextUploadIdMarker", "")
-    except ClientError as e:
-        raise s3_error(e, operation="ListMultipartUploads", bucket=bucket, key=key, upload_id=None) from e
+    uploads = [u for u in list_incomplete_uploads(client, bucket, key) if u.get("Key") == key]
     if not uploads:
         return None
     return max(uploads, key=lambda u: u["Initiated"])["UploadId"]

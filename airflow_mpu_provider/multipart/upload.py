@@ -17,7 +17,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -318,3 +318,37 @@ class MultipartUpload:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
+
+
+def list_incomplete_uploads(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """Every incomplete multipart upload under ``prefix``, page after page (KeyMarker/UploadIdMarker)."""
+    args: dict[str, Any] = {"Bucket": bucket}
+    if prefix:
+        args["Prefix"] = prefix
+    markers: tuple[str, str] | None = None
+    while True:
+        try:
+            response = client.list_multipart_uploads(**args)
+        except ClientError as e:
+            raise s3_error(e, operation="ListMultipartUploads", bucket=bucket, key=prefix, upload_id=None) from e
+        uploads = response.get("Uploads", [])
+        yield from uploads
+        if not response.get("IsTruncated"):
+            return
+        last = uploads[-1] if uploads else {}
+        next_markers = (
+            response.get("NextKeyMarker") or last.get("Key") or "",
+            response.get("NextUploadIdMarker") or last.get("UploadId") or "",
+        )
+        if not next_markers[0] or next_markers == markers:
+            raise S3UploadError(
+                f"ListMultipartUploads of s3://{bucket}/{prefix} says there is more but gives no new "
+                f"position to continue from (markers {next_markers}); the store's pagination is broken.",
+                code="BadPagination",
+                operation="ListMultipartUploads",
+                bucket=bucket,
+                key=prefix,
+                upload_id=None,
+            )
+        markers = next_markers
+        args["KeyMarker"], args["UploadIdMarker"] = markers
