@@ -2,10 +2,13 @@
 """One entry point for a fresh machine that has only python3 and pip.
 
     python3 dev.py demo   # set up .venv, run the example nightly-dump DAG against an embedded S3
-    python3 dev.py test   # set up .venv, run ruff and the whole test suite
+    python3 dev.py test   # set up, run ruff and the whole test suite on the newest and the oldest
+                          # supported Airflow, each from its own locked environment
 
-Set-up is idempotent: the virtualenv is (re)installed from constraints.txt only when
-constraints.txt or pyproject.toml changed since the last install.
+    python3 dev.py test --env newest -k resume    # one environment; the rest goes to pytest
+
+Set-up is idempotent: an environment is (re)installed from its constraints file only when that file
+or pyproject.toml changed since its last install.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV = Path(os.environ.get("MPU_VENV", ROOT / ".venv"))
-BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-PYTHON = BIN / "python"
+
+#: name -> (virtualenv folder, constraints file): the newest Airflow we support, and the oldest.
+ENVIRONMENTS = {
+    "newest": (ROOT / ".venv", ROOT / "constraints.txt"),
+    "oldest": (ROOT / ".venv-airflow-3.0", ROOT / "constraints-airflow-3.0.txt"),
+}
 
 
 def run(*cmd: str | os.PathLike[str], **kwargs) -> None:
@@ -28,35 +34,62 @@ def run(*cmd: str | os.PathLike[str], **kwargs) -> None:
     subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kwargs)
 
 
-def setup() -> None:
-    """Create .venv and install the pinned dependencies plus this package (editable)."""
-    fingerprint = hashlib.sha256(
-        b"".join((ROOT / name).read_bytes() for name in ("constraints.txt", "pyproject.toml"))
-    ).hexdigest()
-    stamp = VENV / ".mpu-installed"
-    if stamp.exists() and stamp.read_text() == fingerprint and PYTHON.exists():
-        return
-    if not PYTHON.exists():
-        print(f"Creating virtualenv {VENV}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONSTRAINT": str(ROOT / "constraints.txt")}
-    run(PYTHON, "-m", "pip", "install", "--quiet", "pip==26.3", env=env)
-    run(PYTHON, "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", ".[test]", env=env)
+def bin_dir(env_dir: Path) -> Path:
+    return env_dir / ("Scripts" if os.name == "nt" else "bin")
+
+
+def setup(name: str) -> Path:
+    """Create the environment and install its pinned dependencies plus this package (editable)."""
+    env_dir, constraints = ENVIRONMENTS[name]
+    python = bin_dir(env_dir) / "python"
+    fingerprint = hashlib.sha256(constraints.read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = env_dir / ".mpu-installed"
+    if stamp.exists() and stamp.read_text() == fingerprint and python.exists():
+        return python
+    if not python.exists():
+        print(f"Creating virtualenv {env_dir}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(env_dir)
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONSTRAINT": str(constraints)}
+    run(python, "-m", "pip", "install", "--quiet", "pip==26.3", env=env)
+    run(python, "-m", "pip", "install", "--quiet", "-c", constraints, "-e", ".[test]", env=env)
     stamp.write_text(fingerprint)
+    return python
+
+
+def test(args: list[str]) -> int:
+    names = list(ENVIRONMENTS)
+    if args[:1] == ["--env"] and len(args) > 1:
+        names, args = [args[1]], args[2:]
+    failed = []
+    for name in names:
+        python = setup(name)
+        if name == names[0]:
+            run(bin_dir(python.parent.parent) / "ruff", "check", ".")
+        version = subprocess.run(
+            [str(python), "-c", "import airflow; print(airflow.__version__)"], capture_output=True, text=True
+        ).stdout.strip()
+        print(f"\n=== tests on Airflow {version} ({name}) ===", flush=True)
+        if subprocess.call([str(python), "-m", "pytest", *args], cwd=ROOT) != 0:
+            failed.append(f"{name} (Airflow {version})")
+    if failed:
+        print(f"\nFAILED on: {', '.join(failed)}")
+        return 1
+    return 0
 
 
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "help"
-    if command not in ("demo", "test", "setup"):
-        print(__doc__)
-        return 2
-    setup()
     if command == "demo":
-        return subprocess.call([str(PYTHON), str(ROOT / "example_dags" / "run_demo.py"), *argv[2:]], cwd=ROOT)
+        python = setup("newest")
+        return subprocess.call([str(python), str(ROOT / "example_dags" / "run_demo.py"), *argv[2:]], cwd=ROOT)
     if command == "test":
-        run(BIN / "ruff", "check", ".")
-        return subprocess.call([str(PYTHON), "-m", "pytest", *argv[2:]], cwd=ROOT)
-    return 0
+        return test(argv[2:])
+    if command == "setup":
+        for name in ENVIRONMENTS:
+            setup(name)
+        return 0
+    print(__doc__)
+    return 2
 
 
 if __name__ == "__main__":

@@ -110,6 +110,12 @@ def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str,
     from airflow_mpu_provider.multipart.plan import plan_parts
     from airflow_mpu_provider.multipart.sources import FileSource
 
+    if args.assume_checksum_echo:
+        # Simulate a store that echoes part checksums, as AWS does (moto does not): the engine then
+        # stops adding Content-MD5 after the first part, as it would against AWS.
+        from airflow_mpu_provider.multipart.upload import MultipartUpload
+
+        MultipartUpload.store_echoes_checksums = property(lambda self: True, lambda self, value: None)
     if args.checksum_algorithm == "default":
         options = UploadOptions(concurrency=args.concurrency_value)
     else:
@@ -407,6 +413,8 @@ def worker_command(args: argparse.Namespace, v: Variant, file: Path, endpoint: s
     ]
     if args.https:
         cmd.append("--https")
+    if args.assume_checksum_echo:
+        cmd.append("--assume-checksum-echo")
     if args.verify_tls:
         cmd.append("--verify-tls")
     if profile:
@@ -570,7 +578,8 @@ def run_parent(args: argparse.Namespace) -> int:
     if results:
         print(f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians; checksum for engine: {args.checksum}; "
               f"{'HTTPS' if args.https or endpoint.startswith('https') else 'plain HTTP'}; "
-              f"payload signing {args.payload_signing}{'; BOTO_DISABLE_CRT' if args.no_crt else ''}; "
+              f"payload signing {args.payload_signing}{'; BOTO_DISABLE_CRT' if args.no_crt else ''}"
+              f"{'; engine assumes checksum echo' if args.assume_checksum_echo else ''}; "
               f"took {elapsed:.0f} s")
         print(table(results, vs))
         failures = [r for r in results if "error" in r]
@@ -616,6 +625,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-crt", action="store_true",
                    help="workers run with BOTO_DISABLE_CRT=true: botocore's Python SigV4 signer, no CRC32C "
                         "(the engine then defaults to CRC32)")
+    p.add_argument("--assume-checksum-echo", action="store_true",
+                   help="engine: behave as against AWS, which echoes part checksums (moto does not), so no "
+                        "Content-MD5 after the first part; the object is then verified by size only")
     p.add_argument("--json", help="save raw results to this file")
     p.add_argument("--profile", action="store_true", help="after the rounds, run the engine once under cProfile")
     p.add_argument("--profile-timer", choices=("cpu", "wall"), default="cpu",
