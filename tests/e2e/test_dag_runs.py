@@ -29,7 +29,8 @@ def test_provider_is_registered_with_airflow(airflow_home):
 
     env = airflow_environment(airflow_home, endpoint="http://127.0.0.1:9", dags_folder=airflow_home)
     listed = airflow_cli(env, "providers", "list", "--output", "json").stdout
-    providers = {p["package_name"]: p for p in json.loads(listed[listed.index("[") :])}
+    document = next(line for line in listed.splitlines() if line.startswith("[{"))  # log lines come first
+    providers = {p["package_name"]: p for p in json.loads(document)}
     assert "airflow-mpu-provider" in providers
 
 
