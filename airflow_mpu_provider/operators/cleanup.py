@@ -17,13 +17,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_mpu_provider.multipart.errors import (
-    InvalidUploadRequest,
     MultipartUploadError,
     S3UploadError,
     UploadCancelledError,
 )
 from airflow_mpu_provider.multipart.plan import format_bytes
 from airflow_mpu_provider.multipart.upload import MultipartUpload, list_incomplete_uploads
+from airflow_mpu_provider.operators.s3_target import bucket_and_path
 from airflow_mpu_provider.version_compat import BaseOperator
 
 if TYPE_CHECKING:
@@ -125,21 +125,7 @@ class S3AbortStaleUploadsOperator(BaseOperator):
 
     def resolve_target(self) -> tuple[str, str]:
         """(bucket, prefix) from ``bucket`` + ``prefix`` or an ``s3://bucket/prefix`` URL."""
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        prefix = self.prefix or ""
-        if not self.bucket and not prefix:
-            raise InvalidUploadRequest("no bucket: pass bucket=..., or prefix='s3://bucket/prefix'.")
-        try:
-            bucket, prefix = S3Hook.get_s3_bucket_key(self.bucket or None, prefix, "bucket", "prefix")
-        except Exception as e:  # S3HookUriParseFailure, TypeError: both mean "fix your arguments"
-            raise InvalidUploadRequest(
-                f"cannot tell the bucket from bucket={self.bucket!r}, prefix={self.prefix!r}: pass bucket=..., "
-                f"or prefix='s3://bucket/prefix' ({e})."
-            ) from None
-        if not bucket:
-            raise InvalidUploadRequest(f"no bucket: pass bucket=..., or prefix='s3://bucket/prefix' ({self.prefix!r}).")
-        return bucket, prefix
+        return bucket_and_path(self.bucket, self.prefix or "", "prefix")
 
     def s3_client(self) -> Any:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook

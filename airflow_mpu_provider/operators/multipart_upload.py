@@ -34,6 +34,7 @@ from airflow_mpu_provider.multipart.resume import find_resumable_upload
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.stream import StreamUploadEngine
 from airflow_mpu_provider.multipart.upload import OBJECT_ARGS, MultipartUpload
+from airflow_mpu_provider.operators.s3_target import bucket_and_path
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
 if TYPE_CHECKING:
@@ -178,19 +179,9 @@ class MultipartUploadOperator(BaseOperator):
 
     def resolve_target(self) -> tuple[str, str]:
         """(bucket, key) from ``bucket`` + ``key`` or an ``s3://`` key, checked against S3's rules."""
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
         if not self.key:
             raise InvalidUploadRequest("key is empty; give the object key (or a full s3://bucket/key URL).")
-        try:
-            bucket, key = S3Hook.get_s3_bucket_key(self.bucket or None, self.key, "bucket", "key")
-        except Exception as e:  # S3HookUriParseFailure, TypeError: both mean "fix your arguments"
-            raise InvalidUploadRequest(
-                f"cannot tell the bucket from bucket={self.bucket!r}, key={self.key!r}: pass bucket=..., or "
-                f"key='s3://bucket/path' ({e})."
-            ) from None
-        if not bucket:
-            raise InvalidUploadRequest(f"no bucket: pass bucket=..., or key='s3://bucket/path' (key={self.key!r}).")
+        bucket, key = bucket_and_path(self.bucket, self.key, "key")
         if not key:
             raise InvalidUploadRequest(f"key {self.key!r} names no object; add the object path after the bucket.")
         if len(key.encode()) > MAX_KEY_BYTES:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from tests.support.local_airflow import (
     airflow_environment,
     free_port,
     s3_client,
+    wait_for_port,
 )
 
 BUCKET = "e2e-bucket"
@@ -71,15 +71,10 @@ def execution_api(airflow_home) -> Iterator[dict[str, str]]:
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((airflow_home / "api-server.log").read_text()[-3000:]) from None
-                time.sleep(0.2)
+        try:
+            wait_for_port(port, server, timeout=120, what="execution API server")
+        except RuntimeError:
+            raise RuntimeError((airflow_home / "api-server.log").read_text()[-3000:]) from None
         yield settings
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import boto3
@@ -15,7 +11,7 @@ import pytest
 from airflow_mpu_provider.multipart.errors import S3UploadError
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
-from tests.support.local_airflow import aws_connection, free_port
+from tests.support.local_airflow import aws_connection, moto_server_process
 
 pytestmark = pytest.mark.integration
 
@@ -26,27 +22,8 @@ WRONG_SECRET = "wrong-secret-key-that-must-not-leak-42"
 @pytest.fixture(scope="module")
 def authenticating_s3() -> Iterator[tuple[str, dict[str, str]]]:
     """A moto server that authenticates every request after the three that create a user and its key."""
-    import socket
-
-    port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    # The first three requests (create the user, its key, its policy) are let through unauthenticated.
+    with moto_server_process(INITIAL_NO_AUTH_ACTION_COUNT="3") as endpoint:
         iam = boto3.client(
             "iam",
             endpoint_url=endpoint,
@@ -61,9 +38,6 @@ def authenticating_s3() -> Iterator[tuple[str, dict[str, str]]]:
         credentials = {"id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
         client(endpoint, credentials["id"], credentials["secret"]).create_bucket(Bucket=BUCKET)
         yield endpoint, credentials
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def client(endpoint: str, key_id: str, secret: str):

@@ -46,27 +46,32 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
+def wait_for_port(port: int, process: subprocess.Popen, *, timeout: float = 30, what: str = "server") -> None:
+    """Wait until something accepts connections on 127.0.0.1:``port``; fail early if ``process`` died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start listening on 127.0.0.1:{port}") from None
+            time.sleep(0.1)
+
+
 @contextmanager
-def moto_server_process() -> Iterator[str]:
-    """A moto S3 server in its own process; yields its endpoint URL."""
+def moto_server_process(**env: str) -> Iterator[str]:
+    """A moto S3 server in its own process (``env``: extra settings such as moto's); yields its URL."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        yield url
+        wait_for_port(port, proc, what="moto server")
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(10)
