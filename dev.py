@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent
 #: name -> (virtualenv folder, constraints file): the newest Airflow we support, and the oldest.
 ENVIRONMENTS = {
     "newest": (ROOT / ".venv", ROOT / "constraints.txt"),
-    "oldest": (ROOT / ".venv-airflow-3.0", ROOT / "constraints-airflow-3.0.txt"),
+    "oldest": (ROOT / ".venv-airflow-3.1", ROOT / "constraints-airflow-3.1.txt"),
 }
 
 
