@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +24,8 @@ from tests.support.local_airflow import (  # noqa: E402
 )
 
 BUCKET = "nightly-dumps"
+#: A structlog line of the operator: "<time> [info     ] <message> [airflow.task.operators....Operator] loc=..."
+OPERATOR_LINE = re.compile(r"\[(info|warning|error)\s*\]\s(.*?)\s+\[airflow\.task\.operators\.airflow_mpu_provider")
 
 
 def main() -> int:
@@ -47,9 +50,10 @@ def main() -> int:
         if run.returncode != 0:
             print(f"airflow dags test failed with exit code {run.returncode}")
             return run.returncode
+        print("\nThe upload task's log (MultipartUploadOperator lines):")
         for line in log.splitlines():
-            if "airflow_mpu_provider" in line or "multipart" in line.lower() or "MultipartUpload" in line:
-                print("  log |", line[-220:])
+            if match := OPERATOR_LINE.search(line):
+                print(f"  {match.group(1):<7} {match.group(2)}")
         print("\nUploaded to the embedded S3:")
         for obj in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []):
             head = s3.head_object(Bucket=BUCKET, Key=obj["Key"])

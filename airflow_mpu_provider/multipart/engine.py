@@ -477,8 +477,8 @@ class UploadEngine(BaseUploadEngine):
         self._raise_if_cancelled()
         self.source.check_unchanged()
         parts = [entries[n] for n in range(1, self.plan.count + 1)]
-        response = self._complete(parts, self.plan.size)
         self.log.info("%s", progress.summary())
+        response = self._complete(parts, self.plan.size)
         return self._result(
             response,
             size=self.plan.size,

@@ -78,6 +78,7 @@ class StreamUploadEngine(BaseUploadEngine):
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
             try:
                 total = self._send_stream(pool, workers, entries, progress)
+                self.log.info("%s", progress.summary())
                 self.stream.finish()  # raises if the command failed: nothing is completed then
                 self._raise_if_cancelled()
                 parts = [entries[n] for n in sorted(entries)]
@@ -87,7 +88,6 @@ class StreamUploadEngine(BaseUploadEngine):
                 pool.shutdown(wait=True, cancel_futures=True)
                 self._after_failure(error, keep_on_failure=False)
                 raise
-        self.log.info("%s", progress.summary())
         return self._result(
             response,
             size=total,
