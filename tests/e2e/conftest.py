@@ -85,20 +85,34 @@ def execution_api(airflow_home) -> Iterator[dict[str, str]]:
 class DagRunResult:
     returncode: int
     log: str
-    task_log: str
+    logs_folder: Path
+
+    @property
+    def task_log(self) -> str:
+        """The task logs as they are now (read afresh: the supervisor may still be flushing them)."""
+        return _task_logs(self.logs_folder)
 
     @property
     def text(self) -> str:
         """Everything the run printed and logged (task logs go to files with --use-executor)."""
         return self.log + "\n" + self.task_log
 
+    def shows(self, fragment: str, timeout: float = 30) -> bool:
+        """Whether ``fragment`` is (or within ``timeout`` s appears) in the run's output or task logs."""
+        deadline = time.monotonic() + timeout
+        while fragment not in self.text:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
+
     @property
     def succeeded(self) -> bool:
         return self.returncode == 0
 
 
-def _task_logs(home: Path) -> str:
-    logs = sorted((home / "logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)
+def _task_logs(folder: Path) -> str:
+    logs = sorted(folder.rglob("*.log"), key=lambda p: p.stat().st_mtime) if folder.exists() else []
     return "\n".join(p.read_text(errors="replace") for p in logs)
 
 
@@ -138,10 +152,11 @@ def run_dag(airflow_home, proxy, tmp_path, request) -> Callable[..., DagRunResul
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-            for child in _leftovers(process.pid):
+            # Executor workers end on their own once the run is over; only stragglers are killed.
+            _gone, alive = psutil.wait_procs(_leftovers(process.pid), timeout=15)
+            for child in alive:
                 child.kill()
-        task_log = _task_logs(logs) if logs.exists() else _task_logs(airflow_home)
-        return DagRunResult(process.returncode, out.read_text(errors="replace"), task_log)
+        return DagRunResult(process.returncode, out.read_text(errors="replace"), logs)
 
     return run
 
