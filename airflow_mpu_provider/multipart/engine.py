@@ -364,14 +364,14 @@ class UploadEngine(BaseUploadEngine):
         started = time.monotonic()
         workers = self.options.workers_for(self.plan.part_size)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
-            kept = self._open(resume_upload_id, pool)
-            assert self.upload is not None
             try:
+                kept = self._open(resume_upload_id, pool)
                 result = self._upload_and_complete(kept, pool, workers, started)
             except BaseException as error:
                 self._stop.set()
                 pool.shutdown(wait=True, cancel_futures=True)
-                self._after_failure(error, keep_on_failure)
+                if self.upload is not None and self.upload.upload_id:  # nothing to clean if none was opened
+                    self._after_failure(error, keep_on_failure)
                 raise
         return result
 

@@ -268,3 +268,17 @@ def test_no_such_upload_at_complete_with_a_different_object_is_an_error(mock_s3,
     monkeypatch.setattr(mock_s3, "complete_multipart_upload", aborted_by_someone_else)
     with source, pytest.raises(S3UploadError, match="NoSuchUpload"):
         engine.run()
+
+
+def test_failure_right_after_create_still_aborts(mock_s3, tmp_path):
+    """If recording the UploadId fails (XCom, task_state_store), the fresh upload must not be orphaned."""
+    path = make_file(tmp_path / "f", 6 * MiB)
+    engine, source = engine_for(mock_s3, path)
+
+    def recording_fails(upload_id):
+        raise RuntimeError("XCom backend down")
+
+    engine.on_upload_started = recording_fails
+    with source, pytest.raises(RuntimeError, match="XCom backend down"):
+        engine.run()
+    assert incomplete_uploads(mock_s3, BUCKET) == []
