@@ -50,8 +50,8 @@ def setup(name: str) -> Path:
         print(f"Creating virtualenv {env_dir}", flush=True)
         venv.EnvBuilder(with_pip=True).create(env_dir)
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONSTRAINT": str(constraints)}
-    run(python, "-m", "pip", "install", "--quiet", "pip==26.3", env=env)
-    run(python, "-m", "pip", "install", "--quiet", "-c", constraints, "-e", ".[test]", env=env)
+    run(python, "-m", "pip", "install", "-qq", "pip==26.3", env=env)
+    run(python, "-m", "pip", "install", "-qq", "-c", constraints, "-e", ".[test]", env=env)
     stamp.write_text(fingerprint)
     return python
 
