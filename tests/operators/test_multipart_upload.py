@@ -139,3 +139,35 @@ def test_exactly_one_of_file_or_command():
         op(file=None)
     with pytest.raises(ValueError, match="exactly one of file"):
         op(command="true")
+
+
+@pytest.mark.parametrize(("keep", "retries", "left"), [(True, 2, 1), (False, 2, 0), (True, 0, 0)])
+def test_keep_or_abort_on_failure_follows_the_policy_and_airflows_retry_decision(
+    mock_s3, tmp_path, monkeypatch, keep, retries, left
+):
+    from airflow_mpu_provider.multipart.upload import MultipartUpload
+
+    path = make_file(tmp_path / "f", 12 * MiB)
+    operator = op(
+        file=str(path),
+        key="s3://test-bucket/policy.bin",
+        part_size=5 * MiB,
+        concurrency=1,
+        retries=retries,
+        keep_upload_for_retry=keep,
+    )
+    monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
+    real = MultipartUpload.put_part
+
+    def connection_drops_at_part_2(self, number, *args, **kwargs):
+        if number == 2:
+            raise ConnectionError("connection reset by peer")
+        return real(self, number, *args, **kwargs)
+
+    monkeypatch.setattr(MultipartUpload, "put_part", connection_drops_at_part_2)
+    ti = SimpleNamespace(try_number=1, max_tries=retries, xcom_push=lambda **kw: None)
+    with pytest.raises(ConnectionError):
+        operator.execute({"ti": ti})
+    assert len(incomplete_uploads(mock_s3, "test-bucket")) == left
+    for upload in incomplete_uploads(mock_s3, "test-bucket"):  # leave the shared moto clean
+        mock_s3.abort_multipart_upload(Bucket="test-bucket", Key=upload["Key"], UploadId=upload["UploadId"])
