@@ -25,6 +25,26 @@ def stored_parts(s3, key: str) -> int:
     return len(s3.list_parts(Bucket=BUCKET, Key=key, UploadId=uploads[0]["UploadId"]).get("Parts", []))
 
 
+class SignalTaskAfterParts:
+    """A ``during`` hook for run_dag: once ``parts`` parts reached the server, signal the task process once."""
+
+    def __init__(self, proxy, parts: int, signum: signal.Signals, then=None) -> None:
+        self.proxy, self.parts, self.signum, self.then = proxy, parts, signum, then
+        self.sent = False
+
+    def __call__(self, dags_test: psutil.Process) -> None:
+        if self.sent or self.proxy.count("UploadPart", status=200) < self.parts:
+            return
+        task = task_process(dags_test)
+        if task is None:
+            return
+        task.send_signal(self.signum)
+        self.sent = True
+        if self.then is not None:
+            task.wait(30)
+            self.then()
+
+
 def test_provider_is_registered_with_airflow(airflow_home):
     from tests.support.local_airflow import airflow_cli, airflow_environment
 
@@ -54,23 +74,17 @@ def test_sigkill_mid_upload_then_airflow_retry_sends_only_missing_parts(run_dag,
     key = "e2e/sigkill.bin"
     total_parts = 40
     proxy.add_fault(Fault(kind="UploadPart", action="delay", delay=0.15))  # slow enough to kill mid-way
-    state = {"killed": False, "stored_at_kill": None}
+    stored_at_kill = []
 
-    def kill_after_ten_parts(dags_test: psutil.Process) -> None:
-        if state["killed"] or proxy.count("UploadPart", status=200) < 10:
-            return
-        task = task_process(dags_test)
-        if task is not None:
-            task.send_signal(signal.SIGKILL)
-            task.wait(30)
-            state["killed"] = True
-            state["stored_at_kill"] = stored_parts(s3, key)
-            proxy.reset_counts()
-            proxy.clear_faults()
+    def measure_then_count_afresh() -> None:
+        stored_at_kill.append(stored_parts(s3, key))
+        proxy.reset_counts()
+        proxy.clear_faults()
 
+    kill = SignalTaskAfterParts(proxy, 10, signal.SIGKILL, then=measure_then_count_afresh)
     result = run_dag(
         use_executor=True,
-        during=kill_after_ten_parts,
+        during=kill,
         file=path,
         key=f"s3://{BUCKET}/{key}",
         part_size=5 * MiB,
@@ -78,10 +92,10 @@ def test_sigkill_mid_upload_then_airflow_retry_sends_only_missing_parts(run_dag,
         retries=1,
         retry_delay=1,
     )
-    assert state["killed"], "the task finished before it could be killed"
+    assert kill.sent, "the task finished before it could be killed"
     assert result.succeeded, result.log[-5000:]
     assert result.shows("exit_code=<Negsignal.SIGKILL: -9> final_state=up_for_retry")
-    done = state["stored_at_kill"]
+    done = stored_at_kill[0]
     assert 10 <= done < total_parts
     # Server side: the retry sent exactly the parts that were not in S3 when the task died...
     assert proxy.count("UploadPart", status=200) == total_parts - done
@@ -97,26 +111,17 @@ def test_sigterm_aborts_the_upload_and_fails_the_task(run_dag, proxy, s3, tmp_pa
     path = make_file(tmp_path / "dump.sql", 100 * MiB)
     key = "e2e/sigterm.bin"
     proxy.add_fault(Fault(kind="UploadPart", action="delay", delay=0.2))
-    state = {"terminated": False}
-
-    def terminate_after_three_parts(dags_test: psutil.Process) -> None:
-        if state["terminated"] or proxy.count("UploadPart", status=200) < 3:
-            return
-        task = task_process(dags_test)
-        if task is not None:
-            task.send_signal(signal.SIGTERM)
-            state["terminated"] = True
-
+    terminate = SignalTaskAfterParts(proxy, 3, signal.SIGTERM)
     result = run_dag(
         use_executor=True,
-        during=terminate_after_three_parts,
+        during=terminate,
         file=path,
         key=f"s3://{BUCKET}/{key}",
         part_size=5 * MiB,
         concurrency=2,
         retries=0,
     )
-    assert state["terminated"]
+    assert terminate.sent
     assert not result.succeeded
     assert result.shows("final_state=failed"), result.log[-5000:]
     assert result.shows("Task killed: aborting the multipart upload")
