@@ -51,8 +51,9 @@ def sha256_object(client, bucket: str, key: str) -> str:
     return h.hexdigest()
 
 
-def incomplete_uploads(client, bucket: str) -> list[dict]:
-    return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+def incomplete_uploads(client, bucket: str, prefix: str = "") -> list[dict]:
+    """Incomplete multipart uploads in ``bucket`` (under ``prefix``: a test checks its own keys)."""
+    return client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
 
 
 @pytest.fixture(scope="session")
