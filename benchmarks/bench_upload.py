@@ -37,9 +37,9 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
-CONTENDERS = ("engine", "boto3-default", "boto3-tuned", "sequential")
+CONTENDERS = ("engine", "boto3-default", "crt", "boto3-tuned", "sequential")
 #: Contenders that take --part-size / --concurrency (the others ignore one or both).
-USES_PART_SIZE = {"engine", "boto3-tuned", "sequential"}
+USES_PART_SIZE = {"engine", "crt", "boto3-tuned", "sequential"}
 USES_CONCURRENCY = {"engine", "boto3-tuned"}
 
 _UNITS = {
@@ -143,6 +143,44 @@ def _boto3_upload(client: Any, args: argparse.Namespace, key: str, tuned: bool) 
     return {"part_size": config.multipart_chunksize, "workers": config.max_concurrency}
 
 
+def _crt_upload(args: argparse.Namespace, key: str) -> dict[str, Any]:
+    """s3transfer's CRTTransferManager over awscrt: what boto3 uses when ``preferred_transfer_client="crt"``.
+
+    boto3 cannot point its CRT path at a custom endpoint, so the manager is built as s3transfer builds
+    it, with the endpoint, path-style addressing and static credentials: awscrt's S3 client sends the
+    requests botocore's serializer describes. CRT picks its own concurrency (from a throughput target).
+    """
+    import botocore.session
+    from awscrt.auth import AwsCredentialsProvider
+    from botocore.config import Config
+    from s3transfer.crt import BotocoreCRTRequestSerializer, CRTTransferManager, create_s3_crt_client
+
+    session = botocore.session.get_session()
+    credentials = session.get_credentials().get_frozen_credentials()
+    region = session.get_config_variable("region") or "us-east-1"
+    https = args.endpoint.startswith("https")
+    crt_client = create_s3_crt_client(
+        region,
+        crt_credentials_provider=AwsCredentialsProvider.new_static(
+            credentials.access_key, credentials.secret_key, credentials.token
+        ),
+        part_size=args.part_size_value,
+        use_ssl=https,
+        verify=(args.verify_tls if https else None),
+    )
+    serializer = BotocoreCRTRequestSerializer(
+        session,
+        client_kwargs={
+            "region_name": region,
+            "endpoint_url": args.endpoint,
+            "config": Config(s3={"addressing_style": "path"}),
+        },
+    )
+    with CRTTransferManager(crt_client, serializer) as manager:
+        manager.upload(args.file, args.bucket, key).result()
+    return {"part_size": args.part_size_value, "workers": "crt"}
+
+
 def _sequential_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str, Any]:
     """The simplest correct multipart upload: one part read and sent at a time, botocore's defaults."""
     part_size = args.part_size_value
@@ -229,6 +267,7 @@ def run_worker(args: argparse.Namespace) -> int:
         "engine": lambda: _engine_upload(client, args, key),
         "boto3-default": lambda: _boto3_upload(client, args, key, tuned=False),
         "boto3-tuned": lambda: _boto3_upload(client, args, key, tuned=True),
+        "crt": lambda: _crt_upload(args, key),
         "sequential": lambda: _sequential_upload(client, args, key),
     }
     upload = uploads[name]
@@ -464,10 +503,14 @@ def table(results: list[dict[str, Any]], vs: list[Variant]) -> str:
     base = next((rs for v, rs in ((v, by_label[v.label]) for v in vs) if v.contender == "boto3-default" and rs), None)
     base_mib = median(base, "mib_s") if base else None
     base_cpu = median(base, "cpu_s_per_gib") if base else None
+    crt = next((rs for v, rs in ((v, by_label[v.label]) for v in vs) if v.contender == "crt" and rs), None)
+    crt_mib = median(crt, "mib_s") if crt else None
+    crt_cpu = median(crt, "cpu_s_per_gib") if crt else None
     seq = {v.part_size: by_label[v.label] for v in vs if v.contender == "sequential" and by_label[v.label]}
     width = max(len(v.label) for v in vs) + 2
     head = (f"{'contender':<{width}} {'runs':>4} {'MiB/s':>8} {'CPU s/GiB':>10} {'peak RSS MB':>12} "
-            f"{'MiB/s vs b':>11} {'CPU vs b':>9} {'MiB/s vs seq':>13} {'srv CPU s/GiB':>14}   MiB/s per round")
+            f"{'MiB/s vs b':>11} {'CPU vs b':>9} {'MiB/s vs crt':>13} {'CPU vs crt':>11} "
+            f"{'MiB/s vs seq':>13} {'srv CPU s/GiB':>14}   MiB/s per round")
     lines = [head, "-" * len(head)]
     for v in vs:
         rs = by_label[v.label]
@@ -477,6 +520,8 @@ def table(results: list[dict[str, Any]], vs: list[Variant]) -> str:
         mib, cpu, rss = median(rs, "mib_s"), median(rs, "cpu_s_per_gib"), median(rs, "peak_rss_mb")
         r_mib = f"{mib / base_mib:.2f}x" if base_mib else "-"
         r_cpu = f"{cpu / base_cpu:.2f}x" if base_cpu else "-"
+        c_mib = f"{mib / crt_mib:.2f}x" if crt_mib else "-"
+        c_cpu = f"{cpu / crt_cpu:.2f}x" if crt_cpu else "-"
         r_seq = "-"
         if v.contender == "engine":
             seq_rs = seq.get(v.part_size) or next(iter(seq.values()), None)
@@ -486,7 +531,7 @@ def table(results: list[dict[str, Any]], vs: list[Variant]) -> str:
         srv_rs = [r for r in rs if "server_cpu_s_per_gib" in r]
         srv = f"{median(srv_rs, 'server_cpu_s_per_gib'):.2f}" if srv_rs else "-"
         lines.append(f"{v.label:<{width}} {len(rs):>4} {mib:>8.1f} {cpu:>10.2f} {rss:>12.0f} "
-                     f"{r_mib:>11} {r_cpu:>9} {r_seq:>13} {srv:>14}   {per_round}")
+                     f"{r_mib:>11} {r_cpu:>9} {c_mib:>13} {c_cpu:>11} {r_seq:>13} {srv:>14}   {per_round}")
     return "\n".join(lines)
 
 
