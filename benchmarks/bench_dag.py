@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""The operator through Airflow itself, against what users would otherwise use.
+
+Each round runs three DAGs with ``airflow dags test`` (a fresh process each, contenders alternating):
+
+* ``mpu``: MultipartUploadOperator with its defaults;
+* ``local_to_s3``: the amazon provider's LocalFilesystemToS3Operator (boto3 ``upload_file``), replace=True;
+* ``idle``: one PythonOperator that does nothing: what starting Airflow, parsing and running a task costs.
+
+Wall time, CPU (user + system of the ``airflow`` process and everything it waited for, from wait4) and
+peak RSS are measured per run; the two uploads are reported net of the idle DAG's median (time and CPU),
+so the table compares the uploads, not Airflow's start-up. The metadata DB is SQLite under a throw-away
+AIRFLOW_HOME; the S3 server is moto in its own process on 127.0.0.1 (as in bench_upload.py), or
+``--endpoint``.
+
+    python benchmarks/bench_dag.py --size 1GiB --rounds 3
+    python benchmarks/bench_dag.py --size 256MiB --rounds 1      # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_upload import GiB, LocalServer, MiB, child_env, ensure_file, format_size, machine, parse_size
+
+CONTENDERS = ("mpu", "local_to_s3", "idle")
+
+DAG_FILE = '''
+"""DAGs for benchmarks/bench_dag.py: settings from the environment."""
+import os
+from datetime import datetime
+
+from airflow.sdk import DAG
+from airflow.providers.amazon.aws.transfers.local_to_s3 import LocalFilesystemToS3Operator
+from airflow.providers.standard.operators.python import PythonOperator
+
+from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
+
+FILE = os.environ.get("BENCH_FILE", "/nonexistent")
+BUCKET = os.environ.get("BENCH_BUCKET", "mpu-bench")
+KEY = os.environ.get("BENCH_KEY", "bench/object")
+START = datetime(2026, 1, 1)
+
+with DAG("bench_mpu", schedule=None, start_date=START, catchup=False):
+    MultipartUploadOperator(task_id="upload", file=FILE, key=KEY, bucket=BUCKET, replace=True)
+
+with DAG("bench_local_to_s3", schedule=None, start_date=START, catchup=False):
+    LocalFilesystemToS3Operator(task_id="upload", filename=FILE, dest_key=KEY, dest_bucket=BUCKET, replace=True)
+
+with DAG("bench_idle", schedule=None, start_date=START, catchup=False):
+    PythonOperator(task_id="upload", python_callable=lambda: None)
+'''
+
+
+def airflow_env(home: Path, endpoint: str, file: Path, bucket: str, key: str) -> dict[str, str]:
+    env = {k: v for k, v in child_env().items() if not k.startswith("AIRFLOW")}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": env["AWS_ACCESS_KEY_ID"],
+                    "password": env["AWS_SECRET_ACCESS_KEY"],
+                    "extra": {"endpoint_url": endpoint, "region_name": env["AWS_DEFAULT_REGION"], "verify": False},
+                }
+            ),
+            "BENCH_FILE": str(file),
+            "BENCH_BUCKET": bucket,
+            "BENCH_KEY": key,
+        }
+    )
+    return env
+
+
+def airflow_bin() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def run_dag(home: Path, endpoint: str, file: Path, bucket: str, contender: str, log: Path) -> dict[str, Any]:
+    """One ``airflow dags test`` in a fresh process; its own rusage (and its descendants') from wait4."""
+    key = f"bench-dag/{contender}/{uuid.uuid4().hex}"
+    env = airflow_env(home, endpoint, file, bucket, key)
+    with log.open("a") as sink:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [airflow_bin(), "dags", "test", f"bench_{contender}"], env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        return {"contender": contender, "error": f"dags test exited {proc.returncode}; see {log}"}
+    return {
+        "contender": contender,
+        "key": key,
+        "seconds": round(seconds, 3),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    }
+
+
+def check_and_delete(endpoint: str, bucket: str, record: dict[str, Any], size: int) -> None:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}), verify=False)
+    head = client.head_object(Bucket=bucket, Key=record["key"])
+    if head["ContentLength"] != size:
+        record["error"] = f"object has {head['ContentLength']} bytes, the file {size}"
+    client.delete_object(Bucket=bucket, Key=record["key"])
+
+
+def table(results: list[dict[str, Any]], size: int) -> str:
+    ok = [r for r in results if "error" not in r]
+
+    def med(contender: str, field: str) -> float | None:
+        values = [r[field] for r in ok if r["contender"] == contender]
+        return statistics.median(values) if values else None
+
+    idle_s, idle_cpu = med("idle", "seconds") or 0.0, med("idle", "cpu_s") or 0.0
+    rows = {}
+    for contender in ("mpu", "local_to_s3"):
+        seconds, cpu, rss = med(contender, "seconds"), med(contender, "cpu_s"), med(contender, "peak_rss_mb")
+        if seconds is None or cpu is None or rss is None:
+            continue
+        net_s, net_cpu = max(seconds - idle_s, 1e-6), max(cpu - idle_cpu, 0.0)
+        rows[contender] = (size / MiB / net_s, net_cpu / (size / GiB), rss, seconds, cpu)
+    base = rows.get("local_to_s3")
+    head = (
+        f"{'contender':<12} {'net MiB/s':>10} {'net CPU s/GiB':>14} {'peak RSS MB':>12} {'MiB/s vs L2S3':>14} "
+        f"{'CPU vs L2S3':>12} {'raw s':>7} {'raw CPU s':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    for contender, (mib_s, cpu_gib, rss, seconds, cpu) in rows.items():
+        r_mib = f"{mib_s / base[0]:.2f}x" if base else "-"
+        r_cpu = f"{cpu_gib / base[1]:.2f}x" if base and base[1] else "-"
+        lines.append(
+            f"{contender:<12} {mib_s:>10.1f} {cpu_gib:>14.2f} {rss:>12.0f} {r_mib:>14} {r_cpu:>12} "
+            f"{seconds:>7.1f} {cpu:>10.1f}"
+        )
+    lines.append(f"{'idle':<12} (median {idle_s:.1f} s, {idle_cpu:.1f} s CPU: subtracted from the rows above)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=parse_size, default=GiB, help="file size (default 1GiB)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--endpoint", help="an existing S3 endpoint instead of moto in its own process")
+    p.add_argument("--https", action="store_true", help="moto over HTTPS with a self-signed certificate")
+    p.add_argument("--bucket", default="mpu-bench")
+    p.add_argument("--tmpdir", default=os.path.join(tempfile.gettempdir(), "mpu-bench"))
+    p.add_argument("--json", help="save raw results to this file")
+    args = p.parse_args(argv)
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in machine().items()))
+    file = ensure_file(Path(args.tmpdir), args.size)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="mpu-bench-dag-") as scratch:
+        home = Path(scratch) / "airflow"
+        (home / "dags").mkdir(parents=True)
+        (home / "dags" / "bench_dags.py").write_text(DAG_FILE)
+        log = Path(scratch) / "dags-test.log"
+        server = None if args.endpoint else LocalServer(args.https, Path(scratch) / "moto.log").__enter__()
+        endpoint = args.endpoint or server.endpoint  # type: ignore[union-attr]
+        try:
+            import boto3
+            from botocore.config import Config
+
+            os.environ.update({k: v for k, v in child_env().items() if k.startswith("AWS_")})
+            client = boto3.client(
+                "s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}), verify=False
+            )
+            try:
+                client.head_bucket(Bucket=args.bucket)
+            except Exception:
+                client.create_bucket(Bucket=args.bucket)
+            env = airflow_env(home, endpoint, file, args.bucket, "unused")
+            subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
+            print(f"endpoint: {endpoint}, file: {file} ({format_size(args.size)}), AIRFLOW_HOME: {home}")
+            for round_no in range(1, args.rounds + 1):
+                for contender in CONTENDERS:
+                    record = run_dag(home, endpoint, file, args.bucket, contender, log)
+                    if "error" not in record and contender != "idle":
+                        check_and_delete(endpoint, args.bucket, record, args.size)
+                    record["round"] = round_no
+                    results.append(record)
+                    print(f"  round {round_no} {contender}: {record.get('error') or record}", file=sys.stderr)
+        finally:
+            if server is not None:
+                server.__exit__()
+    print(f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians, net of the idle DAG")
+    print(table(results, args.size))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
