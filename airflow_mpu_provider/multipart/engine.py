@@ -18,8 +18,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from airflow_mpu_provider.multipart.errors import (
     IntegrityError,
     InvalidUploadRequest,
@@ -28,7 +26,6 @@ from airflow_mpu_provider.multipart.errors import (
     SourceChangedError,
     UploadCancelledError,
     error_code,
-    s3_error,
 )
 from airflow_mpu_provider.multipart.integrity import (
     DEFAULT_CHECKSUM_ALGORITHM,
@@ -36,6 +33,7 @@ from airflow_mpu_provider.multipart.integrity import (
     checksum_field,
     composite_checksum,
     digest_part,
+    etag_is_md5_for_args,
     md5_from_etag,
     multipart_etag,
 )
@@ -43,7 +41,7 @@ from airflow_mpu_provider.multipart.plan import GiB, Part, PartPlan, format_byte
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, ProgressReporter
 from airflow_mpu_provider.multipart.resume import check_plan_fits, review_stored_part
 from airflow_mpu_provider.multipart.sources import FileSource
-from airflow_mpu_provider.multipart.upload import MultipartUpload
+from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object
 
 #: Parts sent at once; chosen from benchmarks/bench_upload.py.
 DEFAULT_CONCURRENCY = 8
@@ -236,6 +234,12 @@ class BaseUploadEngine:
             self.log.warning("CompleteMultipartUpload answered NoSuchUpload but the object is complete and matches.")
             response = head
         head = self._head(response.get("VersionId"))
+        # An encrypted object's ETag is no MD5; the Complete and HeadObject answers say so even when
+        # no part did (every part resumed) and the operator's arguments could not (bucket-default KMS).
+        self.upload.note_encryption(response)
+        self.upload.note_encryption(head)
+        if not self.upload.etags_are_md5:
+            expected_etag = None
         problems = []
         if head.get("ContentLength") != expected_size:
             problems.append(f"size is {head.get('ContentLength')} bytes, expected {expected_size}")
@@ -251,10 +255,11 @@ class BaseUploadEngine:
                 f"{self.description}: {'; '.join(problems)}. The object is corrupt: do not use it; "
                 "re-run the task with replace=True."
             )
+        checksum_verified = bool(expected_checksum and reported and "-" in reported)
         verified = [
             "size",
             *(["ETag"] if expected_etag else []),
-            *([f"{algorithm} checksum"] if expected_checksum and reported and "-" in reported else []),
+            *([f"{algorithm} checksum"] if checksum_verified else []),
         ]
         self.log.info(
             "Completed s3://%s/%s: %s, ETag %s; verified %s.",
@@ -264,6 +269,15 @@ class BaseUploadEngine:
             etag,
             ", ".join(verified),
         )
+        if expected_etag is None and not checksum_verified:
+            self.log.warning(
+                "s3://%s/%s: only the size could be verified; the store gives nothing else to verify the object "
+                "with (%s, and no %s object checksum in its answer).",
+                self.bucket,
+                self.key,
+                "its ETag is not an MD5 under SSE-KMS/SSE-C" if not self.upload.etags_are_md5 else "no MD5 ETag",
+                algorithm or "S3",
+            )
         return response
 
     def _collect(
@@ -283,20 +297,16 @@ class BaseUploadEngine:
         return pending
 
     def _etag_is_not_md5(self) -> bool:
-        sse = str(self.options.extra_args.get("ServerSideEncryption", ""))
-        return sse.startswith("aws:kms") or "SSECustomerKey" in self.options.extra_args
+        """Known not to be MD5s: from the arguments, or from any S3 answer about this upload so far."""
+        if self.upload is not None:
+            return not self.upload.etags_are_md5
+        return not etag_is_md5_for_args(self.options.extra_args)
 
     def _head(self, version_id: str | None = None) -> dict[str, Any]:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
-        if version_id and version_id != "null":
-            args["VersionId"] = version_id
-        for name in ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer"):
-            if name in self.options.extra_args:
-                args[name] = self.options.extra_args[name]
-        try:
-            return self.client.head_object(**args)
-        except ClientError as e:
-            raise s3_error(e, operation="HeadObject", bucket=self.bucket, key=self.key, upload_id=None) from e
+        """HeadObject of the target, with the upload's per-request arguments (see ``head_object``)."""
+        return head_object(
+            self.client, self.bucket, self.key, extra_args=self.options.extra_args, version_id=version_id
+        )
 
     def _after_failure(self, error: BaseException, keep_on_failure: bool) -> None:
         assert self.upload is not None
@@ -424,7 +434,11 @@ class UploadEngine(BaseUploadEngine):
             data = self.source.read(part.offset, part.length)
             return digest_part(number, data, algorithm=algorithm if with_checksum else None, with_md5=with_md5)
 
-        reviews = {p["PartNumber"]: pool.submit(review_stored_part, p, algorithm, digest_local) for p in stored}
+        etags_are_md5 = self.upload.etags_are_md5
+        reviews = {
+            p["PartNumber"]: pool.submit(review_stored_part, p, algorithm, digest_local, etag_is_md5=etags_are_md5)
+            for p in stored
+        }
         kept: dict[int, dict[str, Any]] = {}
         by_number = {p["PartNumber"]: p for p in stored}
         for number, review in sorted(reviews.items()):
@@ -435,7 +449,7 @@ class UploadEngine(BaseUploadEngine):
             part = by_number[number]
             checksum = part.get(checksum_field(algorithm)) if algorithm else None
             entry = self.upload.part_entry(number, part["ETag"], checksum)
-            if md5 := md5_from_etag(part["ETag"]):
+            if etags_are_md5 and (md5 := md5_from_etag(part["ETag"])):
                 entry["_md5"] = md5
             kept[number] = entry
         kept_bytes = sum(self.plan.part(n).length for n in kept)

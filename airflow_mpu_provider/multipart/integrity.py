@@ -8,6 +8,11 @@ Two ways to prove a part arrived intact exist, and stores differ in which they s
 * the MD5 of the part (Content-MD5). Every S3-compatible store verifies it and reports it as the
   part's ETag; a non-KMS multipart ETag is md5(md5(part 1) + ... + md5(part N)) + "-N".
 
+Under SSE-KMS, DSSE-KMS and SSE-C the ETag is *not* an MD5 (it still looks like 32 hex digits), so it
+proves nothing and must not be compared. The operator's arguments do not always say so (a bucket's
+default encryption is invisible to them); every S3 answer does, in ``ServerSideEncryption`` or
+``SSECustomerAlgorithm``, and ``etag_is_md5`` reads that.
+
 The hash functions are botocore's own checksum classes, so our values are exactly the ones botocore
 would have computed.
 """
@@ -17,8 +22,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from botocore import httpchecksum
 from botocore.compat import HAS_CRT
@@ -90,6 +96,23 @@ def digest_part(number: int, data: bytes | memoryview, *, algorithm: str | None,
     )
 
 
+#: ServerSideEncryption values under which S3's ETags are not MD5s of the bytes.
+NON_MD5_ETAG_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse"})
+
+
+def etag_is_md5(response: Mapping[str, Any]) -> bool:
+    """Whether the ETags in this S3 answer (UploadPart, CreateMultipartUpload, HeadObject, ...) can be
+    MD5s: False when the answer says the object is encrypted with KMS or a customer key (SSE-C)."""
+    if str(response.get("ServerSideEncryption") or "").lower() in NON_MD5_ETAG_ENCRYPTION:
+        return False
+    return not response.get("SSECustomerAlgorithm")
+
+
+def etag_is_md5_for_args(extra_args: Mapping[str, Any]) -> bool:
+    """The same, decided from CreateMultipartUpload's arguments before S3 has answered anything."""
+    return etag_is_md5(extra_args) and "SSECustomerKey" not in extra_args
+
+
 def md5_from_etag(etag: str | None) -> bytes | None:
     """The MD5 inside a single-part ETag, or None if the ETag is not a plain MD5 (SSE-KMS, SSE-C, ...)."""
     match = _MD5_ETAG.match(etag or "")
@@ -108,16 +131,21 @@ def composite_checksum(algorithm: str, part_checksums: Iterable[str]) -> str:
     return f"{checksum_b64(algorithm, b''.join(raw))}-{len(raw)}"
 
 
-def part_matches(digest: PartDigest, stored: dict, algorithm: str | None) -> bool | None:
+def part_matches(
+    digest: PartDigest, stored: Mapping[str, Any], algorithm: str | None, *, etag_is_md5: bool = True
+) -> bool | None:
     """Does a part S3 reports (UploadPart response or ListParts entry) hold the bytes of ``digest``?
 
     True or False when it can be decided; None when the store reported nothing comparable (no
-    checksum and an ETag that is not a plain MD5): such a part cannot be trusted for resume.
+    checksum, and an ETag that is not a plain MD5 or, ``etag_is_md5=False``, is known not to be one
+    because the object is encrypted with KMS or SSE-C): such a part cannot be trusted for resume.
     """
     if "Size" in stored and stored["Size"] != digest.size:
         return False
     if algorithm and digest.checksum and stored.get(checksum_field(algorithm)):
         return stored[checksum_field(algorithm)] == digest.checksum
+    if not etag_is_md5:
+        return None
     etag_md5 = md5_from_etag(stored.get("ETag"))
     if etag_md5 is not None and digest.md5 is not None:
         return etag_md5 == digest.md5

@@ -7,7 +7,7 @@ matches the local bytes of that range. Anything else is sent again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +16,16 @@ from airflow_mpu_provider.multipart.plan import PartPlan, format_bytes
 from airflow_mpu_provider.multipart.upload import list_incomplete_uploads
 
 
-def find_resumable_upload(client: Any, bucket: str, key: str) -> str | None:
-    """The newest incomplete multipart upload for exactly ``key`` (never a key that merely shares its prefix)."""
-    uploads = [u for u in list_incomplete_uploads(client, bucket, key) if u.get("Key") == key]
+def find_resumable_upload(
+    client: Any, bucket: str, key: str, *, extra_args: Mapping[str, Any] | None = None
+) -> str | None:
+    """The newest incomplete multipart upload for exactly ``key`` (never a key that merely shares its prefix).
+
+    ``extra_args``: the upload's arguments, whose per-request ones (RequestPayer, ...) the listing repeats.
+    """
+    uploads = [
+        u for u in list_incomplete_uploads(client, bucket, key, extra_args=extra_args) if u.get("Key") == key
+    ]
     if not uploads:
         return None
     return max(uploads, key=lambda u: u["Initiated"])["UploadId"]
@@ -62,6 +69,8 @@ def review_stored_part(
     stored: dict[str, Any],
     algorithm: str | None,
     digest_local: Callable[[int, bool, bool], PartDigest],
+    *,
+    etag_is_md5: bool = True,
 ) -> str | None:
     """Why ``stored`` does not hold the local bytes of its range, or None if it verifiably does.
 
@@ -70,6 +79,11 @@ def review_stored_part(
     """
     number = stored["PartNumber"]
     has_checksum = bool(algorithm and stored.get(checksum_field(algorithm)))
+    if not has_checksum and not etag_is_md5:
+        return (
+            "its ETag is not an MD5 (the object is encrypted with SSE-KMS or SSE-C) and the store lists no "
+            "checksum for it, so it cannot be verified"
+        )
     digest = digest_local(number, has_checksum, not has_checksum)
     verdict = part_matches(digest, stored, algorithm if has_checksum else None)
     if verdict is None:

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from botocore.compat import unquote_str
 from botocore.exceptions import ClientError
 
 from airflow_mpu_provider.multipart.errors import (
@@ -34,8 +35,11 @@ from airflow_mpu_provider.multipart.integrity import (
     PartDigest,
     checksum_field,
     digest_part,
+    etag_is_md5,
+    etag_is_md5_for_args,
     part_matches,
 )
+from airflow_mpu_provider.multipart.request_args import request_args
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +75,6 @@ OBJECT_ARGS = frozenset(
         "ObjectLockLegalHoldStatus",
         "ExpectedBucketOwner",
     }
-)
-#: Of those, the ones every later request on the same upload must repeat.
-_PER_REQUEST_ARGS = (
-    "SSECustomerAlgorithm",
-    "SSECustomerKey",
-    "SSECustomerKeyMD5",
-    "RequestPayer",
-    "ExpectedBucketOwner",
 )
 
 #: How much one read() of a part body hands to the socket: large writes, few syscalls.
@@ -161,13 +157,18 @@ class MultipartUpload:
         #: Whether the store echoes part checksums in UploadPart responses (None until a part was sent).
         #: AWS does; moto and many S3-compatible stores report only the ETag (an MD5).
         self.store_echoes_checksums: bool | None = None
-        self._request_args = {k: self.extra_args[k] for k in _PER_REQUEST_ARGS if k in self.extra_args}
+        #: Whether the store's ETags are MD5s of the bytes: False once the arguments or any answer say
+        #: the object is encrypted with SSE-KMS/DSSE-KMS/SSE-C (a bucket's default KMS shows only there).
+        self.etags_are_md5 = etag_is_md5_for_args(self.extra_args)
+        self._said_unverifiable = False
         if self.checksum_algorithm:
             sign_payload_only_when_needed(client)
 
     # -- the S3 calls -------------------------------------------------------------------------
 
     def _call(self, operation: str, method: Any, **kwargs: Any) -> dict[str, Any]:
+        """One S3 call, carrying the per-request arguments (RequestPayer, SSE-C, ...) it accepts."""
+        kwargs = {**request_args(self.client, operation, self.extra_args), **kwargs}
         try:
             return method(Bucket=self.bucket, Key=self.key, **kwargs)
         except ClientError as e:
@@ -178,6 +179,7 @@ class MultipartUpload:
         if self.checksum_algorithm:
             args["ChecksumAlgorithm"] = self.checksum_algorithm
         response = self._call("CreateMultipartUpload", self.client.create_multipart_upload, **args)
+        self.note_encryption(response)
         self.upload_id = response["UploadId"]
         return self.upload_id
 
@@ -185,7 +187,7 @@ class MultipartUpload:
         self, number: int, data: bytes, digest: PartDigest, *, cancel: threading.Event | None = None
     ) -> dict[str, Any]:
         """UploadPart; returns the entry CompleteMultipartUpload needs, after checking S3's answer."""
-        args: dict[str, Any] = dict(self._request_args)
+        args: dict[str, Any] = {}
         if digest.checksum and self.checksum_algorithm:
             args[checksum_field(self.checksum_algorithm)] = digest.checksum
         if digest.md5 is not None:
@@ -201,7 +203,11 @@ class MultipartUpload:
         )
         if self.checksum_algorithm and digest.checksum:
             self.store_echoes_checksums = bool(response.get(self._checksum_key))
-        if part_matches(digest, response, self.checksum_algorithm) is False:
+        self.note_encryption(response)
+        verdict = part_matches(digest, response, self.checksum_algorithm, etag_is_md5=self.etags_are_md5)
+        if verdict is None:
+            self._say_unverifiable(number)
+        if verdict is False:
             raise IntegrityError(
                 f"UploadPart {number} of s3://{self.bucket}/{self.key} (UploadId {self.upload_id}): the store "
                 f"answered ETag {response.get('ETag')} / checksum "
@@ -210,6 +216,34 @@ class MultipartUpload:
                 f"checksum {digest.checksum})."
             )
         return self.part_entry(number, response.get("ETag"), digest.checksum or response.get(self._checksum_key))
+
+    def note_encryption(self, response: Mapping[str, Any]) -> None:
+        """Learn from an S3 answer whether ETags are MD5s (only ever from True to False: thread-safe)."""
+        if not etag_is_md5(response):
+            self.etags_are_md5 = False
+
+    def _say_unverifiable(self, number: int) -> None:
+        """Log once per upload that the store's answers cannot prove the parts' bytes."""
+        if self._said_unverifiable:
+            return
+        self._said_unverifiable = True
+        why = (
+            "its ETags are not MD5s (the object is encrypted with SSE-KMS or SSE-C)"
+            if not self.etags_are_md5
+            else "its ETags are not MD5s"
+        )
+        echo = f"it echoes no {self.checksum_algorithm} checksum" if self.checksum_algorithm else "no checksum is sent"
+        log.warning(
+            "s3://%s/%s (UploadId %s), part %d and after: the store gives nothing to verify parts with: %s and "
+            "%s. The store itself checked each part's Content-MD5/checksum on receipt; after completion only "
+            "the object's size can be compared.",
+            self.bucket,
+            self.key,
+            self.upload_id,
+            number,
+            why,
+            echo,
+        )
 
     @property
     def _checksum_key(self) -> str:
@@ -232,7 +266,6 @@ class MultipartUpload:
                 self.client.list_parts,
                 UploadId=self.upload_id,
                 PartNumberMarker=marker,
-                **self._request_args,
             )
             parts.extend(response.get("Parts", []))
             algorithm = response.get("ChecksumAlgorithm") or algorithm
@@ -247,7 +280,6 @@ class MultipartUpload:
             self.client.complete_multipart_upload,
             UploadId=self.upload_id,
             MultipartUpload={"Parts": ordered},
-            **self._request_args,
         )
 
     def abort(self, *, attempts: int = 5) -> None:
@@ -320,15 +352,26 @@ class MultipartUpload:
         await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
 
 
-def list_incomplete_uploads(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
-    """Every incomplete multipart upload under ``prefix``, page after page (KeyMarker/UploadIdMarker)."""
-    args: dict[str, Any] = {"Bucket": bucket}
+def list_incomplete_uploads(
+    client: Any, bucket: str, prefix: str, *, extra_args: Mapping[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every incomplete multipart upload under ``prefix``, page after page (KeyMarker/UploadIdMarker).
+
+    Asked with ``EncodingType=url`` so that keys XML 1.0 cannot carry (control characters) survive the
+    listing; keys and markers come back decoded (botocore decodes only ListObjects* by itself).
+    ``extra_args`` may hold the per-request arguments (RequestPayer, ExpectedBucketOwner).
+    """
+    args: dict[str, Any] = {
+        "Bucket": bucket,
+        "EncodingType": "url",
+        **request_args(client, "ListMultipartUploads", extra_args),
+    }
     if prefix:
         args["Prefix"] = prefix
     markers: tuple[str, str] | None = None
     while True:
         try:
-            response = client.list_multipart_uploads(**args)
+            response = decode_url_encoded_listing(client.list_multipart_uploads(**args))
         except ClientError as e:
             raise s3_error(e, operation="ListMultipartUploads", bucket=bucket, key=prefix, upload_id=None) from e
         uploads = response.get("Uploads", [])
@@ -352,3 +395,45 @@ def list_incomplete_uploads(client: Any, bucket: str, prefix: str) -> Iterator[d
             )
         markers = next_markers
         args["KeyMarker"], args["UploadIdMarker"] = markers
+
+
+def decode_url_encoded_listing(response: dict[str, Any]) -> dict[str, Any]:
+    """A ListMultipartUploads answer with its keys and markers URL-decoded, if the store encoded them.
+
+    A store that ignores ``EncodingType`` answers without it and its keys are left as they are.
+    """
+    if response.get("EncodingType") != "url":
+        return response
+    for name in ("KeyMarker", "NextKeyMarker", "Prefix", "Delimiter"):
+        if isinstance(response.get(name), str):
+            response[name] = unquote_str(response[name])
+    for upload in response.get("Uploads", []):
+        if isinstance(upload.get("Key"), str):
+            upload["Key"] = unquote_str(upload["Key"])
+    for common in response.get("CommonPrefixes", []):
+        if isinstance(common.get("Prefix"), str):
+            common["Prefix"] = unquote_str(common["Prefix"])
+    return response
+
+
+def head_object(
+    client: Any,
+    bucket: str,
+    key: str,
+    *,
+    extra_args: Mapping[str, Any] | None = None,
+    version_id: str | None = None,
+) -> dict[str, Any]:
+    """HeadObject with the upload's per-request arguments; S3's errors as S3UploadError.
+
+    The one HeadObject of the package: the engine's final check, the ``replace=False`` check and
+    any recovery that looks at the object use it, so a requester-pays, owner-checked or SSE-C object
+    is asked about the way it was written.
+    """
+    args: dict[str, Any] = {"Bucket": bucket, "Key": key, **request_args(client, "HeadObject", extra_args)}
+    if version_id and version_id != "null":
+        args["VersionId"] = version_id
+    try:
+        return client.head_object(**args)
+    except ClientError as e:
+        raise s3_error(e, operation="HeadObject", bucket=bucket, key=key, upload_id=None) from e

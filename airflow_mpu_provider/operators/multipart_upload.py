@@ -33,7 +33,7 @@ from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
 from airflow_mpu_provider.multipart.resume import find_resumable_upload
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.stream import StreamUploadEngine
-from airflow_mpu_provider.multipart.upload import OBJECT_ARGS, MultipartUpload
+from airflow_mpu_provider.multipart.upload import OBJECT_ARGS, MultipartUpload, head_object
 from airflow_mpu_provider.operators.s3_target import bucket_and_path
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
@@ -292,7 +292,7 @@ class MultipartUploadOperator(BaseOperator):
             ).abort()
             store.delete(STATE_KEY)
             return None
-        upload_id = find_resumable_upload(client, bucket, key)
+        upload_id = find_resumable_upload(client, bucket, key, extra_args=options.extra_args)
         if upload_id:
             self.log.info(
                 "Found incomplete upload %s for s3://%s/%s with ListMultipartUploads; its parts will be verified "
@@ -369,7 +369,7 @@ class MultipartUploadOperator(BaseOperator):
             if self.resume:
                 resume_id = self.find_upload_to_resume(context, client, bucket, key, record, options)
             if not self.replace and resume_id is None:
-                self._refuse_existing(client, bucket, key)
+                self._refuse_existing(client, bucket, key, options)
             engine = UploadEngine(
                 client,
                 bucket=bucket,
@@ -395,7 +395,7 @@ class MultipartUploadOperator(BaseOperator):
         options = self.upload_options(checksum)
         client = self.s3_client(options, first_part_size)
         if not self.replace:
-            self._refuse_existing(client, bucket, key)
+            self._refuse_existing(client, bucket, key, options)
         with CommandSource(self.command, timeout=self.command_timeout, log=self.log) as source:
             engine = StreamUploadEngine(
                 client,
@@ -414,17 +414,13 @@ class MultipartUploadOperator(BaseOperator):
             finally:
                 self._command = None
 
-    def _refuse_existing(self, client: Any, bucket: str, key: str) -> None:
-        from botocore.exceptions import ClientError
-
-        from airflow_mpu_provider.multipart.errors import s3_error
-
+    def _refuse_existing(self, client: Any, bucket: str, key: str, options: UploadOptions) -> None:
         try:
-            client.head_object(Bucket=bucket, Key=key)
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            head_object(client, bucket, key, extra_args=options.extra_args)
+        except S3UploadError as e:
+            if e.code in ("404", "NoSuchKey", "NotFound"):
                 return
-            raise s3_error(e, operation="HeadObject", bucket=bucket, key=key, upload_id=None) from e
+            raise
         raise S3UploadError(
             f"s3://{bucket}/{key} already exists; set replace=True to overwrite it, or use another key.",
             code="ObjectExists",
