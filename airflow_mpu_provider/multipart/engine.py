@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_mpu_provider.multipart.errors import (
+    NOT_RESUMABLE_CODES,
     IntegrityError,
     InvalidUploadRequest,
     MultipartUploadError,
@@ -50,7 +51,8 @@ DEFAULT_MAX_BUFFER_BYTES = 1 * GiB
 
 #: Errors after which keeping the upload for a retry makes no sense: the retry could not use it.
 _NOT_RESUMABLE = (SourceChangedError, IntegrityError, UploadCancelledError, InvalidUploadRequest)
-_NOT_RESUMABLE_CODES = frozenset({"NoSuchUpload", "NoSuchBucket", "InvalidPart", "InvalidPartOrder", "EntityTooSmall"})
+#: (S3 error codes: defined next to the hints that tell users what happens after them.)
+_NOT_RESUMABLE_CODES = NOT_RESUMABLE_CODES
 
 
 @dataclass(frozen=True)

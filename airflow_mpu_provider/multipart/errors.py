@@ -50,51 +50,78 @@ class S3UploadError(MultipartUploadError):
         self.upload_id = upload_id
 
 
-#: What each S3 error means for this upload, and what the user should do about it.
+#: S3 error codes after which an upload is of no use to a retry: the engine aborts it whatever the
+#: retry policy (``keep_upload_for_retry``), and a retry of the task starts a new upload.
+NOT_RESUMABLE_CODES = frozenset({"NoSuchUpload", "NoSuchBucket", "InvalidPart", "InvalidPartOrder", "EntityTooSmall"})
+
+#: What happens next, in the engine's words (see ``BaseUploadEngine._after_failure``).
+ABORTED = "The upload is aborted; a retry of the task starts a new one."
+KEPT_FOR_RETRY = (
+    "If an upload was started and the task has retries left (keep_upload_for_retry=True), it is kept and the "
+    "retry resumes it, sending only the parts S3 does not verifiably hold; otherwise it is aborted."
+)
+
+#: What each S3 error means for this upload, what the user should do, and what happens next.
 ERROR_HINTS: dict[str, str] = {
     "EntityTooSmall": (
         "a part other than the last is smaller than S3's 5 MiB minimum; use part_size >= 5 MiB "
-        "(or leave it unset). An S3-compatible store may have a larger minimum: check its documentation."
+        "(or leave it unset). An S3-compatible store may have a larger minimum: check its documentation. " + ABORTED
     ),
-    "EntityTooLarge": ("a part is larger than the store accepts; use a smaller part_size (S3's maximum is 5 GiB)."),
+    "EntityTooLarge": (
+        "a part is larger than the store accepts; use a smaller part_size (S3's maximum is 5 GiB). A retry with "
+        "the same part_size fails the same way; a run with another part_size aborts the kept upload and starts "
+        "afresh. " + KEPT_FOR_RETRY
+    ),
     "InvalidPart": (
         "a listed part was not found or its ETag does not match what the store holds; the parts were "
-        "changed or lost on the server side. Retry the task: the upload is re-verified part by part."
+        "changed or lost on the server side. " + ABORTED + " It sends every part again."
     ),
     "InvalidPartOrder": (
-        "the part list was not in ascending order; this is a bug in airflow-mpu-provider, please report it."
+        "the part list was not in ascending order; this is a bug in airflow-mpu-provider, please report it. " + ABORTED
     ),
     "NoSuchUpload": (
         "the multipart upload no longer exists: it was aborted (by another task, a bucket lifecycle rule "
-        "or a cleanup job) or already completed. Retry the task to start a new upload."
+        "or S3AbortStaleUploadsOperator) or already completed. There is nothing left to abort; a retry of the "
+        "task starts a new upload."
     ),
     "NoSuchBucket": (
         "the bucket does not exist (or is in another account/region); check the bucket name and the "
-        "connection's region."
+        "connection's region. " + ABORTED
     ),
     "AccessDenied": (
         "the connection's credentials may not do this; the role needs s3:PutObject, s3:AbortMultipartUpload, "
         "s3:ListMultipartUploadParts and s3:ListBucketMultipartUploads on the bucket (and kms:GenerateDataKey "
-        "and kms:Decrypt for SSE-KMS)."
+        "and kms:Decrypt for SSE-KMS); a requester-pays bucket needs extra_args={'RequestPayer': 'requester'}. "
+        + KEPT_FOR_RETRY
+        + " An abort the role may not do fails too: the upload then stays until S3AbortStaleUploadsOperator or "
+        "a lifecycle rule removes it."
     ),
     "InvalidAccessKeyId": (
-        "the connection's access key id is not known to the store; check the Airflow connection's credentials."
+        "the connection's access key id is not known to the store; check the Airflow connection's credentials. "
+        "Nothing can be created or aborted with these credentials: an upload started earlier stays until "
+        "S3AbortStaleUploadsOperator (with working credentials) or a lifecycle rule removes it."
     ),
     "SignatureDoesNotMatch": (
-        "the connection's secret key is wrong for its access key id; check the Airflow connection's credentials."
+        "the connection's secret key is wrong for its access key id; check the Airflow connection's credentials. "
+        "Nothing can be created or aborted with these credentials: an upload started earlier stays until "
+        "S3AbortStaleUploadsOperator (with working credentials) or a lifecycle rule removes it."
     ),
-    "BadDigest": "the bytes S3 received do not match their checksum: data was corrupted in transit. Retry the task.",
+    "BadDigest": (
+        "the bytes S3 received do not match their checksum: data was corrupted in transit and the part was not "
+        "stored. " + KEPT_FOR_RETRY
+    ),
     "InvalidDigest": (
         "the store rejected the part's checksum header; for an S3-compatible store that does not support "
-        "checksums, set checksum_algorithm=None."
+        "checksums, set checksum_algorithm=None. " + KEPT_FOR_RETRY
     ),
     "InvalidRequest": (
         "the store rejected the request; for an S3-compatible store that rejects CRC checksums, "
-        "set checksum_algorithm=None."
+        "set checksum_algorithm=None. " + KEPT_FOR_RETRY
     ),
-    "KMS.NotFoundException": "the KMS key was not found; check sse_kms_key_id and its region.",
+    "KMS.NotFoundException": ("the KMS key was not found; check sse_kms_key_id and its region. " + KEPT_FOR_RETRY),
     "SlowDown": (
-        "S3 throttled the requests past the retry budget; lower concurrency or raise the connection's retries."
+        "S3 throttled the requests past the retry budget; lower concurrency or raise the connection's retries. "
+        + KEPT_FOR_RETRY
     ),
 }
 

@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from airflow_mpu_provider.multipart.errors import error_code, s3_error
+from airflow_mpu_provider.multipart import engine
+from airflow_mpu_provider.multipart.errors import (
+    ABORTED,
+    ERROR_HINTS,
+    KEPT_FOR_RETRY,
+    NOT_RESUMABLE_CODES,
+    error_code,
+    s3_error,
+)
 
 
 def client_error(code: str, message: str = "msg") -> ClientError:
@@ -14,7 +22,7 @@ def client_error(code: str, message: str = "msg") -> ClientError:
     ("code", "hint"),
     [
         ("EntityTooSmall", "part_size >= 5 MiB"),
-        ("InvalidPart", "Retry the task"),
+        ("InvalidPart", "The upload is aborted; a retry of the task starts a new one"),
         ("InvalidPartOrder", "bug"),
         ("NoSuchUpload", "aborted"),
         ("NoSuchBucket", "bucket does not exist"),
@@ -34,3 +42,19 @@ def test_messages_name_the_upload_and_the_fix(code, hint):
 def test_unknown_code_still_names_everything():
     error = s3_error(client_error("Weird", "odd"), operation="ListParts", bucket="b", key="k", upload_id=None)
     assert str(error) == "ListParts failed for s3://b/k: Weird: odd"
+
+
+def test_the_engine_aborts_after_exactly_the_codes_whose_hints_say_so():
+    assert engine._NOT_RESUMABLE_CODES is NOT_RESUMABLE_CODES
+
+
+@pytest.mark.parametrize("code", sorted(ERROR_HINTS))
+def test_every_hint_says_what_happens_next(code):
+    """Not-resumable codes: aborted (or already gone); the rest: kept for a retry or aborted, or, where the
+    credentials cannot abort, left for the janitor. A hint promising a resume after an abort is a lie."""
+    hint = ERROR_HINTS[code]
+    if code in NOT_RESUMABLE_CODES:
+        assert ABORTED in hint or "nothing left to abort" in hint
+        assert "resumes" not in hint
+    else:
+        assert KEPT_FOR_RETRY in hint or "stays until S3AbortStaleUploadsOperator" in hint
