@@ -87,6 +87,21 @@ def choose_part_size(size: int, preferred: int = DEFAULT_PART_SIZE) -> int:
     return min(max(preferred, needed), MAX_PART_SIZE)
 
 
+def check_part_size(part_size: int) -> int:
+    """``part_size`` if S3 accepts parts of that size (5 MiB..5 GiB), else InvalidUploadRequest saying so."""
+    if part_size < MIN_PART_SIZE:
+        raise InvalidUploadRequest(
+            f"part_size={part_size:,} bytes is below S3's minimum of {MIN_PART_SIZE:,} bytes (5 MiB); "
+            "use at least 5 MiB, or leave part_size unset to choose it automatically."
+        )
+    if part_size > MAX_PART_SIZE:
+        raise InvalidUploadRequest(
+            f"part_size={part_size:,} bytes is above S3's maximum of {MAX_PART_SIZE:,} bytes (5 GiB); "
+            "use at most 5 GiB, or leave part_size unset to choose it automatically."
+        )
+    return part_size
+
+
 def plan_parts(size: int, part_size: int | None = None) -> PartPlan:
     """Plan the parts for ``size`` bytes, with ``part_size`` fixed or (None) chosen automatically.
 
@@ -101,16 +116,7 @@ def plan_parts(size: int, part_size: int | None = None) -> PartPlan:
         )
     if part_size is None:
         return PartPlan(size, choose_part_size(size))
-    if part_size < MIN_PART_SIZE:
-        raise InvalidUploadRequest(
-            f"part_size={part_size:,} bytes is below S3's minimum of {MIN_PART_SIZE:,} bytes (5 MiB); "
-            "use at least 5 MiB, or leave part_size unset to choose it automatically."
-        )
-    if part_size > MAX_PART_SIZE:
-        raise InvalidUploadRequest(
-            f"part_size={part_size:,} bytes is above S3's maximum of {MAX_PART_SIZE:,} bytes (5 GiB); "
-            "use at most 5 GiB, or leave part_size unset to choose it automatically."
-        )
+    check_part_size(part_size)
     plan = PartPlan(size, part_size)
     if plan.count > MAX_PARTS:
         raise InvalidUploadRequest(

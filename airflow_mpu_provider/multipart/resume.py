@@ -23,9 +23,7 @@ def find_resumable_upload(
 
     ``extra_args``: the upload's arguments, whose per-request ones (RequestPayer, ...) the listing repeats.
     """
-    uploads = [
-        u for u in list_incomplete_uploads(client, bucket, key, extra_args=extra_args) if u.get("Key") == key
-    ]
+    uploads = [u for u in list_incomplete_uploads(client, bucket, key, extra_args=extra_args) if u.get("Key") == key]
     if not uploads:
         return None
     return max(uploads, key=lambda u: u["Initiated"])["UploadId"]

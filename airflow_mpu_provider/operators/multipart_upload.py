@@ -13,10 +13,12 @@ import os
 import shlex
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from botocore.config import Config
 
+from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.command import CommandSource
 from airflow_mpu_provider.multipart.engine import (
     DEFAULT_CONCURRENCY,
@@ -45,6 +47,12 @@ if TYPE_CHECKING:
     except ImportError:  # pragma: no cover
         from airflow.utils.context import Context  # type: ignore[no-redef]
 
+
+def _is_template(value: Any) -> bool:
+    """A string Airflow will render (validated once rendered, at execute)."""
+    return isinstance(value, str) and "{" in value
+
+
 #: task_state_store key of the resume record. Renaming it breaks the resume of in-flight retries.
 STATE_KEY = "multipart_upload"
 #: S3's limit on key length, in UTF-8 bytes.
@@ -66,41 +74,59 @@ class MultipartUploadOperator(BaseOperator):
         produced, with no temporary file (e.g. ``"pg_dump mydb | zstd"``; run with ``bash -o pipefail``).
         Nothing is completed unless it exits 0; a failure, a signal or ``command_timeout`` aborts the
         upload and fails the task with the tail of its stderr. A stream cannot be resumed. (templated)
-    :param command_timeout: seconds after which the command is killed (the task then fails).
+    :param command_timeout: seconds (int, float, or a numeric string once rendered) or a ``timedelta``
+        after which the command is killed (the task then fails); must be > 0. (templated)
     :param equal_parts: for ``command``: keep every part at ``part_size`` instead of letting parts grow
         (needed by stores such as Cloudflare R2; the stream may then be at most 10,000 x part_size).
     :param key: destination key, or a full ``s3://bucket/key`` URL when ``bucket`` is not given. (templated)
     :param bucket: destination bucket; None when ``key`` is an ``s3://`` URL. (templated)
     :param aws_conn_id: Airflow connection used through S3Hook (credentials, region, endpoint_url,
-        config_kwargs, role assumption...).
+        config_kwargs, role assumption...). (templated)
     :param verify: whether to verify SSL certificates (False, or a CA bundle path), as in S3Hook.
     :param replace: overwrite an existing object at the key. If False (the default, like
         LocalFilesystemToS3Operator) an existing object fails the task before anything is uploaded.
-    :param part_size: bytes per part, 5 MiB..5 GiB. None (the default) picks 16 MiB, or the smallest
-        size that fits the file into 10,000 parts, so any file up to 48.8 TiB works untuned. For a
-        ``command``: the first part's size; parts double every 1,000 parts (16 MiB: streams up to 12.7 TiB).
-    :param concurrency: parts sent in parallel.
-    :param max_buffer_bytes: cap on part bytes held in memory at once; parallelism is reduced for
+    :param part_size: bytes per part (an int: ``8e6`` is a float and refused), 5 MiB..5 GiB. None (the
+        default) picks 16 MiB, or the smallest size that fits the file into 10,000 parts, so any file up
+        to 48.8 TiB works untuned. For a ``command``: the first part's size; parts double every 1,000
+        parts (16 MiB: streams up to 12.7 TiB).
+    :param concurrency: parts sent in parallel (an int, 1..10,000).
+    :param max_buffer_bytes: cap (an int, in bytes) on part bytes held in memory at once; parallelism is reduced for
         very large parts so that memory stays below it (but at least one part is always in flight).
     :param checksum_algorithm: S3 checksum sent with every part and verified end to end: "CRC32C"
         (default), "CRC32", "SHA1", "SHA256". None sends Content-MD5 only and turns botocore's default
         checksums off, for S3-compatible stores that reject S3 checksums.
     :param encrypt: server-side encryption with S3-managed keys (SSE-S3, AES256).
-    :param sse_kms_key_id: server-side encryption with this KMS key (SSE-KMS).
-    :param storage_class: e.g. "STANDARD_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "DEEP_ARCHIVE".
+    :param sse_kms_key_id: server-side encryption with this KMS key (SSE-KMS). (templated)
+    :param storage_class: e.g. "STANDARD_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "DEEP_ARCHIVE". (templated)
     :param content_type: Content-Type of the object. (templated)
     :param metadata: user metadata (``x-amz-meta-*``). (templated)
     :param tags: object tags as a dict. (templated)
-    :param acl_policy: canned ACL, e.g. "bucket-owner-full-control".
+    :param acl_policy: canned ACL, e.g. "bucket-owner-full-control". (templated)
     :param extra_args: any other CreateMultipartUpload argument (e.g. ``CacheControl``, ``SSECustomerKey``,
-        ``ExpectedBucketOwner``); wins over the arguments above.
+        ``ExpectedBucketOwner``); wins over the arguments above. ``RequestPayer``, ``ExpectedBucketOwner``
+        and the ``SSECustomer*`` ones are repeated on every later call that accepts them (parts, listing,
+        completion, abort, HeadObject).
     :param resume: look for an earlier upload of this file to this key and continue it.
     :param keep_upload_for_retry: when the task fails and Airflow will retry it, keep the upload for
         the retry to resume (True), or always abort on failure (False).
-    :param progress_interval: seconds between progress lines in the task log.
+    :param progress_interval: seconds (int or float, >= 0) or a ``timedelta`` between progress lines in
+        the task log.
     """
 
-    template_fields: Sequence[str] = ("file", "command", "key", "bucket", "content_type", "metadata", "tags")
+    template_fields: Sequence[str] = (
+        "file",
+        "command",
+        "command_timeout",
+        "key",
+        "bucket",
+        "aws_conn_id",
+        "sse_kms_key_id",
+        "storage_class",
+        "acl_policy",
+        "content_type",
+        "metadata",
+        "tags",
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {"metadata": "json", "tags": "json"}
     ui_color = "#f0eee4"
 
@@ -110,7 +136,7 @@ class MultipartUploadOperator(BaseOperator):
         key: str,
         file: str | None = None,
         command: str | None = None,
-        command_timeout: float | None = None,
+        command_timeout: float | timedelta | str | None = None,
         equal_parts: bool = False,
         bucket: str | None = None,
         aws_conn_id: str | None = "aws_default",
@@ -130,7 +156,7 @@ class MultipartUploadOperator(BaseOperator):
         extra_args: Mapping[str, Any] | None = None,
         resume: bool = True,
         keep_upload_for_retry: bool = True,
-        progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+        progress_interval: float | timedelta = DEFAULT_PROGRESS_INTERVAL,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -143,9 +169,9 @@ class MultipartUploadOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.verify = verify
         self.replace = replace
-        self.part_size = part_size
-        self.concurrency = concurrency
-        self.max_buffer_bytes = max_buffer_bytes
+        self.part_size = validation.part_size(part_size)
+        self.concurrency = validation.concurrency(concurrency)
+        self.max_buffer_bytes = validation.max_buffer_bytes(max_buffer_bytes)
         self.checksum_algorithm = checksum_algorithm
         self.encrypt = encrypt
         self.sse_kms_key_id = sse_kms_key_id
@@ -157,13 +183,12 @@ class MultipartUploadOperator(BaseOperator):
         self.extra_args = dict(extra_args or {})
         self.resume = resume
         self.keep_upload_for_retry = keep_upload_for_retry
-        self.progress_interval = progress_interval
+        self.progress_interval = validation.seconds("progress_interval", progress_interval)
+        self.check_rendered_arguments(rendered=False)  # again at execute, once templates are rendered
         if (file is None) == (command is None):
             raise ValueError(
                 "give exactly one of file=... (a local file) or command=... (a command whose output to upload)"
             )
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if encrypt and sse_kms_key_id:
             raise ValueError("use either encrypt=True (SSE-S3) or sse_kms_key_id (SSE-KMS), not both")
         unknown = set(self.extra_args) - OBJECT_ARGS
@@ -176,6 +201,17 @@ class MultipartUploadOperator(BaseOperator):
         self._killed = False
 
     # -- inputs -------------------------------------------------------------------------------
+
+    def check_rendered_arguments(self, *, rendered: bool = True) -> None:
+        """Refuse templated arguments of the wrong type: at construction (but for templates, which Airflow
+        has not rendered yet) and at execute, once rendered, before any S3 call. ``command_timeout``
+        becomes seconds (a rendered "3600" included)."""
+        if self.command_timeout is not None and (rendered or not _is_template(self.command_timeout)):
+            self.command_timeout = validation.seconds(
+                "command_timeout", self.command_timeout, positive=True, numeric_strings=True
+            )
+        for name in ("aws_conn_id", "sse_kms_key_id", "storage_class", "acl_policy"):
+            validation.optional_text(name, getattr(self, name))
 
     def resolve_target(self) -> tuple[str, str]:
         """(bucket, key) from ``bucket`` + ``key`` or an ``s3://`` key, checked against S3's rules."""
@@ -317,6 +353,7 @@ class MultipartUploadOperator(BaseOperator):
     # -- run ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self.check_rendered_arguments()
         bucket, key = self.resolve_target()
         checksum = normalize_checksum_algorithm(self.checksum_algorithm)
         if self.command is not None:
