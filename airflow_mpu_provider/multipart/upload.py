@@ -282,11 +282,13 @@ class MultipartUpload:
             MultipartUpload={"Parts": ordered},
         )
 
-    def abort(self, *, attempts: int = 5) -> None:
+    def abort(self, *, attempts: int = 5, confirm: bool = True) -> None:
         """Abort, then make sure the upload is gone.
 
         S3 documents that parts still being uploaded during an abort may survive it, so the upload is
-        listed again and aborted again until S3 answers NoSuchUpload.
+        listed again and aborted again until S3 answers NoSuchUpload. ``confirm=False`` skips that
+        check, for an upload whose parts cannot be listed (an SSE-C upload seen by a third party) and
+        that nobody is writing to.
         """
         if not self.upload_id:
             return
@@ -296,6 +298,9 @@ class MultipartUpload:
             except S3UploadError as e:
                 if e.code != "NoSuchUpload":
                     raise
+            if not confirm:
+                log.info("Aborted multipart upload %s of s3://%s/%s", self.upload_id, self.bucket, self.key)
+                return
             try:
                 self.list_parts()
             except S3UploadError as e:

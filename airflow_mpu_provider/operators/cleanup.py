@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.errors import (
     MultipartUploadError,
     S3UploadError,
@@ -70,16 +71,19 @@ class S3AbortStaleUploadsOperator(BaseOperator):
 
     Every upload whose key starts with ``prefix`` and that was initiated more than ``older_than``
     ago is aborted, which deletes its parts and stops their storage charges; the bytes its parts
-    held are counted first (ListParts). One line is logged per upload (the first
-    ``MAX_LOGGED_UPLOADS``) and a summary at the end. An upload that cannot be aborted does not
-    stop the others: the task fails at the end, naming how many failed and why.
+    held are counted first (ListParts). An upload whose parts cannot be listed is aborted all the same
+    and reported with its size unknown (``parts`` and ``bytes`` None): ListParts of an SSE-C upload
+    created with a checksum needs the customer key, which only its uploader has. One line is logged
+    per upload (the first ``MAX_LOGGED_UPLOADS``) and a summary at the end. An upload that cannot be
+    aborted does not stop the others: the task fails at the end, naming how many failed and why.
 
     Keep ``older_than`` well above the longest upload, retries included: a MultipartUploadOperator
     retry resumes its upload, and an upload aborted under it must start again from nothing.
 
     The returned dict (pushed to XCom) is::
 
-        {"bucket", "prefix", "dry_run", "aborted": count, "bytes": bytes their parts held,
+        {"bucket", "prefix", "dry_run", "aborted": count, "bytes": bytes their parts held (those of
+         known size), "size_unknown": count of uploads whose parts could not be listed,
          "oldest_age_seconds": float | None,
          "uploads": [{"key", "upload_id", "initiated", "age_seconds", "parts", "bytes"}, ...]}
 
@@ -88,8 +92,13 @@ class S3AbortStaleUploadsOperator(BaseOperator):
     :param bucket: the bucket; None when ``prefix`` is an ``s3://bucket/prefix`` URL. (templated)
     :param prefix: only uploads whose key starts with this; "" for the whole bucket. It is a plain
         string prefix, as in S3: "dumps" also matches "dumps-old/...", "dumps/" does not. (templated)
-    :param older_than: only uploads initiated more than this long ago (default 7 days).
+    :param older_than: only uploads initiated more than this long ago: a ``timedelta`` or seconds
+        (int or float, >= 0); default 7 days.
     :param dry_run: list and report what would be aborted, abort nothing.
+    :param request_payer: "requester" for a requester-pays bucket the connection does not own; sent
+        with every call (ListMultipartUploads, ListParts, AbortMultipartUpload).
+    :param expected_bucket_owner: account id the bucket must belong to; sent with every call, so that
+        nothing is listed or aborted in a bucket of another account.
     :param aws_conn_id: Airflow connection used through S3Hook.
     :param verify: whether to verify SSL certificates (False, or a CA bundle path), as in S3Hook.
     """
@@ -102,20 +111,20 @@ class S3AbortStaleUploadsOperator(BaseOperator):
         *,
         bucket: str | None = None,
         prefix: str = "",
-        older_than: timedelta = DEFAULT_OLDER_THAN,
+        older_than: timedelta | float = DEFAULT_OLDER_THAN,
         dry_run: bool = False,
+        request_payer: str | None = None,
+        expected_bucket_owner: str | None = None,
         aws_conn_id: str | None = "aws_default",
         verify: str | bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(older_than, timedelta):
-            raise TypeError(f"older_than must be a datetime.timedelta, got {type(older_than).__name__}")
-        if older_than < timedelta(0):
-            raise ValueError(f"older_than must not be negative, got {older_than}")
         self.bucket = bucket
         self.prefix = prefix
-        self.older_than = older_than
+        self.older_than = validation.duration("older_than", older_than)
+        self.request_payer = validation.optional_text("request_payer", request_payer)
+        self.expected_bucket_owner = validation.optional_text("expected_bucket_owner", expected_bucket_owner)
         self.dry_run = dry_run
         self.aws_conn_id = aws_conn_id
         self.verify = verify
@@ -126,6 +135,11 @@ class S3AbortStaleUploadsOperator(BaseOperator):
     def resolve_target(self) -> tuple[str, str]:
         """(bucket, prefix) from ``bucket`` + ``prefix`` or an ``s3://bucket/prefix`` URL."""
         return bucket_and_path(self.bucket, self.prefix or "", "prefix")
+
+    def request_args(self) -> dict[str, str]:
+        """The per-request arguments every call repeats (see ``multipart.request_args``)."""
+        args = {"RequestPayer": self.request_payer, "ExpectedBucketOwner": self.expected_bucket_owner}
+        return {name: value for name, value in args.items() if value}
 
     def s3_client(self) -> Any:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -151,7 +165,8 @@ class S3AbortStaleUploadsOperator(BaseOperator):
 
         stale: list[dict[str, Any]] = []
         listed = kept = 0
-        for upload in list_incomplete_uploads(client, bucket, prefix):
+        request_args = self.request_args()
+        for upload in list_incomplete_uploads(client, bucket, prefix, extra_args=request_args):
             listed += 1
             key = upload.get("Key", "")
             initiated = upload.get("Initiated")
@@ -168,14 +183,15 @@ class S3AbortStaleUploadsOperator(BaseOperator):
         done: list[dict[str, Any]] = []
         failures: list[tuple[str, str, str]] = []
         total_bytes = 0
-        gone = 0
+        size_unknown = gone = 0
         for item in stale:
             if self._killed:
                 raise UploadCancelledError(
                     f"the task was killed after handling {len(done)} of {len(stale)} stale uploads under {where}"
                 )
             key, upload_id = item["key"], item["upload_id"]
-            upload = MultipartUpload(client, bucket, key, upload_id=upload_id)
+            upload = MultipartUpload(client, bucket, key, upload_id=upload_id, extra_args=request_args)
+            parts: list[dict[str, Any]] | None
             try:
                 parts, _ = upload.list_parts()
             except S3UploadError as e:
@@ -183,44 +199,48 @@ class S3AbortStaleUploadsOperator(BaseOperator):
                     gone += 1
                     self.log.info("s3://%s/%s (UploadId %s) is already gone.", bucket, key, upload_id)
                     continue
-                failures.append((key, upload_id, str(e)))
-                self.log.warning("Cannot list the parts of s3://%s/%s (UploadId %s): %s", bucket, key, upload_id, e)
-                continue
-            except Exception as e:
-                failures.append((key, upload_id, f"{type(e).__name__}: {e}"))
-                self.log.warning("Cannot list the parts of s3://%s/%s (UploadId %s): %s", bucket, key, upload_id, e)
-                continue
-            nbytes = sum(int(p.get("Size") or 0) for p in parts)
+                parts = None
+                self.log.warning(
+                    "Cannot list the parts of s3://%s/%s (UploadId %s), so its size is unknown; %s it all the "
+                    "same. (%s)",
+                    bucket,
+                    key,
+                    upload_id,
+                    "it would be aborted" if self.dry_run else "aborting",
+                    e,
+                )
+            nbytes = sum(int(p.get("Size") or 0) for p in parts) if parts is not None else None
             if not self.dry_run:
                 try:
-                    upload.abort()
+                    # An upload whose parts cannot be listed cannot be listed after the abort either.
+                    upload.abort(confirm=parts is not None)
                 except Exception as e:
                     failures.append((key, upload_id, str(e) if isinstance(e, S3UploadError) else f"{e!r}"))
                     self.log.warning("Cannot abort s3://%s/%s (UploadId %s): %s", bucket, key, upload_id, e)
                     continue
             age = (now - item["initiated"]).total_seconds()
-            total_bytes += nbytes
+            total_bytes += nbytes or 0
+            size_unknown += nbytes is None
             done.append(
                 {
                     "key": key,
                     "upload_id": upload_id,
                     "initiated": item["initiated"].isoformat(),
                     "age_seconds": age,
-                    "parts": len(parts),
+                    "parts": len(parts) if parts is not None else None,
                     "bytes": nbytes,
                 }
             )
             if len(done) <= MAX_LOGGED_UPLOADS:
                 self.log.info(
-                    "%s s3://%s/%s (UploadId %s): initiated %s (%s ago), %d parts, %s.",
+                    "%s s3://%s/%s (UploadId %s): initiated %s (%s ago), %s.",
                     verb,
                     bucket,
                     key,
                     upload_id,
                     item["initiated"].isoformat(),
                     _format_age(age),
-                    len(parts),
-                    format_bytes(nbytes),
+                    f"{len(parts)} parts, {format_bytes(nbytes or 0)}" if parts is not None else "size unknown",
                 )
             if len(done) == MAX_LOGGED_UPLOADS and len(stale) > MAX_LOGGED_UPLOADS:
                 self.log.info("Not logging the remaining uploads one by one; the summary counts them all.")
@@ -232,11 +252,12 @@ class S3AbortStaleUploadsOperator(BaseOperator):
             "dry_run": self.dry_run,
             "aborted": len(done),
             "bytes": total_bytes,
+            "size_unknown": size_unknown,
             "oldest_age_seconds": oldest,
             "uploads": done[:MAX_REPORTED_UPLOADS],
         }
         self.log.info(
-            "%s%s %d stale multipart uploads under %s holding %s (%d bytes)%s; %d newer kept, %d already gone, "
+            "%s%s %d stale multipart uploads under %s holding %s (%d bytes%s)%s; %d newer kept, %d already gone, "
             "%d failed.",
             "[dry run] " if self.dry_run else "",
             verb,
@@ -244,6 +265,7 @@ class S3AbortStaleUploadsOperator(BaseOperator):
             where,
             format_bytes(total_bytes),
             total_bytes,
+            f"; {size_unknown} more of unknown size, whose parts could not be listed" if size_unknown else "",
             f", the oldest {_format_age(oldest)} old" if oldest is not None else "",
             kept,
             gone,

@@ -214,13 +214,20 @@ class MultipartUploadOperator(BaseOperator):
             validation.optional_text(name, getattr(self, name))
 
     def resolve_target(self) -> tuple[str, str]:
-        """(bucket, key) from ``bucket`` + ``key`` or an ``s3://`` key, checked against S3's rules."""
+        """(bucket, key) from ``bucket`` + ``key`` or an ``s3://`` key, checked against S3's rules.
+
+        The key is kept exactly as written (``?``, ``#``, ``%``, spaces, unicode): see ``s3_target``.
+        """
         if not self.key:
             raise InvalidUploadRequest("key is empty; give the object key (or a full s3://bucket/key URL).")
         bucket, key = bucket_and_path(self.bucket, self.key, "key")
         if not key:
             raise InvalidUploadRequest(f"key {self.key!r} names no object; add the object path after the bucket.")
-        if len(key.encode()) > MAX_KEY_BYTES:
+        try:
+            encoded = key.encode()
+        except UnicodeEncodeError as e:
+            raise InvalidUploadRequest(f"key {key!r} is not valid UTF-8 ({e.reason}); S3 keys are UTF-8.") from None
+        if len(encoded) > MAX_KEY_BYTES:
             raise InvalidUploadRequest(
                 f"key is {len(key.encode()):,} bytes in UTF-8; S3 allows at most {MAX_KEY_BYTES:,}. Shorten it."
             )

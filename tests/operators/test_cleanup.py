@@ -138,6 +138,7 @@ def test_nothing_stale_returns_an_empty_report(aged_s3):
         "dry_run": False,
         "aborted": 0,
         "bytes": 0,
+        "size_unknown": 0,
         "oldest_age_seconds": None,
         "uploads": [],
     }
@@ -306,21 +307,31 @@ def test_upload_gone_before_its_turn_is_skipped_not_failed(aged_s3, monkeypatch)
     assert aged_s3.survivors() == set()
 
 
-def test_dry_run_reports_parts_it_cannot_list(aged_s3, monkeypatch):
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_uploads_whose_parts_cannot_be_listed_are_aborted_with_size_unknown(aged_s3, monkeypatch, dry_run):
+    """ListParts of an SSE-C upload created with a checksum needs the customer key: the janitor has none."""
     client = aged_s3.client
-    aged_s3.start("dumps/a", 3 * DAY)
-    aged_s3.start("dumps/b", 3 * DAY)
+    aged_s3.start("dumps/a", 3 * DAY, (b"a" * 10,))
+    ssec = aged_s3.start("dumps/ssec", 3 * DAY, (b"b" * 20,))
     real = client.list_parts
 
     def list_parts(**kwargs):
-        if kwargs["Key"] == "dumps/b":
-            raise access_denied("ListParts")
+        if kwargs["UploadId"] == ssec:
+            raise ClientError(
+                {"Error": {"Code": "InvalidRequest", "Message": "The multipart upload was created with SSE-C"}},
+                "ListParts",
+            )
         return real(**kwargs)
 
     monkeypatch.setattr(client, "list_parts", list_parts)
-    with pytest.raises(StaleUploadCleanupError, match="1 of 2 .*could not be inspected"):
-        operator(older_than=DAY, dry_run=True).execute(context={})
-    assert len(aged_s3.survivors()) == 2
+    result = operator(older_than=DAY, dry_run=dry_run).execute(context={})
+    assert result["aborted"] == 2
+    assert result["size_unknown"] == 1
+    assert result["bytes"] == 10  # the known ones
+    unknown = [u for u in result["uploads"] if u["upload_id"] == ssec]
+    assert unknown and (unknown[0]["parts"], unknown[0]["bytes"]) == (None, None)
+    assert len(aged_s3.survivors()) == (2 if dry_run else 0)
+    json.dumps(result)
 
 
 def test_kill_stops_before_the_next_upload(aged_s3, monkeypatch):
@@ -366,11 +377,39 @@ def test_log_lines_and_report_are_capped(aged_s3, monkeypatch, caplog):
 # -- arguments --------------------------------------------------------------------------------
 
 
-def test_negative_or_non_timedelta_older_than_is_refused():
-    with pytest.raises(ValueError, match="negative"):
-        operator(older_than=timedelta(seconds=-1))
-    with pytest.raises(TypeError, match="timedelta"):
-        operator(older_than=7)
+def test_older_than_as_timedelta_or_seconds():
+    assert operator(older_than=timedelta(hours=2)).older_than == timedelta(hours=2)
+    assert operator(older_than=7200).older_than == timedelta(hours=2)
+    assert operator(older_than=0.5).older_than == timedelta(seconds=0.5)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (timedelta(seconds=-1), "older_than must be 0 or more seconds"),
+        (-1, "older_than must be 0 or more seconds"),
+        (True, "older_than must be a number of seconds or a datetime.timedelta, got True"),
+        ("7d", "older_than must be a number of seconds or a datetime.timedelta, got '7d'"),
+        (float("nan"), "older_than must be a finite number"),
+    ],
+)
+def test_wrong_older_than_is_refused_when_the_dag_is_parsed(value, message):
+    with pytest.raises(InvalidUploadRequest, match=message):
+        operator(older_than=value)
+
+
+def test_request_payer_and_bucket_owner_go_with_every_call(aged_s3, monkeypatch):
+    """A requester-pays bucket answers 403 to any call without RequestPayer: listing, ListParts, abort."""
+    from tests.support.recorded_calls import missing_args, record_calls
+
+    aged_s3.start("dumps/a", 3 * DAY)
+    calls = record_calls(aged_s3.client)
+    expected = {"RequestPayer": "requester", "ExpectedBucketOwner": "123456789012"}
+    result = operator(older_than=DAY, request_payer="requester", expected_bucket_owner="123456789012").execute({})
+    assert result["aborted"] == 1
+    assert {name for name, _ in calls} == {"ListMultipartUploads", "ListParts", "AbortMultipartUpload"}
+    assert missing_args(calls, expected) == []
+    assert all(params.get("EncodingType") == "url" for name, params in calls if name == "ListMultipartUploads")
 
 
 @pytest.mark.parametrize(
