@@ -22,22 +22,24 @@ MAX_CONCURRENCY = MAX_PARTS
 
 
 def _kind(value: Any) -> str:
-    return f"{value!r} (a {type(value).__name__})"
+    return f"{value!r} ({type(value).__name__})"
 
 
-def whole_number(name: str, value: Any, *, minimum: int, maximum: int | None = None, unit: str = "") -> int:
+def whole_number(
+    name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None, unit: str = ""
+) -> int:
     """``value`` as an int within [minimum, maximum]; bools, floats (even 8e6) and strings are refused."""
     what = f"a whole number{f' of {unit}' if unit else ''} (an int)"
     if isinstance(value, bool) or not isinstance(value, Integral):
         if isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and value == int(value):
             fix = f"pass {name}={int(value):_} (or int(...)): S3 needs whole numbers, and {value!r} is a float"
         elif isinstance(value, str):
-            fix = f"pass a number such as {name}={max(minimum, 1) * 8:_}; strings such as {value!r} are not parsed"
+            fix = f"pass a number such as {name}={max(minimum or 1, 1) * 8:_}; strings such as {value!r} are not parsed"
         else:
             fix = f"pass {what}"
         raise InvalidUploadRequest(f"{name} must be {what}, got {_kind(value)}; {fix}.")
     number = int(value)
-    if number < minimum:
+    if minimum is not None and number < minimum:
         raise InvalidUploadRequest(f"{name} must be at least {minimum:,}, got {number:,}.")
     if maximum is not None and number > maximum:
         raise InvalidUploadRequest(f"{name} must be at most {maximum:,}, got {number:,}.")
@@ -48,7 +50,7 @@ def part_size(value: Any) -> int | None:
     """None (choose automatically) or a whole number of bytes within S3's part sizes (5 MiB..5 GiB)."""
     if value is None:
         return None
-    return check_part_size(whole_number("part_size", value, minimum=0, unit="bytes"))
+    return check_part_size(whole_number("part_size", value, unit="bytes"))
 
 
 def concurrency(value: Any) -> int:

@@ -171,3 +171,68 @@ def test_keep_or_abort_on_failure_follows_the_policy_and_airflows_retry_decision
     assert len(incomplete_uploads(mock_s3, "test-bucket")) == left
     for upload in incomplete_uploads(mock_s3, "test-bucket"):  # leave the shared moto clean
         mock_s3.abort_multipart_upload(Bucket="test-bucket", Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+# -- argument types ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("part_size", 8e6, r"part_size must be a whole number of bytes \(an int\), got 8000000.0.*8_000_000"),
+        ("part_size", True, r"part_size must be a whole number"),
+        ("part_size", 1 * MiB, r"part_size=1,048,576 bytes is below S3's minimum"),
+        ("concurrency", True, r"concurrency must be a whole number .*got True"),
+        ("concurrency", 2.0, r"concurrency must be a whole number"),
+        ("concurrency", 0, r"concurrency must be at least 1"),
+        ("max_buffer_bytes", "1GiB", r"max_buffer_bytes must be a whole number of bytes .*'1GiB'"),
+        ("max_buffer_bytes", 1e9, r"max_buffer_bytes must be a whole number"),
+        ("progress_interval", -1, r"progress_interval must be 0 or more seconds"),
+        ("progress_interval", "30", r"progress_interval must be a number of seconds or a datetime.timedelta"),
+        ("command_timeout", 0, r"command_timeout must be greater than 0 seconds"),
+        ("command_timeout", -5.0, r"command_timeout must be greater than 0 seconds"),
+        ("command_timeout", True, r"command_timeout must be a number of seconds"),
+        ("command_timeout", "an hour", r"command_timeout must be a number of seconds .*'an hour'"),
+        ("storage_class", 3, r"storage_class must be a string or None"),
+        ("aws_conn_id", 1, r"aws_conn_id must be a string or None"),
+    ],
+)
+def test_wrong_arguments_are_refused_when_the_dag_is_parsed(argument, value, message):
+    """Before any S3 request can be made: the operator does not even exist yet."""
+    from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
+
+    with pytest.raises(InvalidUploadRequest, match=message):
+        op(**{argument: value})
+
+
+def test_durations_as_seconds_or_timedelta():
+    from datetime import timedelta
+
+    assert op(progress_interval=timedelta(seconds=90)).progress_interval == 90.0
+    assert op(progress_interval=0).progress_interval == 0.0
+    assert op(file=None, command="true", command_timeout=timedelta(hours=1)).command_timeout == 3600.0
+    assert op(file=None, command="true", command_timeout=90).command_timeout == 90.0
+
+
+def test_more_arguments_are_templated():
+    fields = MultipartUploadOperator.template_fields
+    assert isinstance(fields, tuple)
+    assert {"aws_conn_id", "sse_kms_key_id", "storage_class", "acl_policy", "command_timeout"} <= set(fields)
+
+
+def test_templated_timeout_is_checked_once_rendered_before_any_s3_call(monkeypatch):
+    from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
+
+    task = op(file=None, command="true", command_timeout="{{ params.timeout }}")  # not rendered yet: accepted
+    assert task.command_timeout == "{{ params.timeout }}"
+
+    def no_s3(*args, **kwargs):
+        raise AssertionError("an S3 client was asked for before the arguments were checked")
+
+    monkeypatch.setattr(MultipartUploadOperator, "s3_client", no_s3)
+    task.command_timeout = "soon"  # what a bad template renders to
+    with pytest.raises(InvalidUploadRequest, match="command_timeout must be a number of seconds .*'soon'"):
+        task.execute({})
+    task.command_timeout = "3600"  # what a good one renders to
+    task.check_rendered_arguments()
+    assert task.command_timeout == 3600.0
