@@ -31,10 +31,12 @@ Wire behaviour (standard library only):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import ipaddress
 import logging
 import random
+import re
 import socket
 import struct
 import threading
@@ -48,7 +50,7 @@ from socketserver import TCPServer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACTIONS", "KINDS", "Fault", "RequestRecord", "S3Proxy", "classify"]
+__all__ = ["ACTIONS", "KINDS", "Fault", "KmsStore", "RequestRecord", "S3Proxy", "classify"]
 
 KINDS = (
     "CreateMultipartUpload",
@@ -150,6 +152,82 @@ class RequestRecord:
     expect_continue: bool = False  # the client sent "Expect: 100-continue"
     chunked: bool = False  # the client sent "Transfer-Encoding: chunked"
     headers: dict[str, str] = field(default_factory=dict, repr=False)  # client request headers (last wins)
+
+
+class KmsStore:
+    """Make the upstream look like S3 with SSE-KMS (e.g. a bucket's default encryption), which moto is not.
+
+    * Every successful answer about an object says ``x-amz-server-side-encryption: aws:kms``.
+    * ETags are opaque: each MD5 the upstream reports (UploadPart, HeadObject, ListParts, Complete) is
+      replaced by another 32-hex-digit value, exactly as S3's SSE-KMS ETags look: like an MD5, but not
+      the MD5 of the bytes. The CompleteMultipartUpload request's ETags are mapped back on the way in,
+      so the upstream still completes.
+    * ``echo_checksums=False``: answers carry no ``x-amz-checksum-*`` headers or ``<Checksum...>``
+      elements (a store that echoes nothing); True: UploadPart answers echo the request's checksum
+      header, as AWS does.
+    """
+
+    _HEX = re.compile(rb"[0-9a-fA-F]{32}")
+    _ETAG_ELEMENT = re.compile(rb"(<ETag>)(.*?)(</ETag>)", re.S)
+    _CHECKSUM_ELEMENT = re.compile(rb"<Checksum(CRC32C|CRC32|CRC64NVME|SHA1|SHA256|Type)>.*?</Checksum\1>", re.S)
+    OBJECT_KINDS = frozenset(
+        {"CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "HeadObject", "GetObject", "PutObject"}
+    )
+
+    def __init__(self, *, echo_checksums: bool) -> None:
+        self.echo_checksums = echo_checksums
+        self._real: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+
+    def opaque(self, md5_hex: bytes) -> bytes:
+        fake = hashlib.md5(b"kms-ciphertext:" + md5_hex.lower(), usedforsecurity=False).hexdigest().encode()
+        with self._lock:
+            self._real[fake] = md5_hex
+        return fake
+
+    def real(self, etag_hex: bytes) -> bytes:
+        with self._lock:
+            return self._real.get(etag_hex.lower(), etag_hex)
+
+    def _map_etags(self, body: bytes, convert: Callable[[bytes], bytes]) -> bytes:
+        return self._ETAG_ELEMENT.sub(
+            lambda m: m.group(1) + self._HEX.sub(lambda h: convert(h.group(0)), m.group(2)) + m.group(3), body
+        )
+
+    def request_body(self, kind: str, body: bytes) -> bytes:
+        return self._map_etags(body, self.real) if kind == "CompleteMultipartUpload" else body
+
+    def response_headers(
+        self, kind: str, headers: list[tuple[str, str]], request_headers: dict[str, str]
+    ) -> list[tuple[str, str]]:
+        out = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname == "etag" and kind in self.OBJECT_KINDS:
+                value = re.sub(r"[0-9a-fA-F]{32}", lambda h: self.opaque(h.group(0).encode()).decode(), value)
+            if lname.startswith("x-amz-checksum-") and not self.echo_checksums:
+                continue
+            if lname.startswith("x-amz-server-side-encryption"):
+                continue
+            out.append((name, value))
+        if kind in self.OBJECT_KINDS:
+            out.append(("x-amz-server-side-encryption", "aws:kms"))
+            out.append(("x-amz-server-side-encryption-aws-kms-key-id", "arn:aws:kms:us-east-1:123456789012:key/test"))
+        if kind == "UploadPart" and self.echo_checksums:
+            present = {k.lower() for k, _ in out}
+            for name, value in request_headers.items():
+                lname = name.lower()
+                if lname.startswith("x-amz-checksum-") and lname != "x-amz-checksum-algorithm" and lname not in present:
+                    out.append((lname, value))
+        return out
+
+    def response_body(self, kind: str, body: bytes) -> bytes:
+        if kind not in ("ListParts", "CompleteMultipartUpload"):
+            return body
+        body = self._map_etags(body, self.opaque)
+        if not self.echo_checksums:
+            body = self._CHECKSUM_ELEMENT.sub(b"", body)
+        return body
 
 
 def _split_host(host: str) -> str:
@@ -430,6 +508,8 @@ class S3Proxy:
         self.seed = seed
         self.url = ""
         self.on_request: Callable[[RequestRecord], None] | None = None
+        #: When set, answers are rewritten to look like an SSE-KMS store (see KmsStore).
+        self.kms: KmsStore | None = None
         self.hook_errors: list[BaseException] = []
         self.accepted_connections = 0
         self.refused_connections = 0
@@ -647,6 +727,11 @@ class S3Proxy:
         """Forward the request upstream and relay the answer. Returns True if error_200 was applied."""
         h = ex.h
         conn = http.client.HTTPConnection(self._up_host, self._up_port, timeout=self.upstream_timeout)
+        kms = self.kms
+        rewritten: bytes | None = None
+        if kms is not None and ex.rec.kind == "CompleteMultipartUpload" and not ex.body.chunked:
+            ex.send_continue_if_pending()
+            rewritten = kms.request_body(ex.rec.kind, b"".join(ex.body.pieces()))
         try:
             try:
                 conn.putrequest(h.command, h.path, skip_host=True, skip_accept_encoding=True)
@@ -657,6 +742,8 @@ class S3Proxy:
                     lname = name.lower()
                     if lname in _HOP_BY_HOP or lname in connection_tokens:
                         continue
+                    if rewritten is not None and lname == "content-length":
+                        value = str(len(rewritten))
                     conn.putheader(name, value)
                 conn.putheader("Connection", "close")
                 conn.endheaders()
@@ -666,8 +753,11 @@ class S3Proxy:
             # Upstream is reachable and has our headers: now let the client send its body.
             ex.send_continue_if_pending()
             try:
-                for piece in ex.body.pieces():
-                    conn.send(piece)
+                if rewritten is not None:
+                    conn.send(rewritten)
+                else:
+                    for piece in ex.body.pieces():
+                        conn.send(piece)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 self._upstream_failed(ex, exc)
@@ -681,7 +771,17 @@ class S3Proxy:
         status, reason = resp.status, resp.reason
         headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _RESPONSE_DROP]
         no_body = h.command == "HEAD" or status in (204, 304) or 100 <= status < 200
+        kms = self.kms
         try:
+            if kms is not None and 200 <= status < 300 and error_200 is None:
+                kind = ex.rec.kind
+                headers = kms.response_headers(kind, headers, ex.rec.headers)
+                if not no_body and kind in ("ListParts", "CompleteMultipartUpload"):
+                    data = kms.response_body(kind, resp.read())
+                    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+                    ex.write_head(status, reason, [*headers, ("Content-Length", str(len(data)))])
+                    ex.write(data)
+                    return False
             if error_200 is not None:
                 data = b"" if no_body else resp.read()
                 if 200 <= status < 300:
