@@ -1,0 +1,164 @@
+"""The per-request arguments, listing with EncodingType=url, and ETags known not to be MD5s."""
+
+from __future__ import annotations
+
+import logging
+
+import boto3
+import pytest
+
+from airflow_mpu_provider.multipart.integrity import digest_part, etag_is_md5, etag_is_md5_for_args, part_matches
+from airflow_mpu_provider.multipart.plan import MiB
+from airflow_mpu_provider.multipart.request_args import PER_REQUEST_ARGS, request_args
+from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object, list_incomplete_uploads
+from tests.support.recorded_calls import missing_args, record_calls
+
+BUCKET = "test-bucket"
+PAYER_AND_OWNER = {"RequestPayer": "requester", "ExpectedBucketOwner": "123456789012"}
+SSE_C = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": "0123456789abcdef0123456789abcdef"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    return boto3.client("s3", region_name="us-east-1")
+
+
+def test_which_operation_takes_which_argument_comes_from_botocores_model(client):
+    everything = {**PAYER_AND_OWNER, **SSE_C, "ContentType": "text/plain", "StorageClass": "GLACIER"}
+    for operation in ("CreateMultipartUpload", "UploadPart", "ListParts", "CompleteMultipartUpload", "HeadObject"):
+        assert request_args(client, operation, everything) == {**PAYER_AND_OWNER, **SSE_C}, operation
+    for operation in ("AbortMultipartUpload", "ListMultipartUploads"):  # no SSE-C in their input shapes
+        assert request_args(client, operation, everything) == PAYER_AND_OWNER, operation
+    assert request_args(client, "UploadPart", None) == {}
+    assert set(PER_REQUEST_ARGS) == {*PAYER_AND_OWNER, "SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5"}
+
+
+@pytest.mark.parametrize("sse_c", [False, True])
+def test_every_call_of_an_upload_carries_them(mock_s3, sse_c):
+    args = {**PAYER_AND_OWNER, **(SSE_C if sse_c else {})}
+    calls = record_calls(mock_s3)
+    upload = MultipartUpload(mock_s3, BUCKET, "k", extra_args={**args, "ContentType": "text/plain"})
+    with upload:
+        upload.upload_part(b"a" * (5 * MiB))
+        upload.upload_part(b"b")
+    head_object(mock_s3, BUCKET, "k", extra_args=args)
+    doomed = MultipartUpload(mock_s3, BUCKET, "k2", extra_args=args)
+    doomed.create()
+    doomed.abort()  # AbortMultipartUpload, then ListParts to confirm it is gone
+    list(list_incomplete_uploads(mock_s3, BUCKET, "k", extra_args=args))
+    names = [name for name, _ in calls]
+    assert set(names) == {
+        "CreateMultipartUpload",
+        "UploadPart",
+        "CompleteMultipartUpload",
+        "HeadObject",
+        "AbortMultipartUpload",
+        "ListParts",
+        "ListMultipartUploads",
+    }
+    assert missing_args(calls, PAYER_AND_OWNER) == []
+    with_sse_c = [(n, p) for n, p in calls if n not in ("AbortMultipartUpload", "ListMultipartUploads")]
+    assert missing_args(with_sse_c, SSE_C if sse_c else {}) == []
+    assert all("ContentType" not in p for n, p in calls if n != "CreateMultipartUpload")
+
+
+class EncodingStore:
+    """A ListMultipartUploads that url-encodes keys and pages one upload at a time, as S3 does."""
+
+    def __init__(self, keys: list[str]) -> None:
+        from urllib.parse import quote
+
+        self.quote = quote
+        self.keys = sorted(keys)
+        self.calls: list[dict] = []
+
+    def list_multipart_uploads(self, **kwargs):
+        self.calls.append(kwargs)
+        assert kwargs["EncodingType"] == "url"
+        start = self.keys.index(kwargs["KeyMarker"]) + 1 if "KeyMarker" in kwargs else 0
+        page = self.keys[start : start + 1]
+        truncated = start + 1 < len(self.keys)
+        response = {
+            "EncodingType": "url",
+            "Prefix": self.quote(kwargs.get("Prefix", ""), safe=""),
+            "Uploads": [{"Key": self.quote(k, safe=""), "UploadId": f"id-{k}"} for k in page],
+            "IsTruncated": truncated,
+        }
+        if truncated:
+            response |= {"NextKeyMarker": self.quote(page[-1], safe=""), "NextUploadIdMarker": f"id-{page[-1]}"}
+        return response
+
+
+def test_listing_decodes_keys_and_markers_of_a_url_encoding_store():
+    keys = ["k/a?b#c%20d", "k/ctl\x01\x02", "k/ünï code"]
+    store = EncodingStore(keys)
+    found = [u["Key"] for u in list_incomplete_uploads(store, BUCKET, "k/")]
+    assert found == sorted(keys)
+    assert [c.get("KeyMarker") for c in store.calls] == [None, *sorted(keys)[:-1]]  # decoded markers sent back
+
+
+def test_a_store_that_ignores_encoding_type_is_read_as_is():
+    class Plain:
+        def list_multipart_uploads(self, **kwargs):
+            return {"Uploads": [{"Key": "a%20b", "UploadId": "u"}], "IsTruncated": False}
+
+    assert [u["Key"] for u in list_incomplete_uploads(Plain(), BUCKET, "")] == ["a%20b"]
+
+
+# -- ETags that are not MD5s ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ({"ServerSideEncryption": "aws:kms"}, False),
+        ({"ServerSideEncryption": "aws:kms:dsse"}, False),
+        ({"SSECustomerAlgorithm": "AES256"}, False),
+        ({"ServerSideEncryption": "AES256"}, True),
+        ({}, True),
+    ],
+)
+def test_etag_is_md5_reads_the_answer(response, expected):
+    assert etag_is_md5(response) is expected
+
+
+def test_etag_is_md5_for_args():
+    assert etag_is_md5_for_args({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "k"}) is False
+    assert etag_is_md5_for_args({"SSECustomerKey": "x"}) is False
+    assert etag_is_md5_for_args({"ServerSideEncryption": "AES256"}) is True
+
+
+def test_an_etag_known_not_to_be_an_md5_is_never_compared():
+    digest = digest_part(1, b"data", algorithm=None, with_md5=True)
+    opaque = {"ETag": '"' + "0" * 32 + '"'}
+    assert part_matches(digest, opaque, None) is False  # looks like an MD5: compared, differs
+    assert part_matches(digest, opaque, None, etag_is_md5=False) is None  # known opaque: undecidable
+    assert part_matches(digest, {**opaque, "Size": 5}, None, etag_is_md5=False) is False  # size still counts
+
+
+def kms_answers(client) -> None:
+    """moto's UploadPart answers as S3 with bucket-default SSE-KMS gives them: opaque ETag, aws:kms."""
+
+    def rewrite(parsed, **_):
+        parsed["ETag"] = '"' + "f" * 32 + '"'
+        parsed["ServerSideEncryption"] = "aws:kms"
+        for name in [k for k in parsed if k.startswith("Checksum")]:
+            del parsed[name]
+
+    client.meta.events.register("after-call.s3.UploadPart", rewrite, unique_id="tests-kms-answers")
+
+
+def test_a_part_the_store_says_is_kms_encrypted_is_not_taken_for_corruption(mock_s3, caplog):
+    kms_answers(mock_s3)
+    upload = MultipartUpload(mock_s3, BUCKET, "kms", checksum_algorithm=None)
+    upload.create()
+    try:
+        with caplog.at_level(logging.WARNING):
+            upload.upload_part(b"a" * (5 * MiB))  # an opaque ETag: before, an IntegrityError
+            upload.upload_part(b"b")
+    finally:
+        upload.abort()  # moto itself would refuse the opaque ETags in CompleteMultipartUpload
+    assert upload.etags_are_md5 is False
+    warnings = [r.getMessage() for r in caplog.records if "nothing to verify parts with" in r.getMessage()]
+    assert len(warnings) == 1  # said once per upload, not once per part
+    assert "SSE-KMS or SSE-C" in warnings[0]
