@@ -19,7 +19,7 @@ import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from tests.support.s3_proxy import Fault, RequestRecord, S3Proxy, classify, wait_until
+from tests.support.s3_proxy import Fault, KmsStore, RequestRecord, S3Proxy, classify, wait_until
 
 BUCKET = "proxy-test"
 MIB = 1024 * 1024
@@ -137,6 +137,38 @@ def test_multipart_counts(proxy, s3):
     assert proxy.count("UploadPart") == 0
     s3.list_multipart_uploads(Bucket=BUCKET)
     assert proxy.count("ListMultipartUploads", status=200) == 1
+
+
+@pytest.mark.parametrize("echo", [False, True])
+def test_kms_store_gives_opaque_etags_and_still_completes(proxy, s3, echo):
+    proxy.kms = KmsStore(echo_checksums=echo)
+    parts = [_payload(5 * MIB, seed=7), b"tail"]
+    upload_id = s3.create_multipart_upload(Bucket=BUCKET, Key="kms/obj")["UploadId"]
+    answers = [
+        s3.upload_part(
+            Bucket=BUCKET, Key="kms/obj", UploadId=upload_id, PartNumber=n, Body=data, ChecksumAlgorithm="CRC32"
+        )
+        for n, data in enumerate(parts, start=1)
+    ]
+    for answer, data in zip(answers, parts, strict=True):
+        assert answer["ServerSideEncryption"] == "aws:kms"
+        etag = answer["ETag"].strip('"')
+        assert len(etag) == 32 and etag != hashlib.md5(data).hexdigest()  # looks like an MD5, is not one
+        assert ("ChecksumCRC32" in answer) is echo
+    listed = s3.list_parts(Bucket=BUCKET, Key="kms/obj", UploadId=upload_id)["Parts"]
+    assert [p["ETag"] for p in listed] == [a["ETag"] for a in answers]  # the same opaque ETags
+    assert echo or not any(k.startswith("Checksum") for p in listed for k in p)
+    done = s3.complete_multipart_upload(  # the opaque ETags are mapped back on the way in
+        Bucket=BUCKET,
+        Key="kms/obj",
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": a["ETag"]} for n, a in enumerate(answers, start=1)]},
+    )
+    md5s = b"".join(hashlib.md5(d).digest() for d in parts)
+    assert done["ETag"] != f'"{hashlib.md5(md5s).hexdigest()}-2"' and done["ETag"].endswith('-2"')
+    head = s3.head_object(Bucket=BUCKET, Key="kms/obj")
+    assert (head["ServerSideEncryption"], head["ETag"]) == ("aws:kms", done["ETag"])
+    assert _get(s3, "kms/obj") == b"".join(parts)
 
 
 def test_slowdown_error_is_retried(proxy, s3):
