@@ -137,9 +137,8 @@ def test_bad_input_fails_before_any_s3_request(connection, proxy, s3, tmp_path, 
     sparse = _sparse(tmp_path / "sparse", 10_001 * 5 * MiB)  # 48.8 GiB of holes: no disk used
     args = {"file": str(path), "key": f"s3://{BUCKET}/it/bad.bin", "part_size": None}
     args.update({k: v.format(tmp=tmp_path, sparse=sparse) if isinstance(v, str) else v for k, v in kwargs.items()})
-    op = MultipartUploadOperator(task_id="bad", aws_conn_id=connection(), **args)
-    with pytest.raises(InvalidUploadRequest, match=message):
-        op.execute({})
+    with pytest.raises(InvalidUploadRequest, match=message):  # at construction or at execute
+        MultipartUploadOperator(task_id="bad", aws_conn_id=connection(), **args).execute({})
     assert proxy.requests() == []  # not one S3 call
     assert incomplete_uploads(s3, BUCKET) == []
 
