@@ -162,3 +162,22 @@ def test_a_part_the_store_says_is_kms_encrypted_is_not_taken_for_corruption(mock
     warnings = [r.getMessage() for r in caplog.records if "nothing to verify parts with" in r.getMessage()]
     assert len(warnings) == 1  # said once per upload, not once per part
     assert "SSE-KMS or SSE-C" in warnings[0]
+
+
+def test_a_kms_part_whose_echoed_checksum_differs_is_still_caught(mock_s3):
+    """Not an MD5 ETag does not mean "trust anything": the checksum the store echoes is still compared."""
+    from airflow_mpu_provider.multipart.errors import IntegrityError
+
+    def wrong_checksum(parsed, **_):
+        parsed["ETag"] = '"' + "f" * 32 + '"'
+        parsed["ServerSideEncryption"] = "aws:kms"
+        parsed["ChecksumCRC32C"] = "AAAAAA=="
+
+    mock_s3.meta.events.register("after-call.s3.UploadPart", wrong_checksum, unique_id="tests-kms-wrong-checksum")
+    upload = MultipartUpload(mock_s3, BUCKET, "kms-bad", checksum_algorithm="CRC32C")
+    upload.create()
+    try:
+        with pytest.raises(IntegrityError, match="does not match the bytes sent"):
+            upload.upload_part(b"a" * (5 * MiB))
+    finally:
+        upload.abort()
