@@ -489,7 +489,8 @@ class UploadEngine(BaseUploadEngine):
                 workers,
             )
         entries = dict(kept)
-        entries.update(self._send(missing, pool, progress))
+        with progress.ticking():  # a line every interval, even while no part finishes
+            entries.update(self._send(missing, pool, progress))
         self._raise_if_cancelled()
         self.source.check_unchanged()
         parts = [entries[n] for n in range(1, self.plan.count + 1)]

@@ -1,8 +1,10 @@
-"""Progress lines for the task log: bytes, percent, MB/s, ETA, at most one line per interval.
+"""Progress lines for the task log: bytes, percent, MB/s, ETA, one line per interval.
 
 A 10,000-part upload must not write 10,000 log lines, and a stalled one must still be visible, so
-lines are time-based rather than per part. Bytes found already uploaded (resume) count towards the
-percentage but not towards the rate.
+lines are time-based rather than per part: while ``ticking()``, a timer thread writes a line every
+``interval`` seconds even when no part finishes, and says for how long none has ("no part finished
+for 2m00s"), so a stall shows in the task log while it lasts. Bytes found already uploaded (resume)
+count towards the percentage but not towards the rate.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from airflow_mpu_provider.multipart.plan import format_bytes
 
 #: Seconds between progress lines when the caller does not choose.
 DEFAULT_PROGRESS_INTERVAL = 30.0
+#: The timer never writes more often than this (``interval=0`` means a line per part, not a busy loop).
+MIN_TIMER_INTERVAL = 1.0
 
 
 def format_duration(seconds: float) -> str:
@@ -29,8 +34,29 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+class Ticker:
+    """What the progress timer sleeps on: ``wait`` returns early, with True, once ``stop`` is called.
+
+    A class of its own so that tests can step the timer by hand instead of waiting for real time.
+    """
+
+    def __init__(self) -> None:
+        self._stopped = threading.Event()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True if stopped (now or before)."""
+        return self._stopped.wait(seconds)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
 class ProgressReporter:
-    """Thread-safe counter of sent bytes that logs a summary line at most every ``interval`` seconds."""
+    """Thread-safe counter of sent bytes that logs a summary line every ``interval`` seconds.
+
+    Lines come from ``advance`` (a part finished and a line is due) and, inside ``ticking()``, from a
+    timer thread that writes the due line even when nothing finishes.
+    """
 
     def __init__(
         self,
@@ -41,6 +67,7 @@ class ProgressReporter:
         interval: float = DEFAULT_PROGRESS_INTERVAL,
         label: str = "",
         clock: Callable[[], float] = time.monotonic,
+        ticker_factory: Callable[[], Ticker] = Ticker,
     ) -> None:
         self.total_bytes = total_bytes
         self.total_parts = total_parts
@@ -51,6 +78,8 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._started = clock()
         self._last_line = self._started
+        self._last_part = self._started
+        self._ticker_factory = ticker_factory
         self.done_bytes = 0
         self.done_parts = 0
         self.sent_bytes = 0
@@ -67,12 +96,43 @@ class ProgressReporter:
             self.done_bytes += nbytes
             self.done_parts += 1
             self.sent_bytes += nbytes
+            self._last_part = self._clock()
+        self.tick()
+
+    def tick(self) -> float:
+        """Log a line if one is due; return the seconds until the next one is."""
+        with self._lock:
             now = self._clock()
-            if now - self._last_line < self.interval:
-                return
+            due = self._last_line + self.interval - now
+            if due > 0:
+                return due
             self._last_line = now
             line = self._line(now)
         self._log.info("%s", line)
+        return self.interval
+
+    @contextmanager
+    def ticking(self) -> Iterator[ProgressReporter]:
+        """Write the due line every ``interval`` seconds from a timer thread while the block runs.
+
+        The thread is stopped and joined when the block ends, however it ends.
+        """
+        ticker = self._ticker_factory()
+        thread = threading.Thread(target=self._tick_until_stopped, args=(ticker,), name="mpu-progress")
+        thread.start()
+        try:
+            yield self
+        finally:
+            ticker.stop()
+            thread.join()
+
+    def _tick_until_stopped(self, ticker: Ticker) -> None:
+        wait = self.interval
+        while not ticker.wait(max(wait, MIN_TIMER_INTERVAL)):
+            try:
+                wait = self.tick()
+            except Exception:  # a progress line must never take the upload down
+                wait = self.interval
 
     def rate(self, now: float | None = None) -> float:
         """Bytes per second actually sent in this run."""
@@ -82,14 +142,23 @@ class ProgressReporter:
     def _line(self, now: float) -> str:
         rate = self.rate(now)
         prefix = f"{self.label}: " if self.label else ""
+        # Parts are counted when they finish: a quiet interval means nothing got through (a stall, or
+        # parts so large that one takes longer than the interval).
+        quiet = now - self._last_part
+        stalled = ""
+        if quiet >= max(self.interval, MIN_TIMER_INTERVAL):
+            stalled = f", no part finished for {format_duration(quiet)}"
         if self.total_bytes is None:  # a stream: no total, no percentage, no ETA
-            return f"{prefix}{format_bytes(self.done_bytes)} so far, part {self.done_parts:,}, {rate / 1e6:.1f} MB/s"
+            return (
+                f"{prefix}{format_bytes(self.done_bytes)} so far, part {self.done_parts:,}, "
+                f"{rate / 1e6:.1f} MB/s{stalled}"
+            )
         pct = 100.0 * self.done_bytes / self.total_bytes if self.total_bytes else 100.0
         remaining = self.total_bytes - self.done_bytes
         eta = format_duration(remaining / rate) if rate > 0 else "unknown"
         return (
             f"{prefix}{format_bytes(self.done_bytes)} of {format_bytes(self.total_bytes)} ({pct:.1f}%), "
-            f"part {self.done_parts:,}/{self.total_parts or 0:,}, {rate / 1e6:.1f} MB/s, ETA {eta}"
+            f"part {self.done_parts:,}/{self.total_parts or 0:,}, {rate / 1e6:.1f} MB/s, ETA {eta}{stalled}"
         )
 
     def summary(self) -> str:

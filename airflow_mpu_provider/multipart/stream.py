@@ -77,7 +77,8 @@ class StreamUploadEngine(BaseUploadEngine):
         entries: dict[int, dict[str, Any]] = {}
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
             try:
-                total = self._send_stream(pool, workers, entries, progress)
+                with progress.ticking():  # a line every interval, even while the command is silent
+                    total = self._send_stream(pool, workers, entries, progress)
                 self.log.info("%s", progress.summary())
                 self.stream.finish()  # raises if the command failed: nothing is completed then
                 self._raise_if_cancelled()
