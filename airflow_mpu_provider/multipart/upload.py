@@ -161,6 +161,8 @@ class MultipartUpload:
         #: the object is encrypted with SSE-KMS/DSSE-KMS/SSE-C (a bucket's default KMS shows only there).
         self.etags_are_md5 = etag_is_md5_for_args(self.extra_args)
         self._said_unverifiable = False
+        #: Set once ``abort`` has made sure the upload is gone.
+        self.aborted = False
         if self.checksum_algorithm:
             sign_payload_only_when_needed(client)
 
@@ -306,6 +308,7 @@ class MultipartUpload:
             except S3UploadError as e:
                 if e.code == "NoSuchUpload":
                     log.info("Aborted multipart upload %s of s3://%s/%s", self.upload_id, self.bucket, self.key)
+                    self.aborted = True
                     return
                 raise
             time.sleep(0.2 * (attempt + 1))

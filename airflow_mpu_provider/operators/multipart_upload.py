@@ -57,6 +57,8 @@ def _is_template(value: Any) -> bool:
 STATE_KEY = "multipart_upload"
 #: S3's limit on key length, in UTF-8 bytes.
 MAX_KEY_BYTES = 1024
+#: Prefix of every metric the operator sends through Airflow's Stats (README: "Metrics").
+METRICS_PREFIX = "mpu"
 
 
 class MultipartUploadOperator(BaseOperator):
@@ -367,6 +369,7 @@ class MultipartUploadOperator(BaseOperator):
             result = self._upload_command_output(context, bucket, key, checksum)
         else:
             result = self._upload_file(context, bucket, key, checksum)
+        self._emit_metrics(result)
         if self._killed:
             raise UploadCancelledError("the task was killed; failing it although the upload had finished")
         self.log.info(
@@ -398,6 +401,10 @@ class MultipartUploadOperator(BaseOperator):
             if self._killed:
                 raise UploadCancelledError("the task was killed before the upload started")
             return run()
+        except BaseException:
+            if engine.upload is not None and engine.upload.aborted:
+                self._emit_metrics(None)
+            raise
         finally:
             self._engine = None
 
@@ -473,6 +480,31 @@ class MultipartUploadOperator(BaseOperator):
             key=key,
             upload_id=None,
         )
+
+    def _emit_metrics(self, result: UploadResult | None) -> None:
+        """Send the upload's figures to Airflow's metrics (StatsD or OpenTelemetry, whichever the
+        deployment configured): ``result`` after a completed upload, None after an abort.
+
+        ``Stats`` must come from the common.compat provider: in a task process only that import reaches
+        the logger the task runner configured (on Airflow 3.3 ``airflow.observability.stats`` is another,
+        unconfigured copy whose metrics are silently dropped). Metrics never fail an upload.
+        """
+        try:
+            from airflow.providers.common.compat.sdk import Stats
+
+            tags = {"dag_id": self.dag_id, "task_id": self.task_id}
+            if result is None:
+                Stats.incr(f"{METRICS_PREFIX}.aborts", tags=tags)
+                return
+            Stats.incr(f"{METRICS_PREFIX}.uploads", tags=tags)
+            Stats.incr(f"{METRICS_PREFIX}.bytes_sent", result.bytes_sent, tags=tags)
+            Stats.incr(f"{METRICS_PREFIX}.bytes_resumed", result.bytes_resumed, tags=tags)
+            Stats.incr(f"{METRICS_PREFIX}.parts_sent", result.parts_sent, tags=tags)
+            Stats.timing(f"{METRICS_PREFIX}.duration", result.seconds * 1000, tags=tags)
+            if result.seconds > 0:
+                Stats.gauge(f"{METRICS_PREFIX}.throughput", round(result.bytes_sent / result.seconds), tags=tags)
+        except Exception as e:
+            self.log.warning("Could not send the upload metrics (this does not change the task's outcome): %s", e)
 
     def on_kill(self) -> None:
         """Stop sending, abort the upload, and make sure ``execute`` ends failed.
