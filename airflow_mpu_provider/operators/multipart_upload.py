@@ -485,9 +485,10 @@ class MultipartUploadOperator(BaseOperator):
         """Send the upload's figures to Airflow's metrics (StatsD or OpenTelemetry, whichever the
         deployment configured): ``result`` after a completed upload, None after an abort.
 
-        ``Stats`` must come from the common.compat provider: in a task process only that import reaches
-        the logger the task runner configured (on Airflow 3.3 ``airflow.observability.stats`` is another,
-        unconfigured copy whose metrics are silently dropped). Metrics never fail an upload.
+        ``Stats`` comes from the common.compat provider: that is the instance the task runner configures
+        on every Airflow version. On 3.3, ``airflow.observability.stats`` is a second copy that only an
+        executor process configures, so its metrics reach StatsD from LocalExecutor tasks (forked from
+        it) and are silently dropped from tasks that no executor forked. Metrics never fail an upload.
         """
         try:
             from airflow.providers.common.compat.sdk import Stats

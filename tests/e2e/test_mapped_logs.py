@@ -16,13 +16,19 @@ pytestmark = pytest.mark.e2e
 EXAMPLE_DAGS = Path(__file__).parents[2] / "example_dags"
 
 
+def cli_json(env: dict[str, str], *args: str) -> list[dict]:
+    """The JSON an ``airflow ... -o json`` command printed (Airflow may log warnings to stdout before it)."""
+    out = airflow_cli(env, *args, "-o", "json").stdout
+    return json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("[")))
+
+
 def mapped_task_states(airflow_home: Path, dag_id: str, task_id: str) -> dict[int, str]:
     """map_index -> state of ``task_id`` in the DAG's latest run, as Airflow's own CLI reports them."""
     env = airflow_environment(airflow_home, endpoint="http://127.0.0.1:9", dags_folder=EXAMPLE_DAGS)
-    runs = json.loads(airflow_cli(env, "dags", "list-runs", dag_id, "-o", "json").stdout)
+    runs = cli_json(env, "dags", "list-runs", dag_id)
     run_id = max(runs, key=lambda r: r["start_date"] or "")["run_id"]
-    out = airflow_cli(env, "tasks", "states-for-dag-run", dag_id, run_id, "-o", "json").stdout
-    return {int(ti["map_index"]): ti["state"] for ti in json.loads(out) if ti["task_id"] == task_id}
+    states = cli_json(env, "tasks", "states-for-dag-run", dag_id, run_id)
+    return {int(ti["map_index"]): ti["state"] for ti in states if ti["task_id"] == task_id}
 
 
 def test_mapped_example_uploads_every_log_file_of_the_day_as_its_own_task(run_dag, s3, tmp_path, airflow_home):
