@@ -1,0 +1,99 @@
+"""The operator's metrics calls, without a StatsD server (tests/e2e/test_metrics.py has the real one)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from airflow_mpu_provider.multipart.engine import UploadResult
+from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
+
+
+class RecordingStats:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def _record(self, kind: str, stat: str, value: float = 1, *args, tags=None, **kwargs) -> None:
+        if self.fail:
+            raise OSError("statsd host unreachable")
+        self.calls.append((kind, stat, value, tags))
+
+    def incr(self, stat, count=1, *args, **kwargs):
+        self._record("incr", stat, count, *args, **kwargs)
+
+    def gauge(self, stat, value, *args, **kwargs):
+        self._record("gauge", stat, value, *args, **kwargs)
+
+    def timing(self, stat, dt, *args, **kwargs):
+        self._record("timing", stat, dt, *args, **kwargs)
+
+
+@pytest.fixture
+def stats(monkeypatch) -> RecordingStats:
+    import airflow.providers.common.compat.sdk as compat
+
+    recorder = RecordingStats()
+    monkeypatch.setattr(compat, "Stats", recorder, raising=False)
+    return recorder
+
+
+def op() -> MultipartUploadOperator:
+    return MultipartUploadOperator(task_id="upload", file="/data/f", key="s3://b/k")
+
+
+def result(**overrides) -> UploadResult:
+    fields = dict(
+        bucket="b", key="k", upload_id="u", etag="e-3", size=30, part_size=10, parts=3, parts_sent=2,
+        parts_resumed=1, bytes_sent=20, bytes_resumed=10, seconds=4.0,
+    )  # fmt: skip
+    return UploadResult(**{**fields, **overrides})
+
+
+def test_a_completed_upload_sends_every_figure_under_the_prefix(stats):
+    op()._emit_metrics(result())
+    tags = {"dag_id": stats.calls[0][3]["dag_id"], "task_id": "upload"}
+    assert stats.calls == [
+        ("incr", "mpu.uploads", 1, tags),
+        ("incr", "mpu.bytes_sent", 20, tags),
+        ("incr", "mpu.bytes_resumed", 10, tags),
+        ("incr", "mpu.parts_sent", 2, tags),
+        ("timing", "mpu.duration", 4000.0, tags),
+        ("gauge", "mpu.throughput", 5, tags),
+    ]
+
+
+def test_an_instant_upload_sends_no_throughput_rather_than_dividing_by_zero(stats):
+    op()._emit_metrics(result(seconds=0.0))
+    assert "mpu.throughput" not in [c[1] for c in stats.calls]
+
+
+def test_an_abort_counts_one_abort_and_nothing_else(stats):
+    op()._emit_metrics(None)
+    assert [(c[0], c[1], c[2]) for c in stats.calls] == [("incr", "mpu.aborts", 1)]
+
+
+@pytest.mark.parametrize(("aborted", "expected"), [(True, ["mpu.aborts"]), (False, [])])
+def test_a_failed_run_counts_an_abort_only_when_the_upload_was_aborted(stats, aborted, expected):
+    """A failure whose upload is kept for the retry is not an abort: the retry will complete it."""
+    engine = SimpleNamespace(upload=SimpleNamespace(aborted=aborted))
+
+    def run():
+        raise ConnectionError("dropped")
+
+    with pytest.raises(ConnectionError):
+        op()._run(engine, run)
+    assert [c[1] for c in stats.calls] == expected
+
+
+def test_a_metrics_backend_failure_never_fails_the_task(monkeypatch):
+    import airflow.providers.common.compat.sdk as compat
+
+    monkeypatch.setattr(compat, "Stats", RecordingStats(fail=True), raising=False)
+    warnings: list[str] = []
+    operator = op()
+    monkeypatch.setattr(type(operator), "log", SimpleNamespace(warning=lambda msg, *a: warnings.append(msg % a)))
+    operator._emit_metrics(result())  # does not raise
+    assert warnings == ["Could not send the upload metrics (this does not change the task's outcome): "
+                        "statsd host unreachable"]  # fmt: skip
