@@ -9,6 +9,23 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
+def _documentation_url() -> str | None:
+    """The "Documentation" Project-URL of the installed distribution, so that pyproject.toml stays the
+    one place naming it. Later Airflow releases (3.1.8, 3.3) read it from the metadata themselves and
+    override this; earlier ones (3.1.3 checked) show only what ``get_provider_info`` returns."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls = metadata("airflow-mpu-provider").get_all("Project-URL") or []
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return None
+    for entry in urls:
+        name, _, url = entry.partition(",")
+        if name.strip().lower() == "documentation":
+            return url.strip()
+    return None
+
+
 def get_provider_info() -> dict:
     """What ``airflow providers list`` shows; registered via the ``apache_airflow_provider`` entry point."""
     return {
@@ -16,6 +33,7 @@ def get_provider_info() -> dict:
         "name": "S3 Multipart Upload",
         "description": "Resumable, verified S3 multipart uploads of very large files (database dumps, logs).",
         "versions": [__version__],
+        "documentation-url": _documentation_url(),
         "integrations": [
             {
                 "integration-name": "Amazon Simple Storage Service (S3) multipart upload",
