@@ -161,7 +161,7 @@ class MultipartUpload:
         #: the object is encrypted with SSE-KMS/DSSE-KMS/SSE-C (a bucket's default KMS shows only there).
         self.etags_are_md5 = etag_is_md5_for_args(self.extra_args)
         self._said_unverifiable = False
-        #: Set once ``abort`` has made sure the upload is gone.
+        #: Set once ``abort`` succeeded (and, unless ``confirm=False``, made sure the upload is gone).
         self.aborted = False
         if self.checksum_algorithm:
             sign_payload_only_when_needed(client)
@@ -302,6 +302,7 @@ class MultipartUpload:
                     raise
             if not confirm:
                 log.info("Aborted multipart upload %s of s3://%s/%s", self.upload_id, self.bucket, self.key)
+                self.aborted = True
                 return
             try:
                 self.list_parts()
