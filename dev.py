@@ -3,7 +3,8 @@
 
     python3 dev.py demo   # set up .venv, run the example nightly-dump DAG against an embedded S3
     python3 dev.py test   # set up, run ruff and the whole test suite on the newest and the oldest
-                          # supported Airflow, each from its own locked environment
+                          # supported Airflow and at the declared dependency floors, each from its
+                          # own locked environment
 
     python3 dev.py test --env newest -k resume    # one environment; the rest goes to pytest
 
@@ -22,10 +23,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-#: name -> (virtualenv folder, constraints file): the newest Airflow we support, and the oldest.
+#: name -> (virtualenv folder, constraints file): the newest Airflow we support with today's dependencies;
+#: the oldest Airflow with today's dependencies; and every declared floor of pyproject.toml at once.
 ENVIRONMENTS = {
     "newest": (ROOT / ".venv", ROOT / "constraints.txt"),
     "oldest": (ROOT / ".venv-airflow-3.1", ROOT / "constraints-airflow-3.1.txt"),
+    "floors": (ROOT / ".venv-floors", ROOT / "constraints-floors.txt"),
 }
 
 
