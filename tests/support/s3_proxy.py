@@ -3,8 +3,8 @@
 The proxy listens on ``127.0.0.1`` (a free port) and forwards every request to a
 single upstream S3 endpoint on the loopback interface (typically a moto server).
 It classifies each request into an S3 operation *kind*, records it, and can inject
-faults (error responses, TCP resets, delays and the S3 "200 OK with an error in
-the body" case) deterministically from a seeded ``random.Random``.
+faults (error responses, TCP resets, delays, bandwidth throttling and the S3 "200 OK
+with an error in the body" case) deterministically from a seeded ``random.Random``.
 
 Wire behaviour (standard library only):
 
@@ -16,7 +16,9 @@ Wire behaviour (standard library only):
   (RFC 9110 allows this; botocore then never sends the body, so the proxy closes
   the connection after the error).  Without ``Expect`` the body is drained first
   and the connection stays usable.  The ``Expect`` header itself is not forwarded upstream.
-* Request bodies are streamed through in 1 MiB pieces, never buffered whole.
+* Request bodies are streamed through in 1 MiB pieces, never buffered whole. A
+  ``throttle`` fault reads the body from the client at ``rate`` bytes/s instead (in
+  pieces of 1/20 s), so the client's sends block as on a slow link.
   ``Content-Length`` bodies are relayed as is; ``Transfer-Encoding: chunked``
   (including ``Content-Encoding: aws-chunked`` payloads) is relayed verbatim,
   chunk framing and trailers included.
@@ -66,7 +68,7 @@ KINDS = (
     "CreateBucket",
     "Other",
 )
-ACTIONS = ("error", "reset", "delay", "error_200")
+ACTIONS = ("error", "reset", "delay", "error_200", "throttle")
 
 _CHUNK = 1024 * 1024
 _MAX_LINE = 65536
@@ -119,6 +121,7 @@ class Fault:
     times: int | None = None
     delay: float = 0.0
     after_bytes: int = 65536
+    rate: int = 0  # throttle: request body bytes per second read from the client (per request)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -133,6 +136,8 @@ class Fault:
             raise ValueError("delay and after_bytes must be >= 0")
         if not 100 <= self.status <= 599:
             raise ValueError("status must be an HTTP status code")
+        if (self.action == "throttle") != (self.rate > 0):
+            raise ValueError("rate (bytes/s, > 0) is required by throttle faults and only by them")
 
 
 @dataclass
@@ -425,13 +430,14 @@ class _BodyReader:
             raise _ClientGone("client closed connection mid-body (chunked)")
         return line
 
-    def pieces(self, limit: int | None = None) -> Iterator[bytes]:
-        """Yield raw pieces until the body ends (or ``limit`` payload bytes have been read)."""
+    def pieces(self, limit: int | None = None, chunk: int = _CHUNK) -> Iterator[bytes]:
+        """Yield raw pieces (of at most ``chunk`` payload bytes) until the body ends (or ``limit``
+        payload bytes have been read)."""
         if self.chunked:
-            yield from self._chunked_pieces(limit)
+            yield from self._chunked_pieces(limit, chunk)
             return
         while self.remaining > 0 and (limit is None or self.payload_bytes < limit):
-            n = min(_CHUNK, self.remaining)
+            n = min(chunk, self.remaining)
             if limit is not None:
                 n = min(n, max(1, limit - self.payload_bytes))
             data = self._read(n)
@@ -440,7 +446,7 @@ class _BodyReader:
             yield data
         self.done = self.remaining == 0
 
-    def _chunked_pieces(self, limit: int | None) -> Iterator[bytes]:
+    def _chunked_pieces(self, limit: int | None, chunk: int) -> Iterator[bytes]:
         while not self.done and (limit is None or self.payload_bytes < limit):
             line = self._readline()
             try:
@@ -460,7 +466,7 @@ class _BodyReader:
             yield line
             left = size
             while left > 0:
-                n = min(_CHUNK, left)
+                n = min(chunk, left)
                 data = self._read(n)
                 left -= n
                 self.payload_bytes += n
@@ -517,6 +523,8 @@ class S3Proxy:
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
         self._faults: list[list] = []  # [fault, injections_so_far]
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_changed = threading.Condition(self._lock)
         self._down = False
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -568,6 +576,21 @@ class S3Proxy:
     def requests(self) -> list[RequestRecord]:
         with self._lock:
             return list(self._records)
+
+    def in_flight(self, kind: str) -> int:
+        """Requests of ``kind`` whose head arrived and whose handling has not ended yet."""
+        with self._lock:
+            return self._in_flight.get(kind, 0)
+
+    def wait_in_flight(self, kind: str, at_least: int, timeout: float) -> bool:
+        """Block until ``at_least`` requests of ``kind`` are in flight at once; False on timeout."""
+        with self._in_flight_changed:
+            return self._in_flight_changed.wait_for(lambda: self._in_flight.get(kind, 0) >= at_least, timeout)
+
+    def _count_in_flight(self, kind: str, change: int) -> None:
+        with self._in_flight_changed:
+            self._in_flight[kind] = self._in_flight.get(kind, 0) + change
+            self._in_flight_changed.notify_all()
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -664,6 +687,7 @@ class S3Proxy:
         ex = _Exchange(self, h, _BodyReader(h.rfile, content_length, chunked), rec)
         entry = self._pick_fault(kind)
         fault: Fault | None = entry[0] if entry else None
+        self._count_in_flight(kind, +1)
         try:
             if fault is None:
                 self._forward(ex)
@@ -682,6 +706,9 @@ class S3Proxy:
                 rec.injected = "delay"
                 self._stopping.wait(fault.delay)
                 self._forward(ex)
+            elif fault.action == "throttle":
+                rec.injected = "throttle"
+                self._forward(ex, rate=fault.rate)
             else:  # error_200; if upstream fails by itself nothing is replaced and the budget is kept
                 ex.release_fault = lambda: self._unpick(entry)
                 self._forward(ex, error_200=fault)
@@ -689,6 +716,8 @@ class S3Proxy:
             h.close_connection = True
             rec.status = 0
             ex.commit(0)
+        finally:
+            self._count_in_flight(kind, -1)
 
     def _respond_error(self, ex: _Exchange, fault: Fault) -> None:
         h = ex.h
@@ -723,8 +752,10 @@ class S3Proxy:
         if h.command != "HEAD":
             ex.write(payload)
 
-    def _forward(self, ex: _Exchange, error_200: Fault | None = None) -> bool:
-        """Forward the request upstream and relay the answer. Returns True if error_200 was applied."""
+    def _forward(self, ex: _Exchange, error_200: Fault | None = None, rate: int | None = None) -> bool:
+        """Forward the request upstream and relay the answer. Returns True if error_200 was applied.
+
+        With ``rate`` the body is read from the client at that many bytes per second."""
         h = ex.h
         conn = http.client.HTTPConnection(self._up_host, self._up_port, timeout=self.upstream_timeout)
         kms = self.kms
@@ -756,7 +787,7 @@ class S3Proxy:
                 if rewritten is not None:
                     conn.send(rewritten)
                 else:
-                    for piece in ex.body.pieces():
+                    for piece in ex.body.pieces() if rate is None else self._throttled(ex.body, rate):
                         conn.send(piece)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
@@ -765,6 +796,15 @@ class S3Proxy:
             return self._relay_response(ex, resp, error_200)
         finally:
             conn.close()
+
+    def _throttled(self, body: _BodyReader, rate: int) -> Iterator[bytes]:
+        """The body's pieces, read no faster than ``rate`` bytes/s (ends early if the proxy stops)."""
+        started = time.monotonic()
+        for piece in body.pieces(chunk=max(1, min(_CHUNK, rate // 20))):
+            yield piece
+            ahead = started + body.payload_bytes / rate - time.monotonic()
+            if ahead > 0 and self._stopping.wait(ahead):
+                raise _ClientGone("proxy stopping")
 
     def _relay_response(self, ex: _Exchange, resp: http.client.HTTPResponse, error_200: Fault | None) -> bool:
         h = ex.h

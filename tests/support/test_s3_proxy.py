@@ -279,6 +279,62 @@ def test_delay_and_on_request_hook(proxy, s3):
     assert [(r.kind, r.status, r.injected) for r in seen] == [("HeadObject", 200, "delay"), ("HeadObject", 200, None)]
 
 
+def test_throttle_relays_the_body_at_the_rate_intact_and_counts_it_in_flight(proxy, s3):
+    data = _payload(3 * MIB, seed=80)
+    fault = Fault("PutObject", "throttle", rate=1 * MIB, times=1)
+    proxy.add_fault(fault)
+    assert proxy.in_flight("PutObject") == 0
+    elapsed: list[float] = []
+
+    def put() -> None:
+        t0 = time.monotonic()
+        s3.put_object(Bucket=BUCKET, Key="throttle/obj", Body=io.BytesIO(data))
+        elapsed.append(time.monotonic() - t0)
+
+    sender = threading.Thread(target=put)
+    sender.start()
+    assert proxy.wait_in_flight("PutObject", 1, timeout=30)
+    sender.join(60)
+    assert elapsed, "the throttled PUT did not finish"
+    assert elapsed[0] >= 2.5  # 3 MiB at 1 MiB/s; a busy machine can only make it slower
+    assert proxy.in_flight("PutObject") == 0
+    assert proxy.injections(fault) == 1
+    assert _sha(_get(s3, "throttle/obj")) == _sha(data)
+    s3.put_object(Bucket=BUCKET, Key="throttle/obj", Body=io.BytesIO(data))  # times=1: not throttled again
+    puts = [r for r in proxy.requests() if r.kind == "PutObject"]
+    assert [(r.status, r.injected, r.body_bytes) for r in puts] == [(200, "throttle", len(data)), (200, None, len(data))]
+
+
+def test_throttled_upload_parts_are_in_flight_together_and_stop_ends_them(proxy):
+    client = _client(proxy.url, max_attempts=1, read_timeout=120)
+    proxy.add_fault(Fault("UploadPart", "throttle", rate=64 * 1024))  # 5 MiB would take 80 s each
+    upload_id = client.create_multipart_upload(Bucket=BUCKET, Key="throttle/parts")["UploadId"]
+    errors: list[BaseException] = []
+
+    def send(number: int) -> None:
+        try:
+            body = io.BytesIO(_payload(5 * MIB, seed=number))
+            client.upload_part(Bucket=BUCKET, Key="throttle/parts", UploadId=upload_id, PartNumber=number, Body=body)
+        except Exception as e:
+            errors.append(e)
+
+    senders = [threading.Thread(target=send, args=(n,)) for n in (1, 2, 3)]
+    for t in senders:
+        t.start()
+    try:
+        assert proxy.wait_in_flight("UploadPart", 3, timeout=30)
+        assert proxy.count("UploadPart") == 0  # none answered yet: they are all still trickling in
+    finally:
+        t0 = time.monotonic()
+        proxy.stop()
+        for t in senders:
+            t.join(30)
+    assert time.monotonic() - t0 < 10  # not the 80 s the bodies would take
+    assert not any(t.is_alive() for t in senders)
+    assert len(errors) == 3
+    _client(proxy.upstream).abort_multipart_upload(Bucket=BUCKET, Key="throttle/parts", UploadId=upload_id)
+
+
 def test_hook_can_take_proxy_down_after_n_parts(proxy):
     client = _client(proxy.url, max_attempts=1, connect_timeout=1, read_timeout=2)
 
@@ -618,3 +674,7 @@ def test_rejects_non_loopback_upstream_and_bad_faults():
         Fault("UploadParts", "error")
     with pytest.raises(ValueError):
         Fault("UploadPart", "error", probability=1.5)
+    with pytest.raises(ValueError, match="rate"):
+        Fault("UploadPart", "throttle")
+    with pytest.raises(ValueError, match="rate"):
+        Fault("UploadPart", "delay", rate=1000)
