@@ -99,8 +99,12 @@ class PartBody(io.BytesIO):
     def __len__(self) -> int:
         return len(self._view)
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel is not None and self._cancel.is_set()
+
     def read(self, size: int | None = -1) -> bytes | memoryview:  # type: ignore[override]
-        if self._cancel is not None and self._cancel.is_set():
+        if self.cancelled:
             raise UploadCancelledError("upload cancelled while sending a part")
         if size is None or size < 0:  # read-all callers (test stubs) expect real bytes
             return super().read()
@@ -131,6 +135,47 @@ def sign_payload_only_when_needed(client: Any) -> None:
 
     client.meta.events.register(
         "before-sign.s3.UploadPart", declare_checksum_header, unique_id="airflow-mpu-checksum-header"
+    )
+
+
+def _cancellation_in(error: BaseException | None) -> UploadCancelledError | None:
+    """Our cancellation, if ``error`` is it or was caused by it.
+
+    A body's ``read`` raising inside urllib3 reaches botocore unwrapped, and botocore's HTTP session
+    wraps it as ``HTTPClientError(error=...)`` (raised inside the ``except``, so also its context);
+    the chain is followed through ``kwargs["error"]``, ``__cause__`` and ``__context__``.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UploadCancelledError):
+            return error
+        seen.add(id(error))
+        details = getattr(error, "kwargs", None)  # botocore's exceptions keep their arguments here
+        wrapped = details.get("error") if isinstance(details, dict) else None
+        error = wrapped if isinstance(wrapped, BaseException) else (error.__cause__ or error.__context__)
+    return None
+
+
+def never_retry_cancelled_parts(client: Any) -> None:
+    """Make a cancelled part fail at once instead of being retried by botocore.
+
+    A cancelled ``PartBody`` raises from ``read``; botocore takes that for a broken connection and, in
+    standard mode, retries it up to 10 times with backoff, which kept ``on_kill`` waiting 25-110 s.
+    This handler runs before botocore's retry handlers (most specific event, registered first) and
+    re-raises the cancellation, so nothing retries it; every other error keeps the client's retry
+    budget. A network error on a part whose body is already cancelled is not retried either.
+    """
+
+    def refuse_retry(caught_exception: BaseException | None = None, request_dict: Any = None, **_: Any) -> None:
+        cancellation = _cancellation_in(caught_exception)
+        if cancellation is not None:
+            raise cancellation
+        body = request_dict.get("body") if isinstance(request_dict, dict) else None
+        if caught_exception is not None and isinstance(body, PartBody) and body.cancelled:
+            raise UploadCancelledError("upload cancelled while sending a part") from caught_exception
+
+    client.meta.events.register_first(
+        "needs-retry.s3.UploadPart", refuse_retry, unique_id="airflow-mpu-never-retry-cancelled-parts"
     )
 
 
@@ -165,6 +210,7 @@ class MultipartUpload:
         self.aborted = False
         if self.checksum_algorithm:
             sign_payload_only_when_needed(client)
+        never_retry_cancelled_parts(client)
 
     # -- the S3 calls -------------------------------------------------------------------------
 
