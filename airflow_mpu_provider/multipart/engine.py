@@ -22,7 +22,6 @@ from airflow_mpu_provider.multipart.errors import (
     NOT_RESUMABLE_CODES,
     IntegrityError,
     InvalidUploadRequest,
-    MultipartUploadError,
     S3UploadError,
     SourceChangedError,
     UploadCancelledError,
@@ -109,10 +108,17 @@ class BaseUploadEngine:
         options: UploadOptions = UploadOptions(),
         log: logging.Logger | None = None,
         on_upload_started: Callable[[str], None] | None = None,
+        abort_client: Any | None = None,
     ) -> None:
         """``on_upload_started(upload_id)`` runs as soon as the upload to send parts to is known
-        (created, or reopened for resume): the place to record the UploadId durably."""
+        (created, or reopened for resume): the place to record the UploadId durably.
+
+        ``abort_client``: a second client for the abort ``cancel`` starts in a thread, with its own
+        connection pool so that it never waits on the parts' connections (default: ``client``); it
+        should give up quickly (short timeouts, few attempts): ``run`` aborts again anyway.
+        """
         self.client = client
+        self.abort_client = abort_client if abort_client is not None else client
         self.bucket = bucket
         self.key = key
         self.description = description
@@ -122,18 +128,40 @@ class BaseUploadEngine:
         self.upload: MultipartUpload | None = None
         self._cancelled = threading.Event()
         self._stop = threading.Event()
+        self._early_abort: threading.Thread | None = None
 
     # -- control ------------------------------------------------------------------------------
 
     def cancel(self) -> None:
-        """Stop sending, and abort the upload now; ``run`` then raises UploadCancelledError."""
+        """Stop sending and start aborting the upload; ``run`` then raises UploadCancelledError.
+
+        Safe from a signal handler (Airflow calls ``on_kill`` from its SIGTERM handler, in the main
+        thread, which may hold a lock of the client's connection pool): no network I/O here, only
+        events and a thread that aborts through ``abort_client``. Parts still in flight may survive
+        that first abort, so ``run`` aborts again once its workers have stopped, and does not wait
+        for this one.
+        """
         self._cancelled.set()
         self._stop.set()
-        if self.upload is not None and self.upload.upload_id:
-            try:
-                self.upload.abort()
-            except MultipartUploadError as e:  # run() aborts again once its workers have stopped
-                self.log.warning("Abort during cancel failed, will retry: %s", e)
+        upload = self.upload
+        if upload is not None and upload.upload_id and self._early_abort is None:
+            self._early_abort = threading.Thread(
+                target=self._abort_early, args=(upload,), name="mpu-abort-on-cancel", daemon=True
+            )
+            self._early_abort.start()
+
+    def _abort_early(self, upload: MultipartUpload) -> None:
+        try:
+            MultipartUpload(
+                self.abort_client,
+                upload.bucket,
+                upload.key,
+                upload_id=upload.upload_id,
+                checksum_algorithm=upload.checksum_algorithm,
+                extra_args=upload.extra_args,
+            ).abort()
+        except Exception as e:  # run() aborts again once its workers have stopped
+            self.log.warning("Abort on cancel failed; aborting again once the parts in flight stopped: %s", e)
 
     @property
     def cancelled(self) -> bool:
@@ -350,6 +378,7 @@ class UploadEngine(BaseUploadEngine):
         options: UploadOptions = UploadOptions(),
         log: logging.Logger | None = None,
         on_upload_started: Callable[[str], None] | None = None,
+        abort_client: Any | None = None,
     ) -> None:
         if plan.size != source.size:
             raise InvalidUploadRequest(f"the plan is for {plan.size:,} bytes but the source has {source.size:,}")
@@ -361,6 +390,7 @@ class UploadEngine(BaseUploadEngine):
             options=options,
             log=log,
             on_upload_started=on_upload_started,
+            abort_client=abort_client,
         )
         self.source = source
         self.plan = plan

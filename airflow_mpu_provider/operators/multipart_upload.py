@@ -59,6 +59,8 @@ STATE_KEY = "multipart_upload"
 MAX_KEY_BYTES = 1024
 #: Prefix of every metric the operator sends through Airflow's Stats (README: "Metrics").
 METRICS_PREFIX = "mpu"
+#: Seconds each request of the abort that on_kill starts may take before it gives up (execute aborts again).
+ABORT_TIMEOUT = 5
 
 
 class MultipartUploadOperator(BaseOperator):
@@ -288,6 +290,18 @@ class MultipartUploadOperator(BaseOperator):
             )
         return hook.get_client_type(config=config)
 
+    def abort_client(self) -> Any:
+        """A second client from the same connection, for the abort ``on_kill`` starts in a thread: its own
+        connection pool (it never waits on the parts' connections), and quick to give up, because
+        ``execute`` aborts again through the main client once its parts have stopped."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        hook: S3Hook = S3Hook(aws_conn_id=self.aws_conn_id, verify=self.verify)
+        quick = Config(
+            connect_timeout=ABORT_TIMEOUT, read_timeout=ABORT_TIMEOUT, retries={"mode": "standard", "max_attempts": 2}
+        )
+        return hook.get_client_type(config=hook.config.merge(quick))
+
     # -- resume -------------------------------------------------------------------------------
 
     def _state_store(self, context: Context) -> Any:
@@ -430,6 +444,7 @@ class MultipartUploadOperator(BaseOperator):
                 options=options,
                 log=self.log,
                 on_upload_started=functools.partial(self._announce, context, bucket, key, record),
+                abort_client=self.abort_client(),
             )
             keep = self.keep_upload_for_retry and self.will_retry(context)
             result = self._run(engine, lambda: engine.run(resume_upload_id=resume_id, keep_on_failure=keep))
@@ -458,6 +473,7 @@ class MultipartUploadOperator(BaseOperator):
                 options=options,
                 log=self.log,
                 on_upload_started=functools.partial(self._announce, context, bucket, key, None),
+                abort_client=self.abort_client(),
             )
             self._command = source
             try:

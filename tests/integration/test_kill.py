@@ -27,6 +27,11 @@ from tests.support.s3_proxy import Fault, wait_until
 pytestmark = pytest.mark.integration
 
 
+#: As over HTTPS in production: the part body is not read for signing. Over plain HTTP botocore would
+#: otherwise read (and so re-check) the cancelled body while signing each retry, which hides the retries.
+UNSIGNED_PAYLOAD = {"payload_signing_enabled": False}
+
+
 def ten_attempts_client(proxy) -> Any:
     """The operator's retry settings (standard mode, 10 attempts), straight to the proxy."""
     return boto3.client(
@@ -35,7 +40,7 @@ def ten_attempts_client(proxy) -> Any:
         region_name=REGION,
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY,
-        config=Config(retries={"mode": "standard", "max_attempts": 10}, read_timeout=120),
+        config=Config(retries={"mode": "standard", "max_attempts": 10}, read_timeout=120, s3=UNSIGNED_PAYLOAD),
     )
 
 
@@ -108,3 +113,65 @@ def test_real_network_errors_keep_the_whole_retry_budget(proxy, s3):
         assert [r.status for r in proxy.requests() if r.kind == "UploadPart"] == [0, 0, 0, 0, 0, 200]
     finally:
         upload.abort()
+
+
+#: The slow link of the kill-latency test: each part's body trickles in at 1 MiB/s (8 MiB/s for 8 parts),
+#: so a 64 MiB part would take a minute and all 8 are surely in flight when the task is killed.
+SLOW_LINK = 1 * MiB
+#: What the test asserts: far above the <= 5 s the issue asks for (a benchmark figure, see the print),
+#: and far below the 25-110 s of botocore retrying the cancelled parts.
+GENEROUS_BOUND = 30
+
+
+@pytest.mark.parametrize("parts", [8, 1])
+def test_on_kill_with_64_mib_parts_in_flight_on_a_slow_link_fails_execute_and_aborts_quickly(
+    connection, proxy, s3, tmp_path, parts
+):
+    """8 parts: the issue's case. 1 part: botocore's retry quota, shared by the client, does not cut
+    the retries of a cancelled part short as it does when 8 of them drain it together."""
+    key = f"kill/latency-{parts}.bin"
+    path = make_file(tmp_path / "dump.sql", parts * 64 * MiB)  # exactly ``parts`` parts, all in flight
+    proxy.add_fault(Fault("UploadPart", "throttle", rate=SLOW_LINK))
+    operator = MultipartUploadOperator(
+        task_id="upload",
+        file=str(path),
+        key=f"s3://{BUCKET}/{key}",
+        aws_conn_id=connection(config_kwargs={"s3": UNSIGNED_PAYLOAD}),
+        part_size=64 * MiB,
+        concurrency=parts,
+        progress_interval=0,
+    )
+    outcome: list = []
+    raised_at: list[float] = []
+
+    def execute() -> None:
+        try:
+            outcome.append(operator.execute({"ti": FakeTaskInstance()}))
+        except BaseException as e:
+            outcome.append(e)
+        raised_at.append(time.monotonic())
+
+    runner = threading.Thread(target=execute, name="execute")
+    runner.start()
+    try:
+        assert proxy.wait_in_flight("UploadPart", parts, timeout=300), f"{parts} parts never were in flight at once"
+        killed_at = time.monotonic()
+        operator.on_kill()
+        runner.join(300)
+        assert not runner.is_alive(), "execute() still runs 300 s after on_kill"
+        assert wait_until(lambda: incomplete_uploads(s3, BUCKET, key) == [], timeout=300, interval=0.05)
+        gone_at = time.monotonic()
+    finally:
+        proxy.clear_faults()
+        runner.join(300)
+    latency = max(raised_at[0], gone_at) - killed_at
+    print(
+        f"\nkill latency, {parts} x 64 MiB in flight: {latency:.2f} s from on_kill to execute() raising "
+        "and the upload being gone"
+    )
+    assert isinstance(outcome[0], UploadCancelledError), outcome
+    assert latency < GENEROUS_BOUND
+    assert wait_until(lambda: proxy.in_flight("UploadPart") == 0, timeout=60)
+    assert proxy.count("UploadPart") == parts  # each part was cut off once and never retried
+    assert proxy.count("UploadPart", status=200) == 0
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key)

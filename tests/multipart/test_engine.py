@@ -202,6 +202,81 @@ def test_cancel_stops_aborts_and_raises(mock_s3, tmp_path, monkeypatch):
     assert "Contents" not in mock_s3.list_objects_v2(Bucket=BUCKET)
 
 
+class GuardedClient:
+    """A client whose S3 calls each take ``lock`` first, as urllib3's connection pool does, and are
+    recorded as (name, operation, thread); gives up after 10 s, so that a deadlock fails instead of hanging."""
+
+    def __init__(self, client, lock: threading.Lock, calls: list, name: str) -> None:
+        self._client, self._lock, self._calls, self._name = client, lock, calls, name
+
+    def __getattr__(self, attr):
+        value = getattr(self._client, attr)
+        if attr == "meta" or not callable(value):
+            return value
+
+        def call(*args, **kwargs):
+            self._calls.append((self._name, attr, threading.current_thread().name))
+            if not self._lock.acquire(timeout=10):
+                raise RuntimeError(f"{attr} waited 10 s for a lock its own thread holds: deadlock")
+            self._lock.release()
+            return value(*args, **kwargs)
+
+        return call
+
+
+def test_cancel_does_no_network_io_and_aborts_through_its_own_client(mock_s3, tmp_path, monkeypatch):
+    """on_kill runs cancel() in the main thread's signal handler, maybe while that thread holds the
+    connection pool's lock: cancel must not touch the client; the abort goes through abort_client in a
+    thread, and run() aborts again with the main client once its workers stopped."""
+    from tests.support.s3_proxy import wait_until
+
+    path = make_file(tmp_path / "f", 30 * MiB)
+    calls: list = []
+    pool_lock = threading.Lock()
+    source = FileSource(path)
+    engine = UploadEngine(
+        GuardedClient(mock_s3, pool_lock, calls, "main"),
+        bucket=BUCKET,
+        key="obj",
+        source=source,
+        plan=plan_parts(source.size, 5 * MiB),
+        options=UploadOptions(concurrency=2, progress_interval=0),
+        abort_client=GuardedClient(mock_s3, threading.Lock(), calls, "abort"),
+    )
+    real = MultipartUpload.put_part
+    first_part_sent, release = threading.Event(), threading.Event()
+
+    def slow(self, number, *args, **kwargs):
+        entry = real(self, number, *args, **kwargs)
+        first_part_sent.set()
+        release.wait(10)
+        return entry
+
+    monkeypatch.setattr(MultipartUpload, "put_part", slow)
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            engine.run()
+        except BaseException as e:
+            outcome.append(e)
+
+    runner = threading.Thread(target=run)
+    with source:
+        runner.start()
+        assert first_part_sent.wait(30)
+        handler = threading.current_thread().name
+        with pool_lock:  # the "signal handler" runs while its thread holds the pool's lock
+            engine.cancel()
+        assert [c for c in calls if c[2] == handler] == []  # not one request from the handler's thread
+        release.set()
+        runner.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], UploadCancelledError), outcome
+    assert wait_until(lambda: ("abort", "abort_multipart_upload", "mpu-abort-on-cancel") in calls, timeout=30)
+    assert ("main", "abort_multipart_upload", runner.name) in calls  # again, after the workers stopped
+    assert incomplete_uploads(mock_s3, BUCKET) == []
+
+
 def test_wrong_etag_from_store_is_an_integrity_error(mock_s3, tmp_path, monkeypatch):
     path = make_file(tmp_path / "f", 6 * MiB)
     engine, source = engine_for(mock_s3, path, checksum_algorithm=None)

@@ -302,7 +302,10 @@ def test_throttle_relays_the_body_at_the_rate_intact_and_counts_it_in_flight(pro
     assert _sha(_get(s3, "throttle/obj")) == _sha(data)
     s3.put_object(Bucket=BUCKET, Key="throttle/obj", Body=io.BytesIO(data))  # times=1: not throttled again
     puts = [r for r in proxy.requests() if r.kind == "PutObject"]
-    assert [(r.status, r.injected, r.body_bytes) for r in puts] == [(200, "throttle", len(data)), (200, None, len(data))]
+    assert [(r.status, r.injected, r.body_bytes) for r in puts] == [
+        (200, "throttle", len(data)),
+        (200, None, len(data)),
+    ]
 
 
 def test_throttled_upload_parts_are_in_flight_together_and_stop_ends_them(proxy):
