@@ -298,7 +298,9 @@ class MultipartUploadOperator(BaseOperator):
 
         hook: S3Hook = S3Hook(aws_conn_id=self.aws_conn_id, verify=self.verify)
         quick = Config(
-            connect_timeout=ABORT_TIMEOUT, read_timeout=ABORT_TIMEOUT, retries={"mode": "standard", "max_attempts": 2}
+            connect_timeout=ABORT_TIMEOUT,
+            read_timeout=ABORT_TIMEOUT,
+            retries={"mode": "standard", "total_max_attempts": 2},
         )
         return hook.get_client_type(config=hook.config.merge(quick))
 

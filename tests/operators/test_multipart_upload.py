@@ -100,6 +100,24 @@ def test_client_takes_the_connection_config_and_sizes_the_pool(monkeypatch):
     assert md5_only.meta.config.request_checksum_calculation == "when_required"
 
 
+def test_abort_client_has_its_own_pool_the_same_connection_and_gives_up_quickly(monkeypatch):
+    from airflow_mpu_provider.operators.multipart_upload import ABORT_TIMEOUT
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        '{"conn_type": "aws", "extra": {"region_name": "eu-west-1", "endpoint_url": "http://127.0.0.1:9", '
+        '"config_kwargs": {"read_timeout": 300, "s3": {"addressing_style": "path"}}}}',
+    )
+    operator = op()
+    client = operator.s3_client(operator.upload_options("CRC32C"), 16 * MiB)
+    abort = operator.abort_client()
+    assert abort._endpoint.http_session is not client._endpoint.http_session  # its own connection pool
+    assert (abort.meta.endpoint_url, abort.meta.region_name) == ("http://127.0.0.1:9", "eu-west-1")
+    assert abort.meta.config.s3 == {"addressing_style": "path"}  # the connection's settings...
+    assert abort.meta.config.read_timeout == abort.meta.config.connect_timeout == ABORT_TIMEOUT  # ...but quick
+    assert abort.meta.config.retries["total_max_attempts"] == 2
+
+
 def test_on_kill_during_execute_aborts_and_fails_the_task(mock_s3, tmp_path, monkeypatch):
     from airflow_mpu_provider.multipart.upload import MultipartUpload
 
