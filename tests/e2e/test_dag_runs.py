@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import psutil
 import pytest
@@ -31,6 +32,7 @@ class SignalTaskAfterParts:
     def __init__(self, proxy, parts: int, signum: signal.Signals, then=None) -> None:
         self.proxy, self.parts, self.signum, self.then = proxy, parts, signum, then
         self.sent = False
+        self.sent_at = 0.0
 
     def __call__(self, dags_test: psutil.Process) -> None:
         if self.sent or self.proxy.count("UploadPart", status=200) < self.parts:
@@ -38,6 +40,7 @@ class SignalTaskAfterParts:
         task = task_process(dags_test)
         if task is None:
             return
+        self.sent_at = time.monotonic()
         task.send_signal(self.signum)
         self.sent = True
         if self.then is not None:
@@ -109,10 +112,17 @@ def test_sigkill_mid_upload_then_airflow_retry_sends_only_missing_parts(run_dag,
 
 
 def test_sigterm_aborts_the_upload_and_fails_the_task(run_dag, proxy, s3, tmp_path):
+    """Within the grace period: the supervisor escalates to SIGKILL 5 s after its SIGTERM (then the
+    final abort never runs), so the task must end well before, with parts cut off mid-body."""
     path = make_file(tmp_path / "dump.sql", 100 * MiB)
     key = "e2e/sigterm.bin"
-    proxy.add_fault(Fault(kind="UploadPart", action="delay", delay=0.2))
-    terminate = SignalTaskAfterParts(proxy, 3, signal.SIGTERM)
+    proxy.add_fault(Fault(kind="UploadPart", action="throttle", rate=2 * MiB))  # 2.5 s a part: always some in flight
+    exited_after: list[float] = []
+
+    def time_the_exit() -> None:  # run_dag's hook waits (up to 30 s) for the task process to exit first
+        exited_after.append(time.monotonic() - terminate.sent_at)
+
+    terminate = SignalTaskAfterParts(proxy, 3, signal.SIGTERM, then=time_the_exit)
     result = run_dag(
         use_executor=True,
         during=terminate,
@@ -123,6 +133,8 @@ def test_sigterm_aborts_the_upload_and_fails_the_task(run_dag, proxy, s3, tmp_pa
         retries=0,
     )
     assert terminate.sent
+    print(f"\nSIGTERM to task process exit: {exited_after[0]:.2f} s")
+    assert exited_after[0] < 30  # a generous bound; the figure is the benchmark (< 5 s: no SIGKILL)
     assert not result.succeeded
     assert result.shows("final_state=failed"), result.log[-5000:]
     assert result.shows("Task killed: aborting the multipart upload")
