@@ -104,11 +104,11 @@ class PartBody(io.BytesIO):
         return self._cancel is not None and self._cancel.is_set()
 
     def read(self, size: int | None = -1) -> bytes | memoryview:  # type: ignore[override]
-        if self.cancelled:
+        start = self.tell()
+        if self.cancelled and start < len(self._view):  # a body already sent has nothing left to stop
             raise UploadCancelledError("upload cancelled while sending a part")
         if size is None or size < 0:  # read-all callers (test stubs) expect real bytes
             return super().read()
-        start = self.tell()
         end = min(len(self._view), start + max(size, _BODY_CHUNK))
         self.seek(end)
         return self._view[start:end]

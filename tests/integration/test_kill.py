@@ -61,12 +61,12 @@ def send_part_in_thread(upload: MultipartUpload, data: bytes, cancel: threading.
 
 def test_a_part_cancelled_mid_body_fails_at_once_instead_of_being_retried(proxy, s3):
     key = "kill/cancelled-part.bin"
-    proxy.add_fault(Fault("UploadPart", "throttle", rate=256 * 1024))  # 8 MiB would take 32 s
+    proxy.add_fault(Fault("UploadPart", "throttle", rate=256 * 1024))  # 32 MiB: 128 s, more than buffers hold
     upload = MultipartUpload(ten_attempts_client(proxy), BUCKET, key)
     upload.create()
     cancel = threading.Event()
     try:
-        thread, outcome = send_part_in_thread(upload, b"p" * (8 * MiB), cancel)
+        thread, outcome = send_part_in_thread(upload, b"p" * (32 * MiB), cancel)
         assert proxy.wait_in_flight("UploadPart", 1, timeout=60)
         cancel.set()
         thread.join(60)

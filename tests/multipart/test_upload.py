@@ -101,6 +101,8 @@ def test_part_body_reads_large_chunks_and_stops_on_cancel():
     cancel.set()
     with pytest.raises(UploadCancelledError):
         body.read(10)
+    body.seek(0, io.SEEK_END)
+    assert body.read(10) == b""  # nothing left to send: the end is not an error, whatever the cancel
 
 
 @pytest.mark.parametrize(("scheme", "signed"), [("https", False), ("http", True)])
