@@ -32,15 +32,15 @@ pytestmark = pytest.mark.integration
 UNSIGNED_PAYLOAD = {"payload_signing_enabled": False}
 
 
-def ten_attempts_client(proxy) -> Any:
-    """The operator's retry settings (standard mode, 10 attempts), straight to the proxy."""
+def ten_attempts_client(proxy, mode: str = "standard") -> Any:
+    """The operator's retry settings (standard mode, max_attempts=10), straight to the proxy."""
     return boto3.client(
         "s3",
         endpoint_url=proxy.url,
         region_name=REGION,
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY,
-        config=Config(retries={"mode": "standard", "max_attempts": 10}, read_timeout=120, s3=UNSIGNED_PAYLOAD),
+        config=Config(retries={"mode": mode, "max_attempts": 10}, read_timeout=120, s3=UNSIGNED_PAYLOAD),
     )
 
 
@@ -59,10 +59,11 @@ def send_part_in_thread(upload: MultipartUpload, data: bytes, cancel: threading.
     return thread, outcome
 
 
-def test_a_part_cancelled_mid_body_fails_at_once_instead_of_being_retried(proxy, s3):
-    key = "kill/cancelled-part.bin"
+@pytest.mark.parametrize("mode", ["standard", "adaptive", "legacy"])  # a connection may choose any
+def test_a_part_cancelled_mid_body_fails_at_once_instead_of_being_retried(proxy, s3, mode):
+    key = f"kill/cancelled-part-{mode}.bin"
     proxy.add_fault(Fault("UploadPart", "throttle", rate=256 * 1024))  # 32 MiB: 128 s, more than buffers hold
-    upload = MultipartUpload(ten_attempts_client(proxy), BUCKET, key)
+    upload = MultipartUpload(ten_attempts_client(proxy, mode), BUCKET, key)
     upload.create()
     cancel = threading.Event()
     try:
