@@ -50,4 +50,10 @@ def get_provider_info() -> dict:
                 ],
             }
         ],
+        "hooks": [
+            {
+                "integration-name": "Amazon Simple Storage Service (S3) multipart upload",
+                "python-modules": ["airflow_mpu_provider.hooks.multipart"],
+            }
+        ],
     }

@@ -16,8 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from botocore.config import Config
-
+from airflow_mpu_provider.hooks.multipart import S3MultipartHook
 from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.command import CommandSource
 from airflow_mpu_provider.multipart.engine import (
@@ -40,8 +39,6 @@ from airflow_mpu_provider.operators.s3_target import bucket_and_path
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
 if TYPE_CHECKING:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
     try:
         from airflow.sdk import Context
     except ImportError:  # pragma: no cover
@@ -59,8 +56,6 @@ STATE_KEY = "multipart_upload"
 MAX_KEY_BYTES = 1024
 #: Prefix of every metric the operator sends through Airflow's Stats (README: "Metrics").
 METRICS_PREFIX = "mpu"
-#: Seconds each request of the abort that on_kill starts may take before it gives up (execute aborts again).
-ABORT_TIMEOUT = 5
 
 
 class MultipartUploadOperator(BaseOperator):
@@ -267,42 +262,20 @@ class MultipartUploadOperator(BaseOperator):
             progress_interval=self.progress_interval,
         )
 
+    @functools.cached_property
+    def hook(self) -> S3MultipartHook:
+        """The hook that builds this task's clients (from the connection; one per operator instance)."""
+        return S3MultipartHook(aws_conn_id=self.aws_conn_id, verify=self.verify)
+
     def s3_client(self, options: UploadOptions, part_size: int) -> Any:
-        """A client from the connection, with a pool big enough for the parallel parts.
-
-        Our defaults (pool size, standard retries with a budget for a flaky network) sit under the
-        connection's own ``config_kwargs``, which win; only the pool is raised if it is too small.
-        """
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        hook: S3Hook = S3Hook(aws_conn_id=self.aws_conn_id, verify=self.verify)
-        workers = options.workers_for(part_size)
-        config = Config(
-            max_pool_connections=workers + 4,
-            retries={"mode": "standard", "max_attempts": 10},
-            tcp_keepalive=True,
-        ).merge(hook.config)
-        if (config.max_pool_connections or 10) < workers + 1:
-            config = config.merge(Config(max_pool_connections=workers + 4))
-        if options.checksum_algorithm is None:
-            config = config.merge(
-                Config(request_checksum_calculation="when_required", response_checksum_validation="when_required")
-            )
-        return hook.get_client_type(config=config)
+        """The client for the parts: the hook's tuned client, sized for the workers this part size allows."""
+        return self.hook.get_upload_client(
+            workers=options.workers_for(part_size), checksum_algorithm=options.checksum_algorithm
+        )
 
     def abort_client(self) -> Any:
-        """A second client from the same connection, for the abort ``on_kill`` starts in a thread: its own
-        connection pool (it never waits on the parts' connections), and quick to give up, because
-        ``execute`` aborts again through the main client once its parts have stopped."""
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        hook: S3Hook = S3Hook(aws_conn_id=self.aws_conn_id, verify=self.verify)
-        quick = Config(
-            connect_timeout=ABORT_TIMEOUT,
-            read_timeout=ABORT_TIMEOUT,
-            retries={"mode": "standard", "total_max_attempts": 2},
-        )
-        return hook.get_client_type(config=hook.config.merge(quick))
+        """A second client for the abort ``on_kill`` starts in a thread (see ``S3MultipartHook.get_abort_client``)."""
+        return self.hook.get_abort_client()
 
     # -- resume -------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """S3AbortStaleUploadsOperator against in-process moto.
 
 moto gives every upload the same fixed ``Initiated`` timestamp, so the ``aged_s3`` fixture rewrites it
-per UploadId in ListMultipartUploads' answers and pins the operator's clock (``cleanup._utcnow``).
+per UploadId in ListMultipartUploads' answers and pins the sweep's clock (``stale._utcnow``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from botocore.exceptions import ClientError
 
-from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
-from airflow_mpu_provider.operators import cleanup
+from airflow_mpu_provider.hooks.multipart import S3MultipartHook
+from airflow_mpu_provider.multipart import stale
+from airflow_mpu_provider.multipart.errors import InvalidUploadRequest, S3UploadError, UploadCancelledError
 from airflow_mpu_provider.operators.cleanup import S3AbortStaleUploadsOperator, StaleUploadCleanupError
 from tests.conftest import incomplete_uploads
 
@@ -52,8 +53,8 @@ class AgedS3:
 
 @pytest.fixture
 def aged_s3(mock_s3, monkeypatch) -> AgedS3:
-    monkeypatch.setattr(cleanup, "_utcnow", lambda: NOW)
-    monkeypatch.setattr(S3AbortStaleUploadsOperator, "s3_client", lambda self: mock_s3)
+    monkeypatch.setattr(stale, "_utcnow", lambda: NOW)
+    monkeypatch.setattr(S3MultipartHook, "get_conn", lambda self: mock_s3)
     return AgedS3(mock_s3, monkeypatch)
 
 
@@ -238,7 +239,7 @@ def test_pagination_without_progress_fails_instead_of_looping(aged_s3, monkeypat
         return {**response, "IsTruncated": True, "NextKeyMarker": "dumps/a", "NextUploadIdMarker": "same"}
 
     monkeypatch.setattr(client, "list_multipart_uploads", stuck)
-    with pytest.raises(cleanup.S3UploadError, match="pagination"):
+    with pytest.raises(S3UploadError, match="pagination"):
         operator(older_than=DAY).execute(context={})
 
 
@@ -285,7 +286,7 @@ def test_failure_message_quotes_only_the_first_few(aged_s3, monkeypatch):
     with pytest.raises(StaleUploadCleanupError, match=r"6 of 6 .*and 3 more") as caught:
         operator(older_than=DAY).execute(context={})
     assert len(caught.value.failures) == 6
-    assert str(caught.value).count("AccessDenied") == cleanup.MAX_QUOTED_FAILURES
+    assert str(caught.value).count("AccessDenied") == stale.MAX_QUOTED_FAILURES
     assert len(aged_s3.survivors()) == 6
 
 
@@ -346,7 +347,7 @@ def test_kill_stops_before_the_next_upload(aged_s3, monkeypatch):
         return real(**kwargs)
 
     monkeypatch.setattr(client, "abort_multipart_upload", abort)
-    with pytest.raises(cleanup.UploadCancelledError, match="killed after handling 1 of 2"):
+    with pytest.raises(UploadCancelledError, match="killed after handling 1 of 2"):
         op.execute(context={})
     assert len(aged_s3.survivors()) == 1
 
@@ -355,13 +356,13 @@ def test_kill_stops_before_the_next_upload(aged_s3, monkeypatch):
 
 
 def test_log_lines_and_report_are_capped(aged_s3, monkeypatch, caplog):
-    monkeypatch.setattr(cleanup, "MAX_LOGGED_UPLOADS", 2)
-    monkeypatch.setattr(cleanup, "MAX_REPORTED_UPLOADS", 3)
+    monkeypatch.setattr(stale, "MAX_LOGGED_UPLOADS", 2)
+    monkeypatch.setattr(stale, "MAX_REPORTED_UPLOADS", 3)
     for i in range(5):
         aged_s3.start(f"dumps/{i}", 3 * DAY, (b"z" * 10,))
     # The task SDK's logger writes through structlog, which caplog does not see: log to a plain one.
     task_log = logging.getLogger("tests.cleanup")
-    monkeypatch.setattr(S3AbortStaleUploadsOperator, "log", property(lambda self: task_log))
+    monkeypatch.setattr(S3MultipartHook, "log", property(lambda self: task_log))
     caplog.set_level("INFO", logger="tests.cleanup")
 
     result = operator(older_than=DAY).execute(context={})

@@ -101,7 +101,7 @@ def test_client_takes_the_connection_config_and_sizes_the_pool(monkeypatch):
 
 
 def test_abort_client_has_its_own_pool_the_same_connection_and_gives_up_quickly(monkeypatch):
-    from airflow_mpu_provider.operators.multipart_upload import ABORT_TIMEOUT
+    from airflow_mpu_provider.hooks.multipart import ABORT_TIMEOUT
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_AWS_DEFAULT",
