@@ -5,7 +5,9 @@
     result = engine.run(resume_upload_id=upload_id_from_an_earlier_try)
 
 Memory stays bounded whatever the file size: each worker holds one part at a time, and the number
-of workers is capped so that workers x part size stays within ``max_buffer_bytes``.
+of workers is capped so that workers x part size stays within ``max_buffer_bytes`` (a single part
+larger than that is the one exception: then one part at a time is the bound). The part bytes held
+are counted as they are read and released, and the peak is reported as ``peak_buffer_bytes``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from airflow_mpu_provider.multipart.buffers import BufferBudget
 from airflow_mpu_provider.multipart.errors import (
     NOT_RESUMABLE_CODES,
     IntegrityError,
@@ -66,8 +69,13 @@ class UploadOptions:
     extra_args: Mapping[str, Any] = field(default_factory=dict)
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
 
-    def workers_for(self, part_size: int) -> int:
-        return max(1, min(self.concurrency, self.max_buffer_bytes // max(part_size, 1)))
+    def workers_for(self, part_size: int, *, held_by_reader: int = 0) -> int:
+        """Parts of ``part_size`` that may be in flight at once: as many as fit in ``max_buffer_bytes``
+        beside the ``held_by_reader`` parts a reader holds (a stream reads the next part while others are
+        sent), at most ``concurrency`` and never fewer than one, so that huge parts still upload.
+        """
+        fit = self.max_buffer_bytes // max(part_size, 1) - held_by_reader
+        return max(1, min(self.concurrency, fit))
 
 
 @dataclass
@@ -89,6 +97,8 @@ class UploadResult:
     checksum: str | None = None
     checksum_algorithm: str | None = None
     version_id: str | None = None
+    #: The most part bytes this run held in memory at once (<= max_buffer_bytes, or one part if larger).
+    peak_buffer_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +136,8 @@ class BaseUploadEngine:
         self.log = log or logging.getLogger(__name__)
         self.on_upload_started = on_upload_started
         self.upload: MultipartUpload | None = None
+        #: Part bytes in memory, counted where parts are read and released (peak -> peak_buffer_bytes).
+        self.buffers = BufferBudget(options.max_buffer_bytes)
         self._cancelled = threading.Event()
         self._stop = threading.Event()
         self._early_abort: threading.Thread | None = None
@@ -236,6 +248,7 @@ class BaseUploadEngine:
             checksum=response.get(checksum_field(algorithm)) if algorithm else None,
             checksum_algorithm=algorithm,
             version_id=response.get("VersionId"),
+            peak_buffer_bytes=self.buffers.peak,
         )
 
     def _complete(self, parts: list[dict[str, Any]], expected_size: int) -> dict[str, Any]:
@@ -463,8 +476,11 @@ class UploadEngine(BaseUploadEngine):
         def digest_local(number: int, with_checksum: bool, with_md5: bool) -> PartDigest:
             self._raise_if_cancelled()
             part = self.plan.part(number)
-            data = self.source.read(part.offset, part.length)
-            return digest_part(number, data, algorithm=algorithm if with_checksum else None, with_md5=with_md5)
+            with self.buffers.holding(part.length):
+                data = self.source.read(part.offset, part.length)
+                digest = digest_part(number, data, algorithm=algorithm if with_checksum else None, with_md5=with_md5)
+                del data
+            return digest
 
         etags_are_md5 = self.upload.etags_are_md5
         reviews = {
@@ -549,7 +565,8 @@ class UploadEngine(BaseUploadEngine):
         assert self.upload is not None
         if self._stop.is_set():
             raise UploadCancelledError(f"stopped before sending part {part.number}")
-        entry = self._put(part.number, self.source.read(part.offset, part.length))
+        with self.buffers.holding(part.length):  # the part is alive only inside this block
+            entry = self._put(part.number, self.source.read(part.offset, part.length))
         self.source.check_unchanged()
         progress.advance(part.length)
         return entry

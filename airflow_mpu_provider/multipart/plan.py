@@ -142,20 +142,33 @@ def format_bytes(n: float) -> str:
 STREAM_PARTS_PER_SIZE = 1000
 
 
-def stream_part_size(number: int, first: int = DEFAULT_PART_SIZE, *, growing: bool = True) -> int:
+def stream_part_size(
+    number: int,
+    first: int = DEFAULT_PART_SIZE,
+    *,
+    growing: bool = True,
+    parts_per_size: int = STREAM_PARTS_PER_SIZE,
+) -> int:
     """Size of part ``number`` of a stream whose total size is not known up front.
 
     S3 allows parts of different sizes (only some S3-compatible stores, e.g. R2, insist on equal
-    ones: ``growing=False`` keeps every part at ``first``).
+    ones: ``growing=False`` keeps every part at ``first``). ``parts_per_size`` is how many parts
+    share a size before it doubles; tests lower it to reach large parts with short streams.
     """
     if not growing:
         return first
-    return min(MAX_PART_SIZE, first << ((number - 1) // STREAM_PARTS_PER_SIZE))
+    if parts_per_size < 1:
+        raise InvalidUploadRequest(f"parts_per_size must be >= 1, got {parts_per_size}")
+    return min(MAX_PART_SIZE, first << min((number - 1) // parts_per_size, 40))
 
 
-def stream_capacity(first: int = DEFAULT_PART_SIZE, *, growing: bool = True) -> int:
+def stream_capacity(
+    first: int = DEFAULT_PART_SIZE, *, growing: bool = True, parts_per_size: int = STREAM_PARTS_PER_SIZE
+) -> int:
     """The largest stream 10,000 parts of ``stream_part_size`` can hold."""
     if not growing:
         return first * MAX_PARTS
-    tiers = MAX_PARTS // STREAM_PARTS_PER_SIZE
-    return sum(min(MAX_PART_SIZE, first << tier) * STREAM_PARTS_PER_SIZE for tier in range(tiers))
+    return sum(
+        stream_part_size(n, first, parts_per_size=parts_per_size) * min(parts_per_size, MAX_PARTS - n + 1)
+        for n in range(1, MAX_PARTS + 1, parts_per_size)
+    )

@@ -1,16 +1,21 @@
 """Uploading a stream of unknown size (a command's stdout), in parts that grow as it goes.
 
-The main thread reads the stream one part at a time and hands each part to a worker; it waits
-while ``workers`` parts are in flight, so at most (workers + 1) parts are ever in memory. Nothing is
-completed unless the stream ended cleanly (``finish`` did not raise): a dump that fails half-way
-must not leave a half dump in S3. A stream cannot be replayed, so there is no resume: any failure
-aborts.
+The main thread reads the stream one part at a time and hands each part to a worker. Parallelism
+follows the size of the part about to be read: before reading it, the reader waits until that part
+fits beside the parts still in flight within ``max_buffer_bytes`` (counted in bytes, so parts of two
+sizes in flight at a tier change are counted right). With the defaults (16 MiB first parts, 1 GiB)
+that is 8 parts in flight at first and fewer as parts double every 1,000 parts, down to one part at a
+time once two no longer fit; a single part larger than ``max_buffer_bytes`` is then the bound.
+
+Nothing is completed unless the stream ended cleanly (``finish`` did not raise): a dump that fails
+half-way must not leave a half dump in S3. A stream cannot be replayed, so there is no resume: any
+failure aborts, including a failure to record the UploadId right after it was created.
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
 from airflow_mpu_provider.multipart.engine import BaseUploadEngine, UploadResult
@@ -19,6 +24,7 @@ from airflow_mpu_provider.multipart.plan import (
     DEFAULT_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
+    STREAM_PARTS_PER_SIZE,
     format_bytes,
     stream_capacity,
     stream_part_size,
@@ -29,13 +35,33 @@ from airflow_mpu_provider.multipart.progress import ProgressReporter
 class Stream(Protocol):
     description: str
 
-    def read(self, size: int) -> bytes: ...
+    def read(self, size: int) -> bytes:
+        """Exactly ``size`` bytes unless the stream ended; one buffer, not a copy of one."""
+        ...
 
-    def finish(self) -> None: ...
+    def finish(self) -> None:
+        """Raise unless the stream ended cleanly (e.g. the command exited 0)."""
+        ...
+
+
+class _PartBuffer:
+    """A part's bytes handed to a worker, which takes them out: once the worker is done, nothing
+    (not the executor's work item either) keeps the buffer alive while the reader reads the next."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data: bytes | None = data
+
+    def take(self) -> bytes:
+        data, self.data = self.data, None
+        assert data is not None
+        return data
 
 
 class StreamUploadEngine(BaseUploadEngine):
-    """Uploads a ``Stream`` (e.g. ``CommandSource``) to one key."""
+    """Uploads a ``Stream`` (e.g. ``CommandSource``) to one key, within ``max_buffer_bytes`` of part
+    bytes in memory (in flight plus the one being read; one part if a single part is larger)."""
 
     def __init__(
         self,
@@ -46,27 +72,34 @@ class StreamUploadEngine(BaseUploadEngine):
         stream: Stream,
         first_part_size: int = DEFAULT_PART_SIZE,
         growing: bool = True,
+        parts_per_size: int = STREAM_PARTS_PER_SIZE,
         **kwargs: Any,
     ) -> None:
+        """``parts_per_size``: parts of one size before the size doubles (tests lower it to reach
+        big parts with a short stream; production keeps the default)."""
         if first_part_size < MIN_PART_SIZE:
             raise InvalidUploadRequest(
                 f"part_size={first_part_size:,} bytes is below S3's minimum of {MIN_PART_SIZE:,} bytes (5 MiB)."
             )
+        if parts_per_size < 1:
+            raise InvalidUploadRequest(f"parts_per_size must be >= 1, got {parts_per_size}")
         super().__init__(client, bucket=bucket, key=key, description=stream.description, **kwargs)
         self.stream = stream
         self.first_part_size = first_part_size
         self.growing = growing
+        self.parts_per_size = parts_per_size
+
+    def part_size(self, number: int) -> int:
+        return stream_part_size(number, self.first_part_size, growing=self.growing, parts_per_size=self.parts_per_size)
+
+    def capacity(self) -> int:
+        return stream_capacity(self.first_part_size, growing=self.growing, parts_per_size=self.parts_per_size)
 
     def run(self) -> UploadResult:
         started = time.monotonic()
-        largest = stream_part_size(MAX_PARTS, self.first_part_size, growing=self.growing)
-        workers = self.options.workers_for(largest if not self.growing else self.first_part_size)
-        capacity = stream_capacity(self.first_part_size, growing=self.growing)
-        self._create(
-            f"parts of {format_bytes(self.first_part_size)}"
-            + (f" growing to {format_bytes(largest)}" if self.growing else "")
-            + f" (up to {format_bytes(capacity)})"
-        )
+        largest = self.part_size(MAX_PARTS)
+        # Parts only grow, so the first size needs the most workers; later sizes use fewer of them.
+        workers = self.options.workers_for(self.first_part_size, held_by_reader=1)
         progress = ProgressReporter(
             total_bytes=None,
             total_parts=None,
@@ -77,6 +110,14 @@ class StreamUploadEngine(BaseUploadEngine):
         entries: dict[int, dict[str, Any]] = {}
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
             try:
+                # Created inside the scope that aborts: if recording the UploadId (on_upload_started)
+                # fails, the fresh upload is aborted rather than left behind.
+                self._create(
+                    f"parts of {format_bytes(self.first_part_size)}"
+                    + (f" growing to {format_bytes(largest)}" if self.growing else "")
+                    + f" (up to {format_bytes(self.capacity())}), at most "
+                    f"{format_bytes(self.options.max_buffer_bytes)} of them in memory"
+                )
                 with progress.ticking():  # a line every interval, even while the command is silent
                     total = self._send_stream(pool, workers, entries, progress)
                 self.log.info("%s", progress.summary())
@@ -87,7 +128,8 @@ class StreamUploadEngine(BaseUploadEngine):
             except BaseException as error:
                 self._stop.set()
                 pool.shutdown(wait=True, cancel_futures=True)
-                self._after_failure(error, keep_on_failure=False)
+                if self.upload is not None and self.upload.upload_id:  # nothing to clean if none was created
+                    self._after_failure(error, keep_on_failure=False)
                 raise
         return self._result(
             response,
@@ -109,28 +151,65 @@ class StreamUploadEngine(BaseUploadEngine):
         pending: set[Future[dict[str, Any]]] = set()
         total = 0
         number = 1
+        in_flight = 0
         while True:
             self._raise_if_cancelled()
-            size = stream_part_size(number, self.first_part_size, growing=self.growing)
-            data = self.stream.read(size)
-            if not data and number > 1:
-                break
+            size = self.part_size(number)
             if number > MAX_PARTS:
+                if not self.stream.read(1):  # exactly 10,000 parts' worth: the stream ended in time
+                    break
                 raise InvalidUploadRequest(
-                    f"{self.description} is larger than 10,000 parts can hold "
-                    f"({format_bytes(stream_capacity(self.first_part_size, growing=self.growing))}); "
+                    f"{self.description} is larger than 10,000 parts can hold ({format_bytes(self.capacity())}); "
                     "use a larger part_size."
                 )
-            pending = self._collect(pending, entries, until=workers - 1)  # bounded memory
-            pending.add(pool.submit(self._send_stream_part, number, data, progress))
+            allowed = min(workers, self.options.workers_for(size, held_by_reader=1))
+            if allowed != in_flight:
+                in_flight = allowed
+                self.log.info("Parts of %s from part %d on: up to %d in flight.", format_bytes(size), number, allowed)
+            # Bounded memory: the next part is read only once it fits beside those in flight.
+            pending = self._make_room(pending, entries, size, allowed)
+            self.buffers.take(size)  # the buffer being read is allocated at its full size
+            try:
+                data = self.stream.read(size)
+            except BaseException:
+                self.buffers.give_back(size)
+                raise
+            self.buffers.give_back(size - len(data))  # the rest stays held until the part's worker is done
+            if not data and number > 1:
+                break
+            pending.add(pool.submit(self._send_stream_part, number, _PartBuffer(data), progress))
             total += len(data)
             number += 1
-            if len(data) < size:
+            short = len(data) < size
+            del data
+            if short:
                 break
         self._collect(pending, entries, until=0)
         return total
 
-    def _send_stream_part(self, number: int, data: bytes, progress: ProgressReporter) -> dict[str, Any]:
-        entry = self._put(number, data)
-        progress.advance(len(data))
+    def _make_room(
+        self, pending: set[Future[dict[str, Any]]], entries: dict[int, dict[str, Any]], size: int, allowed: int
+    ) -> set[Future[dict[str, Any]]]:
+        """Wait for finished parts (filing them into ``entries``) until at most ``allowed`` are in
+        flight and a part of ``size`` bytes fits beside them in the buffer budget; a failed part raises here.
+
+        The short wait keeps the reader responsive to cancel() and on_kill.
+        """
+        while pending and (len(pending) > allowed or not self.buffers.fits(size)):
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            self._raise_if_cancelled()
+            for future in done:
+                entry = future.result()
+                entries[entry["PartNumber"]] = entry
+        return pending
+
+    def _send_stream_part(self, number: int, buffer: _PartBuffer, progress: ProgressReporter) -> dict[str, Any]:
+        data = buffer.take()
+        size = len(data)
+        try:
+            entry = self._put(number, data)
+        finally:
+            del data  # the last reference: the bytes are freed here, before they are given back
+            self.buffers.give_back(size)
+        progress.advance(size)
         return entry

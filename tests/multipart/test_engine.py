@@ -362,3 +362,31 @@ def test_failure_right_after_create_still_aborts(mock_s3, tmp_path):
     with source, pytest.raises(RuntimeError, match="XCom backend down"):
         engine.run()
     assert incomplete_uploads(mock_s3, BUCKET) == []
+
+
+@pytest.mark.parametrize(
+    ("max_buffer", "workers", "bound"),
+    [(12 * MiB, 2, 10 * MiB), (4 * MiB, 1, 5 * MiB)],  # a part above max_buffer_bytes: one at a time
+)
+def test_file_parts_in_memory_stay_within_max_buffer_bytes(mock_s3, tmp_path, max_buffer, workers, bound):
+    path = make_file(tmp_path / "f", 30 * MiB)
+    engine, source = engine_for(mock_s3, path, concurrency=8, max_buffer_bytes=max_buffer)
+    real = mock_s3.upload_part
+    lock, sending, most = threading.Lock(), [0], [0]
+
+    def upload_part(**kwargs):  # measured outside the engine: part bytes inside upload_part at once
+        with lock:
+            sending[0] += kwargs["ContentLength"]
+            most[0] = max(most[0], sending[0])
+        try:
+            return real(**kwargs)
+        finally:
+            with lock:
+                sending[0] -= kwargs["ContentLength"]
+
+    mock_s3.upload_part = upload_part
+    with source:
+        result = engine.run()
+    assert engine.options.workers_for(5 * MiB) == workers
+    assert most[0] <= result.peak_buffer_bytes <= bound
+    assert result.to_dict()["peak_buffer_bytes"] == result.peak_buffer_bytes
