@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_mpu_provider.hooks.multipart import S3MultipartHook
 from airflow_mpu_provider.multipart import validation
-from airflow_mpu_provider.multipart.command import CommandSource
+from airflow_mpu_provider.multipart.command import CommandSource, find_bash
 from airflow_mpu_provider.multipart.engine import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BUFFER_BYTES,
@@ -27,7 +27,12 @@ from airflow_mpu_provider.multipart.engine import (
     UploadOptions,
     UploadResult,
 )
-from airflow_mpu_provider.multipart.errors import InvalidUploadRequest, S3UploadError, UploadCancelledError
+from airflow_mpu_provider.multipart.errors import (
+    InvalidUploadRequest,
+    MultipartUploadError,
+    S3UploadError,
+    UploadCancelledError,
+)
 from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
 from airflow_mpu_provider.multipart.plan import DEFAULT_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
@@ -52,6 +57,9 @@ def _is_template(value: Any) -> bool:
 
 #: task_state_store key of the resume record. Renaming it breaks the resume of in-flight retries.
 STATE_KEY = "multipart_upload"
+#: task_state_store key of a command's stream upload: {bucket, key, upload_id}. A stream is never
+#: resumed; the record lets the next try abort the upload of a try that died (SIGKILL, OOM).
+STREAM_STATE_KEY = "multipart_stream_upload"
 #: S3's limit on key length, in UTF-8 bytes.
 MAX_KEY_BYTES = 1024
 #: Prefix of every metric the operator sends through Airflow's Stats (README: "Metrics").
@@ -74,7 +82,7 @@ class MultipartUploadOperator(BaseOperator):
         Nothing is completed unless it exits 0; a failure, a signal or ``command_timeout`` aborts the
         upload and fails the task with the tail of its stderr. A stream cannot be resumed. (templated)
     :param command_timeout: seconds (int, float, or a numeric string once rendered) or a ``timedelta``
-        after which the command is killed (the task then fails); must be > 0. (templated)
+        after which the whole command pipeline is killed (the task then fails); must be > 0. (templated)
     :param equal_parts: for ``command``: keep every part at ``part_size`` instead of letting parts grow
         (needed by stores such as Cloudflare R2; the stream may then be at most 10,000 x part_size).
     :param key: destination key, or a full ``s3://bucket/key`` URL when ``bucket`` is not given. (templated)
@@ -429,12 +437,20 @@ class MultipartUploadOperator(BaseOperator):
         return result
 
     def _upload_command_output(self, context: Context, bucket: str, key: str, checksum: str | None) -> UploadResult:
-        """Stream the command's stdout; no resume (a stream cannot be replayed), so any failure aborts."""
+        """Stream the command's stdout; no resume (a stream cannot be replayed), so any failure aborts.
+
+        The try owns its upload as a file upload's try does: the UploadId is recorded in
+        task_state_store the moment it exists, so that if this try dies where nothing can run
+        (SIGKILL, OOM), the next try aborts that upload before starting its own.
+        """
         assert self.command is not None
+        find_bash()  # before any request: without bash there is no pipefail, and nothing may be created
         first_part_size = self.part_size or DEFAULT_PART_SIZE
         plan_parts(first_part_size, first_part_size)  # the same part-size checks as for a file
         options = self.upload_options(checksum)
         client = self.s3_client(options, first_part_size)
+        store = self._state_store(context)
+        self._abort_dead_stream_try(store, client, options)
         if not self.replace:
             self._refuse_existing(client, bucket, key, options)
         with CommandSource(self.command, timeout=self.command_timeout, log=self.log) as source:
@@ -447,14 +463,73 @@ class MultipartUploadOperator(BaseOperator):
                 growing=not self.equal_parts,
                 options=options,
                 log=self.log,
-                on_upload_started=functools.partial(self._announce, context, bucket, key, None),
+                on_upload_started=functools.partial(self._record_stream_upload, context, bucket, key),
                 abort_client=self.abort_client(),
             )
             self._command = source
             try:
-                return self._run(engine, engine.run)
+                result = self._run(engine, engine.run)
+            except BaseException:
+                if store is not None and self._stream_upload_gone(engine):
+                    store.delete(STREAM_STATE_KEY)  # aborted: nothing for the next try to clean up
+                raise
             finally:
                 self._command = None
+        if store is not None:
+            store.delete(STREAM_STATE_KEY)
+        return result
+
+    def _record_stream_upload(self, context: Context, bucket: str, key: str, upload_id: str) -> None:
+        """task_state_store first (what the next try needs if this one dies), then XCom (for people).
+
+        Runs inside the engine's abort scope: if either raises, the fresh upload is aborted.
+        """
+        store = self._state_store(context)
+        if store is not None:
+            store.set(STREAM_STATE_KEY, {"bucket": bucket, "key": key, "upload_id": upload_id})
+        self._announce(context, bucket, key, None, upload_id)
+
+    def _abort_dead_stream_try(self, store: Any, client: Any, options: UploadOptions) -> None:
+        """Abort the stream upload an earlier try of this task recorded and could not end (it died).
+
+        It is ours (recorded by this task instance), a stream cannot be resumed, so it can only be
+        aborted. If that fails (e.g. no s3:AbortMultipartUpload), this try goes on: the upload is
+        left to S3AbortStaleUploadsOperator or a lifecycle rule, as the warning says.
+        """
+        stored = store.get(STREAM_STATE_KEY) if store is not None else None
+        if not (isinstance(stored, dict) and stored.get("upload_id")):
+            return
+        upload_id = str(stored["upload_id"])
+        where = f"s3://{stored.get('bucket')}/{stored.get('key')}"
+        self.log.warning(
+            "An earlier try's stream upload %s to %s was left behind (that try died); aborting it.", upload_id, where
+        )
+        try:
+            MultipartUpload(
+                client, str(stored["bucket"]), str(stored["key"]), upload_id=upload_id, extra_args=options.extra_args
+            ).abort()
+        except MultipartUploadError as e:
+            self.log.warning(
+                "Could not abort the earlier try's stream upload %s to %s (%s); it needs s3:AbortMultipartUpload. "
+                "S3AbortStaleUploadsOperator or a lifecycle rule (AbortIncompleteMultipartUpload) will remove it.",
+                upload_id,
+                where,
+                e,
+            )
+        store.delete(STREAM_STATE_KEY)
+
+    def _stream_upload_gone(self, engine: StreamUploadEngine) -> bool:
+        """Whether the failed stream try's upload no longer exists (never created, or aborted)."""
+        upload = engine.upload
+        if upload is None or not upload.upload_id:
+            return True
+        try:
+            upload.list_parts()
+        except S3UploadError as e:
+            return e.code == "NoSuchUpload"
+        except Exception:  # cannot tell: keep the record, the next try aborts it
+            return False
+        return False
 
     def _refuse_existing(self, client: Any, bucket: str, key: str, options: UploadOptions) -> None:
         try:
