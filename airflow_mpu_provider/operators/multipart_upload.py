@@ -80,7 +80,9 @@ class MultipartUploadOperator(BaseOperator):
     :param command: instead of ``file``: a shell command whose standard output is uploaded as it is
         produced, with no temporary file (e.g. ``"pg_dump mydb | zstd"``; run with ``bash -o pipefail``).
         Nothing is completed unless it exits 0; a failure, a signal or ``command_timeout`` aborts the
-        upload and fails the task with the tail of its stderr. A stream cannot be resumed. (templated)
+        upload and fails the task with the tail of its stderr. bash is required (no pipefail without it).
+        A stream cannot be resumed; on Airflow >= 3.3 its UploadId is kept in task_state_store so that
+        the try after a SIGKILLed one aborts the dead try's upload. (templated)
     :param command_timeout: seconds (int, float, or a numeric string once rendered) or a ``timedelta``
         after which the whole command pipeline is killed (the task then fails); must be > 0. (templated)
     :param equal_parts: for ``command``: keep every part at ``part_size`` instead of letting parts grow
@@ -97,8 +99,10 @@ class MultipartUploadOperator(BaseOperator):
         to 48.8 TiB works untuned. For a ``command``: the first part's size; parts double every 1,000
         parts (16 MiB: streams up to 12.7 TiB).
     :param concurrency: parts sent in parallel (an int, 1..10,000).
-    :param max_buffer_bytes: cap (an int, in bytes) on part bytes held in memory at once; parallelism is reduced for
-        very large parts so that memory stays below it (but at least one part is always in flight).
+    :param max_buffer_bytes: cap (an int, in bytes) on part bytes held in memory at once (parts in flight,
+        plus for a ``command`` the part being read); parallelism shrinks as parts grow so that memory stays
+        within it. At least one part is always in flight, so a single part larger than the cap is the
+        bound then (one part in memory at a time). The peak is returned as ``peak_buffer_bytes``.
     :param checksum_algorithm: S3 checksum sent with every part and verified end to end: "CRC32C"
         (default), "CRC32", "SHA1", "SHA256". None sends Content-MD5 only and turns botocore's default
         checksums off, for S3-compatible stores that reject S3 checksums.

@@ -8,7 +8,7 @@ import pytest
 
 from airflow_mpu_provider.multipart.command import CommandSource
 from airflow_mpu_provider.multipart.engine import UploadOptions
-from airflow_mpu_provider.multipart.errors import CommandFailedError
+from airflow_mpu_provider.multipart.errors import CommandFailedError, InvalidUploadRequest
 from airflow_mpu_provider.multipart.plan import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
@@ -225,3 +225,36 @@ def test_memory_is_bounded_to_workers_plus_one_parts(mock_s3):
     result = engine(mock_s3, stream).run()  # concurrency 2: 2 in flight + 1 being read
     assert stream.peak <= result.peak_buffer_bytes <= 3 * 5 * MiB
     assert max(stream.most_in_flight.values()) <= 2
+
+
+def test_parts_per_size_scales_the_growth_down_for_tests_and_keeps_s3_limits():
+    assert [stream_part_size(n, 5 * MiB, parts_per_size=2) // MiB for n in range(1, 8)] == [5, 5, 10, 10, 20, 20, 40]
+    assert stream_part_size(10_000, 5 * MiB, parts_per_size=1) == MAX_PART_SIZE  # never above S3's 5 GiB
+    assert stream_capacity(5 * MiB, parts_per_size=1) < MAX_OBJECT_SIZE
+    with pytest.raises(InvalidUploadRequest, match="parts_per_size"):
+        StreamUploadEngine(None, bucket=BUCKET, key="k", stream=CountingStream(), parts_per_size=0)
+
+
+class CountingStream:
+    description = "a stream nobody reads"
+
+    def read(self, size: int) -> bytes:
+        raise AssertionError("nothing may be read before the upload exists")
+
+    def finish(self) -> None:
+        pass
+
+
+def test_recording_the_upload_id_fails_and_the_stream_upload_is_aborted(mock_s3):
+    """Creation is inside the abort scope: an UploadId that cannot be recorded is not left behind."""
+    seen = []
+
+    def recording_fails(upload_id: str) -> None:
+        seen.append(upload_id)
+        raise RuntimeError("task_state_store: execution API answered 503")
+
+    stream_engine = engine(mock_s3, CountingStream(), on_upload_started=recording_fails)
+    with pytest.raises(RuntimeError, match="503"):
+        stream_engine.run()
+    assert len(seen) == 1  # it was created...
+    assert incomplete_uploads(mock_s3, BUCKET) == []  # ...and aborted
