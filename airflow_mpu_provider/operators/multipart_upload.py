@@ -475,13 +475,23 @@ class MultipartUploadOperator(BaseOperator):
                 result = self._run(engine, engine.run)
             except BaseException:
                 if store is not None and self._stream_upload_gone(engine):
-                    store.delete(STREAM_STATE_KEY)  # aborted: nothing for the next try to clean up
+                    self._forget_stream_upload(store)  # aborted: nothing for the next try to clean up
                 raise
             finally:
                 self._command = None
         if store is not None:
-            store.delete(STREAM_STATE_KEY)
+            self._forget_stream_upload(store)
         return result
+
+    def _forget_stream_upload(self, store: Any) -> None:
+        """Clear the record; failing to is harmless (the next try's abort finds NoSuchUpload) and must
+        neither fail a completed upload nor hide the error of a failed one."""
+        try:
+            store.delete(STREAM_STATE_KEY)
+        except Exception as e:
+            self.log.warning(
+                "Could not clear %s in task_state_store (%s); a next try will find it gone.", STREAM_STATE_KEY, e
+            )
 
     def _record_stream_upload(self, context: Context, bucket: str, key: str, upload_id: str) -> None:
         """task_state_store first (what the next try needs if this one dies), then XCom (for people).

@@ -123,3 +123,19 @@ def test_command_timeout_as_a_timedelta_kills_the_command_and_aborts(connection,
         op.execute({"ti": FakeTaskInstance()})
     assert incomplete_uploads(s3, BUCKET, key) == []
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+
+
+@pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="Airflow < 3.3 has no task_state_store")
+def test_a_record_that_cannot_be_cleared_does_not_fail_a_completed_upload(connection, s3):
+    key = "it/stream-clear-fails.bin"
+
+    class UndeletableStore(FakeStateStore):
+        def delete(self, key):
+            raise Broken("task_state_store: execution API answered 503")
+
+    store = UndeletableStore()
+    result = streaming(connection(), key).execute({"ti": FakeTaskInstance(), "task_state_store": store})
+    assert result["size"] == 12 * MiB
+    assert store.data[STREAM_STATE_KEY]["upload_id"] == result["upload_id"]  # stale, harmless: it is complete
+    assert incomplete_uploads(s3, BUCKET, key) == []
+    s3.delete_object(Bucket=BUCKET, Key=key)
