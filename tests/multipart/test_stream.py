@@ -88,8 +88,8 @@ class MeasuredStream:
         self.peak = 0
         self.peak_while_reading: dict[int, int] = {}  # part size being read -> most bytes alive then
         self.traced_peak: dict[int, int] = {}  # part size being read -> most bytes allocated then
-        self.in_flight = 0
-        self.most_in_flight: dict[int, int] = {}  # part size -> most upload_part calls at once
+        self.in_flight: dict[int, int] = {}  # part size -> upload_part calls of that size now
+        self.most_in_flight: dict[int, int] = {}  # part size -> most upload_part calls of that size at once
         self.sizes: list[int] = []
         self.trace = trace
         self._phase: int | None = None
@@ -133,13 +133,13 @@ class MeasuredStream:
         def upload_part(**kwargs):
             size = kwargs["ContentLength"]
             with self._lock:
-                self.in_flight += 1
-                self.most_in_flight[size] = max(self.most_in_flight.get(size, 0), self.in_flight)
+                self.in_flight[size] = self.in_flight.get(size, 0) + 1
+                self.most_in_flight[size] = max(self.most_in_flight.get(size, 0), self.in_flight[size])
             try:
                 return real(**kwargs)
             finally:
                 with self._lock:
-                    self.in_flight -= 1
+                    self.in_flight[size] -= 1
                     self.alive -= size
 
         client.upload_part = upload_part
