@@ -151,7 +151,7 @@ class StreamUploadEngine(BaseUploadEngine):
         pending: set[Future[dict[str, Any]]] = set()
         total = 0
         number = 1
-        in_flight = 0
+        announced = 0  # the parallelism last logged
         while True:
             self._raise_if_cancelled()
             size = self.part_size(number)
@@ -163,9 +163,15 @@ class StreamUploadEngine(BaseUploadEngine):
                     "use a larger part_size."
                 )
             allowed = min(workers, self.options.workers_for(size, held_by_reader=1))
-            if allowed != in_flight:
-                in_flight = allowed
-                self.log.info("Parts of %s from part %d on: up to %d in flight.", format_bytes(size), number, allowed)
+            if allowed != announced:
+                announced = allowed
+                self.log.info(
+                    "Parts of %s from part %d on: %d in flight while the next is read (max_buffer_bytes %s).",
+                    format_bytes(size),
+                    number,
+                    allowed,
+                    format_bytes(self.options.max_buffer_bytes),
+                )
             # Bounded memory: the next part is read only once it fits beside those in flight.
             pending = self._make_room(pending, entries, size, allowed)
             self.buffers.take(size)  # the buffer being read is allocated at its full size
