@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import shutil
 import signal
@@ -24,6 +23,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import IO
 
+from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.errors import CommandFailedError, InvalidUploadRequest
 
 #: Bytes of the command's stderr kept for the error message when it fails (the tail).
@@ -62,21 +62,7 @@ def find_bash(path: str | None = None) -> str:
 
 def timeout_seconds(timeout: float | timedelta | None) -> float | None:
     """``command_timeout`` in seconds: a number of seconds > 0 or a ``timedelta``; None means no timeout."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, timedelta):
-        seconds = timeout.total_seconds()
-    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-        seconds = float(timeout)
-    else:
-        raise InvalidUploadRequest(
-            f"command_timeout must be a number of seconds or a timedelta, got {timeout!r} ({type(timeout).__name__})."
-        )
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise InvalidUploadRequest(
-            f"command_timeout must be more than 0 seconds (or None for no timeout), got {timeout!r}."
-        )
-    return seconds
+    return None if timeout is None else validation.seconds("command_timeout", timeout, positive=True)
 
 
 def _printable(raw: bytes) -> str:
