@@ -533,17 +533,12 @@ class MultipartUploadOperator(BaseOperator):
         store.delete(STREAM_STATE_KEY)
 
     def _stream_upload_gone(self, engine: StreamUploadEngine) -> bool:
-        """Whether the failed stream try's upload no longer exists (never created, or aborted)."""
+        """Whether the failed stream try left no upload: none was created, or the engine's abort is done.
+
+        An abort that failed leaves the record, so that the next try aborts the upload.
+        """
         upload = engine.upload
-        if upload is None or not upload.upload_id:
-            return True
-        try:
-            upload.list_parts()
-        except S3UploadError as e:
-            return e.code == "NoSuchUpload"
-        except Exception:  # cannot tell: keep the record, the next try aborts it
-            return False
-        return False
+        return upload is None or not upload.upload_id or upload.aborted
 
     def _refuse_existing(self, client: Any, bucket: str, key: str, options: UploadOptions) -> None:
         try:

@@ -139,3 +139,23 @@ def test_a_record_that_cannot_be_cleared_does_not_fail_a_completed_upload(connec
     assert store.data[STREAM_STATE_KEY]["upload_id"] == result["upload_id"]  # stale, harmless: it is complete
     assert incomplete_uploads(s3, BUCKET, key) == []
     s3.delete_object(Bucket=BUCKET, Key=key)
+
+
+@pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="Airflow < 3.3 has no task_state_store")
+def test_an_abort_that_fails_keeps_the_record_for_the_next_try(connection, proxy, s3):
+    from tests.support.s3_proxy import Fault
+
+    key = "it/stream-abort-denied.bin"
+    store = FakeStateStore()
+    proxy.add_fault(Fault(kind="AbortMultipartUpload", action="error", status=403, code="AccessDenied"))
+    op = streaming(connection(), key, command="head -c 7000000 /dev/zero; exit 3")
+    with pytest.raises(CommandFailedError, match="status 3"):
+        op.execute({"ti": FakeTaskInstance(), "task_state_store": store})
+    left = incomplete_uploads(s3, BUCKET, key)
+    assert [u["UploadId"] for u in left] == [store.data[STREAM_STATE_KEY]["upload_id"]]  # recorded: not lost
+    proxy.clear_faults()
+    retry = streaming(connection(), key)
+    retry.execute({"ti": FakeTaskInstance(try_number=2, max_tries=1), "task_state_store": store})
+    assert incomplete_uploads(s3, BUCKET, key) == []  # the next try aborted it
+    assert store.data == {}
+    s3.delete_object(Bucket=BUCKET, Key=key)
