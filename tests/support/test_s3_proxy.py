@@ -272,10 +272,8 @@ def test_delay_and_on_request_hook(proxy, s3):
     proxy.add_fault(Fault("HeadObject", "delay", delay=0.3, times=1))
     t0 = time.monotonic()
     s3.head_object(Bucket=BUCKET, Key="delay/obj")
-    assert time.monotonic() - t0 >= 0.3
-    t0 = time.monotonic()
-    s3.head_object(Bucket=BUCKET, Key="delay/obj")
-    assert time.monotonic() - t0 < 0.3
+    assert time.monotonic() - t0 >= 0.3  # a lower bound: no busy machine can make it flake
+    s3.head_object(Bucket=BUCKET, Key="delay/obj")  # times=1: the second request is not delayed...
     assert [(r.kind, r.status, r.injected) for r in seen] == [("HeadObject", 200, "delay"), ("HeadObject", 200, None)]
 
 
@@ -603,14 +601,11 @@ def test_large_streamed_body(echo_proxy):
     total = 100 * MIB
     host, port = echo_proxy.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    t0 = time.monotonic()
     conn.request("PUT", "/b/big", body=(block for _ in range(100)), headers={"Content-Length": str(total)})
     echoed = json.loads(conn.getresponse().read())
-    elapsed = time.monotonic() - t0
     assert echoed["body_len"] == total
     assert echoed["body_sha"] == hashlib.sha256(block * 100).hexdigest()
     assert echo_proxy.requests()[0].body_bytes == total
-    assert elapsed < 10
 
 
 def test_stop_unblocks_idle_keepalive_connections(echo_proxy):
@@ -618,10 +613,11 @@ def test_stop_unblocks_idle_keepalive_connections(echo_proxy):
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
     conn.request("GET", "/b/k")
     conn.getresponse().read()
-    t0 = time.monotonic()
-    echo_proxy.stop()
-    assert time.monotonic() - t0 < 2
-    assert wait_until(lambda: not echo_proxy_thread_alive(), timeout=2)
+    stopping = threading.Thread(target=echo_proxy.stop)
+    stopping.start()
+    stopping.join(timeout=30)  # an idle keep-alive connection would block it for good, not for a while
+    assert not stopping.is_alive()
+    assert wait_until(lambda: not echo_proxy_thread_alive(), timeout=30)
 
 
 def echo_proxy_thread_alive() -> bool:
