@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_mpu_provider.multipart.buffers import BufferBudget
+from airflow_mpu_provider.multipart.compare import ObjectComparison, compare_object
 from airflow_mpu_provider.multipart.errors import (
     NOT_RESUMABLE_CODES,
     IntegrityError,
@@ -42,7 +43,7 @@ from airflow_mpu_provider.multipart.integrity import (
 )
 from airflow_mpu_provider.multipart.plan import GiB, Part, PartPlan, format_bytes
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, ProgressReporter
-from airflow_mpu_provider.multipart.resume import check_plan_fits, review_stored_part
+from airflow_mpu_provider.multipart.resume import LEFT_ALONE_HINT, FoundUpload, check_plan_fits, review_stored_part
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object
 
@@ -51,10 +52,24 @@ DEFAULT_CONCURRENCY = 8
 #: Upper bound on part bytes held in memory at once (workers are reduced for very large parts).
 DEFAULT_MAX_BUFFER_BYTES = 1 * GiB
 
+#: CompleteMultipartUpload's answers when IfNoneMatch="*" finds an object at the key.
+_PRECONDITION_FAILED = frozenset({"PreconditionFailed", "412"})
+
 #: Errors after which keeping the upload for a retry makes no sense: the retry could not use it.
 _NOT_RESUMABLE = (SourceChangedError, IntegrityError, UploadCancelledError, InvalidUploadRequest)
 #: (S3 error codes: defined next to the hints that tell users what happens after them.)
 _NOT_RESUMABLE_CODES = NOT_RESUMABLE_CODES
+
+
+def upload_stays_usable(error: BaseException) -> bool:
+    """Whether, after ``error``, a later run could still continue the upload (so keeping it makes sense).
+
+    A timeout (Airflow's AirflowTaskTimeout) counts as usable like any other interruption; a cancel,
+    an interpreter exit, a changed source or a refused request does not.
+    """
+    if isinstance(error, (KeyboardInterrupt, SystemExit, *_NOT_RESUMABLE)):
+        return False
+    return error_code(error) not in _NOT_RESUMABLE_CODES
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,9 @@ class UploadOptions:
     #: CreateMultipartUpload arguments: ServerSideEncryption, SSEKMSKeyId, StorageClass, Metadata, ...
     extra_args: Mapping[str, Any] = field(default_factory=dict)
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
+    #: False: complete only if the key holds no object (IfNoneMatch="*"), so that a run that started
+    #: after the caller checked the key cannot be overwritten by this one.
+    overwrite: bool = True
 
     def workers_for(self, part_size: int, *, held_by_reader: int = 0) -> int:
         """Parts of ``part_size`` that may be in flight at once: as many as fit in ``max_buffer_bytes``
@@ -104,6 +122,61 @@ class UploadResult:
         return asdict(self)
 
 
+def result_for_existing_object(
+    comparison: ObjectComparison,
+    *,
+    bucket: str,
+    key: str,
+    plan: PartPlan,
+    checksum_algorithm: str | None,
+    started: float,
+    upload_id: str = "",
+) -> UploadResult:
+    """The result of a try that found its work already done: the object holds exactly the file."""
+    head = comparison.head
+    return UploadResult(
+        bucket=bucket,
+        key=key,
+        upload_id=upload_id,
+        etag=str(head.get("ETag", "")).strip('"'),
+        size=plan.size,
+        part_size=plan.part_size,
+        parts=plan.count,
+        parts_sent=0,
+        parts_resumed=0,
+        bytes_sent=0,
+        bytes_resumed=0,
+        seconds=round(time.monotonic() - started, 3),
+        checksum=head.get(checksum_field(checksum_algorithm)) if checksum_algorithm else None,
+        checksum_algorithm=checksum_algorithm,
+        version_id=head.get("VersionId"),
+    )
+
+
+def _completed_object_proof(
+    head: Mapping[str, Any],
+    size: int,
+    expected_etag: str | None,
+    algorithm: str | None,
+    expected_checksum: str | None,
+) -> str | None:
+    """What shows that the object at the key is the one our parts make (None: nothing does).
+
+    The size must agree, and then the multipart ETag (parts sent with their MD5s) or the composite
+    checksum (stores that echo checksums, AWS among them: later parts then carry no MD5).
+    """
+    if head.get("ContentLength") != size:
+        return None
+    if expected_etag is not None and head.get("ETag") == expected_etag:
+        return "size and ETag"
+    reported = str(head.get(checksum_field(algorithm)) or "") if algorithm else ""
+    # AWS reports "value-N"; stores that leave out "-N" are compared on the value.
+    unqualified = "-" not in reported and reported == (expected_checksum or "").split("-")[0]
+    if expected_checksum and reported and (reported == expected_checksum or unqualified):
+        return f"size and {algorithm} composite checksum"
+    return None
+
+
 class BaseUploadEngine:
     """What every upload shares, whatever the bytes come from: create, send a part, complete and
     verify, abort, cancel. ``run`` once per instance, ``cancel`` from any thread."""
@@ -138,6 +211,8 @@ class BaseUploadEngine:
         self.upload: MultipartUpload | None = None
         #: Part bytes in memory, counted where parts are read and released (peak -> peak_buffer_bytes).
         self.buffers = BufferBudget(options.max_buffer_bytes)
+        #: Set when a failed run kept its upload for a later run to resume (rather than aborting it).
+        self.kept_for_resume = False
         self._cancelled = threading.Event()
         self._stop = threading.Event()
         self._early_abort: threading.Thread | None = None
@@ -263,18 +338,25 @@ class BaseUploadEngine:
         if algorithm and all(p.get(checksum_field(algorithm)) for p in parts):
             expected_checksum = composite_checksum(algorithm, [p[checksum_field(algorithm)] for p in parts])
         try:
-            response = self.upload.complete(parts)
+            response = self._complete_call(parts)
         except S3UploadError as e:
+            if e.code in _PRECONDITION_FAILED:
+                return self._object_appeared(e)
             # A retried Complete whose first attempt succeeded gets NoSuchUpload: check the object.
-            if e.code != "NoSuchUpload" or expected_etag is None:
+            if e.code != "NoSuchUpload" or (expected_etag is None and expected_checksum is None):
                 raise
             try:
-                head = self._head()
+                head = self._head(with_checksum=True)
             except S3UploadError:
                 raise e from None
-            if head.get("ETag") != expected_etag:
+            proof = _completed_object_proof(head, expected_size, expected_etag, algorithm, expected_checksum)
+            if proof is None:
                 raise
-            self.log.warning("CompleteMultipartUpload answered NoSuchUpload but the object is complete and matches.")
+            self.log.warning(
+                "CompleteMultipartUpload answered NoSuchUpload, but the object is complete and matches (%s): "
+                "an earlier attempt of the call succeeded and its answer was lost.",
+                proof,
+            )
             response = head
         head = self._head(response.get("VersionId"))
         # An encrypted object's ETag is no MD5; the Complete and HeadObject answers say so even when
@@ -323,6 +405,66 @@ class BaseUploadEngine:
             )
         return response
 
+    def _complete_call(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """CompleteMultipartUpload, conditional on the key being free unless ``overwrite``.
+
+        A store that does not implement the condition (NotImplemented) is completed without it, with
+        a warning: the caller's existence check before the upload started is then the only guard.
+        """
+        assert self.upload is not None
+        if self.options.overwrite:
+            return self.upload.complete(parts)
+        try:
+            return self.upload.complete(parts, IfNoneMatch="*")
+        except S3UploadError as e:
+            if e.code not in ("NotImplemented", "501"):
+                raise
+            self.log.warning(
+                "The store does not support a conditional CompleteMultipartUpload (%s); completing without it. "
+                "An object another run wrote to s3://%s/%s since the upload started would be replaced.",
+                e.code,
+                self.bucket,
+                self.key,
+            )
+            return self.upload.complete(parts)
+
+    def _object_appeared(self, error: S3UploadError) -> dict[str, Any]:
+        """Complete was refused because an object appeared at the key meanwhile (overwrite=False).
+
+        If it is exactly our source (another run uploaded the same bytes, or our own earlier attempt
+        of this Complete succeeded), the work is done: our upload is aborted and the object's answer
+        returned. Otherwise it is never replaced: ObjectExists (and the upload is aborted as ours).
+        """
+        assert self.upload is not None
+        comparison = self._compare_with_source()
+        if comparison is None or not comparison.matches:
+            why = comparison.detail if comparison is not None else "a stream cannot be compared with it"
+            raise S3UploadError(
+                f"s3://{self.bucket}/{self.key} was written by someone else while this upload ran, and it is not "
+                f"{self.description} ({why}); it was not replaced. Set replace=True to overwrite it, or use "
+                "another key.",
+                code="ObjectExists",
+                operation="CompleteMultipartUpload",
+                bucket=self.bucket,
+                key=self.key,
+                upload_id=self.upload.upload_id,
+            ) from error
+        self.log.info(
+            "s3://%s/%s appeared while this upload ran and already holds exactly %s (%s): nothing to replace; "
+            "aborting upload %s.",
+            self.bucket,
+            self.key,
+            self.description,
+            comparison.detail,
+            self.upload.upload_id,
+        )
+        self.upload.abort()
+        return comparison.head
+
+    def _compare_with_source(self) -> ObjectComparison | None:
+        """The object at the key against the source, where the source can be read again (None: it cannot)."""
+        return None
+
     def _collect(
         self, pending: set[Future[dict[str, Any]]], entries: dict[int, dict[str, Any]], *, until: int
     ) -> set[Future[dict[str, Any]]]:
@@ -345,18 +487,21 @@ class BaseUploadEngine:
             return not self.upload.etags_are_md5
         return not etag_is_md5_for_args(self.options.extra_args)
 
-    def _head(self, version_id: str | None = None) -> dict[str, Any]:
+    def _head(self, version_id: str | None = None, *, with_checksum: bool = False) -> dict[str, Any]:
         """HeadObject of the target, with the upload's per-request arguments (see ``head_object``)."""
         return head_object(
-            self.client, self.bucket, self.key, extra_args=self.options.extra_args, version_id=version_id
+            self.client,
+            self.bucket,
+            self.key,
+            extra_args=self.options.extra_args,
+            version_id=version_id,
+            with_checksum=with_checksum,
         )
 
     def _after_failure(self, error: BaseException, keep_on_failure: bool) -> None:
         assert self.upload is not None
-        resumable = not isinstance(error, _NOT_RESUMABLE) and error_code(error) not in _NOT_RESUMABLE_CODES
-        if isinstance(error, (KeyboardInterrupt, SystemExit)) or self.cancelled:
-            resumable = False
-        if keep_on_failure and resumable:
+        if keep_on_failure and upload_stays_usable(error) and not self.cancelled:
+            self.kept_for_resume = True
             self.log.warning(
                 "Upload failed; keeping multipart upload %s of s3://%s/%s so that the retry resumes it.",
                 self.upload.upload_id,
@@ -410,67 +555,165 @@ class UploadEngine(BaseUploadEngine):
 
     # -- the run ------------------------------------------------------------------------------
 
-    def run(self, *, resume_upload_id: str | None = None, keep_on_failure: bool = False) -> UploadResult:
+    def run(
+        self,
+        *,
+        resume_upload_id: str | None = None,
+        keep_on_failure: bool = False,
+        adopt: FoundUpload | None = None,
+    ) -> UploadResult:
         """Upload everything that is not already (verifiably) in S3, complete, and verify the object.
 
+        ``resume_upload_id`` is *ours* (an earlier run of this same upload created it): it is
+        continued, or aborted if it cannot be. If it no longer exists and the object already holds
+        exactly the file (that run completed it, and its success was lost), nothing is sent.
+        ``adopt`` is a *found* upload (``find_adoptable_upload``): it is continued only if every stored
+        part verifies against the local bytes, and otherwise left alone, never aborted.
+
         On failure the upload is aborted, unless ``keep_on_failure`` is set and the error leaves the
-        upload usable for a later ``run(resume_upload_id=...)``.
+        upload usable for a later ``run(resume_upload_id=...)`` (``kept_for_resume`` then says so).
         """
         started = time.monotonic()
         workers = self.options.workers_for(self.plan.part_size)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
             try:
-                kept = self._open(resume_upload_id, pool)
-                result = self._upload_and_complete(kept, pool, workers, started)
+                opened = self._open(resume_upload_id, adopt, pool)
+                if isinstance(opened, ObjectComparison):
+                    return result_for_existing_object(
+                        opened,
+                        bucket=self.bucket,
+                        key=self.key,
+                        plan=self.plan,
+                        checksum_algorithm=self.options.checksum_algorithm,
+                        started=started,
+                        upload_id=resume_upload_id or "",
+                    )
+                result = self._upload_and_complete(opened, pool, workers, started)
             except BaseException as error:
                 self._stop.set()
                 pool.shutdown(wait=True, cancel_futures=True)
-                if self.upload is not None and self.upload.upload_id:  # nothing to clean if none was opened
+                if self.upload is not None and self.upload.upload_id:  # only ours: created, recorded or adopted
                     self._after_failure(error, keep_on_failure)
                 raise
         return result
 
-    def _open(self, resume_upload_id: str | None, pool: ThreadPoolExecutor) -> dict[int, dict[str, Any]]:
-        """Reopen the earlier upload if its parts fit this plan (returning the verified ones), else create."""
-        algorithm = self.options.checksum_algorithm
+    def _open(
+        self, resume_upload_id: str | None, adopt: FoundUpload | None, pool: ThreadPoolExecutor
+    ) -> dict[int, dict[str, Any]] | ObjectComparison:
+        """The verified parts of the upload to continue, or ``{}`` after creating one; or, when our
+        earlier upload is gone because it became the object, the comparison that proves it."""
+        opened: dict[int, dict[str, Any]] | ObjectComparison | None = None
         if resume_upload_id:
-            earlier = MultipartUpload(
-                self.client,
-                self.bucket,
-                self.key,
-                upload_id=resume_upload_id,
-                checksum_algorithm=algorithm,
-                extra_args=self.options.extra_args,
-            )
-            self.upload = earlier
-            try:
-                stored, stored_algorithm = earlier.list_parts()
-            except S3UploadError as e:
-                if e.code != "NoSuchUpload":
-                    raise
-                self.log.info("Earlier upload %s no longer exists; starting a new one.", resume_upload_id)
-            else:
-                reason = check_plan_fits(stored, self.plan, stored_algorithm, algorithm)
-                if reason is None:
-                    kept = self._verify_stored(stored, pool)
-                    if self.on_upload_started is not None:
-                        self.on_upload_started(resume_upload_id)
-                    return kept
-                self.log.warning(
-                    "Not resuming upload %s of s3://%s/%s: %s. Aborting it and starting afresh.",
-                    resume_upload_id,
-                    self.bucket,
-                    self.key,
-                    reason,
-                )
-                earlier.abort()
+            opened = self._reopen(resume_upload_id, pool)
+        elif adopt is not None:
+            opened = self._adopt(adopt, pool)
+        if opened is not None:
+            return opened
         self._create(
             f"{format_bytes(self.plan.size)} in {self.plan.count} parts of {format_bytes(self.plan.part_size)}"
         )
         return {}
 
-    def _verify_stored(self, stored: list[dict[str, Any]], pool: ThreadPoolExecutor) -> dict[int, dict[str, Any]]:
-        assert self.upload is not None
+    def _compare_with_source(self) -> ObjectComparison | None:
+        return compare_object(
+            self.client,
+            self.bucket,
+            self.key,
+            self.source,
+            extra_args=self.options.extra_args,
+            part_size_hint=self.plan.part_size,
+            cancel=self._stop,
+        )
+
+    def _upload_for(self, upload_id: str) -> MultipartUpload:
+        return MultipartUpload(
+            self.client,
+            self.bucket,
+            self.key,
+            upload_id=upload_id,
+            checksum_algorithm=self.options.checksum_algorithm,
+            extra_args=self.options.extra_args,
+        )
+
+    def _reopen(self, upload_id: str, pool: ThreadPoolExecutor) -> dict[int, dict[str, Any]] | ObjectComparison | None:
+        """Continue our earlier upload (re-sending parts that differ), or abort it if it cannot fit."""
+        earlier = self._upload_for(upload_id)
+        self.upload = earlier
+        try:
+            stored, stored_algorithm = earlier.list_parts()
+        except S3UploadError as e:
+            if e.code != "NoSuchUpload":
+                raise
+            self.upload = None  # gone: nothing of ours exists any more
+            return self._already_uploaded(upload_id)
+        reason = check_plan_fits(stored, self.plan, stored_algorithm, self.options.checksum_algorithm)
+        if reason is not None:
+            self.log.warning(
+                "Not resuming upload %s of s3://%s/%s: %s. Aborting it and starting afresh.",
+                upload_id,
+                self.bucket,
+                self.key,
+                reason,
+            )
+            earlier.abort()
+            self.upload = None
+            return None
+        kept, rejected = self._verify_stored(earlier, stored, pool)
+        for number, why in sorted(rejected.items()):
+            self.log.warning("Stored part %d will be sent again: %s.", number, why)
+        self._log_resuming(kept)
+        if self.on_upload_started is not None:
+            self.on_upload_started(upload_id)
+        return kept
+
+    def _already_uploaded(self, upload_id: str) -> ObjectComparison | None:
+        """After our upload vanished: the proof that it became the object, or None (start afresh)."""
+        comparison = self._compare_with_source()
+        assert comparison is not None
+        if comparison.matches:
+            self.log.info(
+                "Upload %s no longer exists and s3://%s/%s already holds exactly %s (%s): an earlier try "
+                "completed it and was stopped before it could record its success. Nothing to upload.",
+                upload_id,
+                self.bucket,
+                self.key,
+                self.description,
+                comparison.detail,
+            )
+            return comparison
+        self.log.info("Earlier upload %s no longer exists; starting a new one.", upload_id)
+        return None
+
+    def _adopt(self, found: FoundUpload, pool: ThreadPoolExecutor) -> dict[int, dict[str, Any]] | None:
+        """Continue a found upload only if every stored part is this file's bytes; else leave it alone."""
+        candidate = self._upload_for(found.upload_id)
+        kept, rejected = self._verify_stored(candidate, found.parts, pool)
+        if rejected:
+            number, why = min(rejected.items())
+            self.log.warning(
+                "Leaving incomplete upload %s of s3://%s/%s alone: %d of its %d parts do not verify against "
+                "%s (part %d: %s); %s. Starting a new upload.",
+                found.upload_id,
+                self.bucket,
+                self.key,
+                len(rejected),
+                len(found.parts),
+                self.description,
+                number,
+                why,
+                LEFT_ALONE_HINT,
+            )
+            return None
+        self.upload = candidate
+        self._log_resuming(kept)
+        if self.on_upload_started is not None:
+            self.on_upload_started(found.upload_id)
+        return kept
+
+    def _verify_stored(
+        self, upload: MultipartUpload, stored: list[dict[str, Any]], pool: ThreadPoolExecutor
+    ) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+        """Stored parts that hold the local bytes of their range (as Complete entries), and why the others do not."""
         algorithm = self.options.checksum_algorithm
 
         def digest_local(number: int, with_checksum: bool, with_md5: bool) -> PartDigest:
@@ -482,24 +725,29 @@ class UploadEngine(BaseUploadEngine):
                 del data
             return digest
 
-        etags_are_md5 = self.upload.etags_are_md5
+        etags_are_md5 = upload.etags_are_md5
         reviews = {
             p["PartNumber"]: pool.submit(review_stored_part, p, algorithm, digest_local, etag_is_md5=etags_are_md5)
             for p in stored
         }
         kept: dict[int, dict[str, Any]] = {}
+        rejected: dict[int, str] = {}
         by_number = {p["PartNumber"]: p for p in stored}
         for number, review in sorted(reviews.items()):
             reason = review.result()
             if reason is not None:
-                self.log.warning("Stored part %d will be sent again: %s.", number, reason)
+                rejected[number] = reason
                 continue
             part = by_number[number]
             checksum = part.get(checksum_field(algorithm)) if algorithm else None
-            entry = self.upload.part_entry(number, part["ETag"], checksum)
+            entry = upload.part_entry(number, part["ETag"], checksum)
             if etags_are_md5 and (md5 := md5_from_etag(part["ETag"])):
                 entry["_md5"] = md5
             kept[number] = entry
+        return kept, rejected
+
+    def _log_resuming(self, kept: dict[int, dict[str, Any]]) -> None:
+        assert self.upload is not None
         kept_bytes = sum(self.plan.part(n).length for n in kept)
         self.log.info(
             "Resuming upload %s of s3://%s/%s: %d of %d parts (%s) already uploaded and verified "
@@ -512,7 +760,6 @@ class UploadEngine(BaseUploadEngine):
             format_bytes(kept_bytes),
             self.plan.count - len(kept),
         )
-        return kept
 
     def _upload_and_complete(
         self, kept: dict[int, dict[str, Any]], pool: ThreadPoolExecutor, workers: int, started: float

@@ -52,7 +52,10 @@ class S3UploadError(MultipartUploadError):
 
 #: S3 error codes after which an upload is of no use to a retry: the engine aborts it whatever the
 #: retry policy (``keep_upload_for_retry``), and a retry of the task starts a new upload.
-NOT_RESUMABLE_CODES = frozenset({"NoSuchUpload", "NoSuchBucket", "InvalidPart", "InvalidPartOrder", "EntityTooSmall"})
+#: (ObjectExists is the package's own: replace=False found another object at the key.)
+NOT_RESUMABLE_CODES = frozenset(
+    {"NoSuchUpload", "NoSuchBucket", "InvalidPart", "InvalidPartOrder", "EntityTooSmall", "ObjectExists"}
+)
 
 #: What happens next, in the engine's words (see ``BaseUploadEngine._after_failure``).
 ABORTED = "The upload is aborted; a retry of the task starts a new one."
@@ -89,9 +92,10 @@ ERROR_HINTS: dict[str, str] = {
         "connection's region. " + ABORTED
     ),
     "AccessDenied": (
-        "the connection's credentials may not do this; the role needs s3:PutObject, s3:AbortMultipartUpload, "
-        "s3:ListMultipartUploadParts and s3:ListBucketMultipartUploads on the bucket (and kms:GenerateDataKey "
-        "and kms:Decrypt for SSE-KMS); a requester-pays bucket needs extra_args={'RequestPayer': 'requester'}. "
+        "the connection's credentials may not do this; the role needs s3:PutObject, s3:GetObject, "
+        "s3:AbortMultipartUpload and s3:ListMultipartUploadParts on the objects, s3:ListBucket and "
+        "s3:ListBucketMultipartUploads on the bucket (see the README's policy), and kms:GenerateDataKey and "
+        "kms:Decrypt for SSE-KMS; a requester-pays bucket needs extra_args={'RequestPayer': 'requester'}. "
         + KEPT_FOR_RETRY
         + " An abort the role may not do fails too: the upload then stays until S3AbortStaleUploadsOperator or "
         "a lifecycle rule removes it."

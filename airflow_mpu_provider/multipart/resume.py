@@ -3,30 +3,145 @@
 Nothing stored in S3 is trusted on its word: a part is kept only when its size is the one the plan
 gives that part number and its checksum (or, where the store reports no checksum, its MD5 ETag)
 matches the local bytes of that range. Anything else is sent again.
+
+Ownership decides what may be done to an earlier upload:
+
+* **ours**: created by this try, or recorded by an earlier try of the same task (the caller knows
+  which: Airflow's task_state_store). Ours is continued, or aborted when it cannot be.
+* **found**: seen by ListMultipartUploads with no record. It may be another run's *live* upload
+  (a manual re-run, a backfill, two DAGs writing one key), so it is never aborted and never written
+  to unless it is verifiably not live: initiated, and every part written, more than a quiet window
+  ago (``find_adoptable_upload``), its parts fit the plan, and every stored part verifies against
+  the local bytes (the engine checks that last). Anything else is left alone for the janitor
+  (S3AbortStaleUploadsOperator) or a bucket lifecycle rule.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from airflow_mpu_provider.multipart.errors import S3UploadError
 from airflow_mpu_provider.multipart.integrity import PartDigest, checksum_field, part_matches
 from airflow_mpu_provider.multipart.plan import PartPlan, format_bytes
-from airflow_mpu_provider.multipart.upload import list_incomplete_uploads
+from airflow_mpu_provider.multipart.upload import MultipartUpload, list_incomplete_uploads
+
+#: How long a found upload must have been untouched (initiation and every part) before it may be
+#: adopted. A live upload of this provider writes a part every few seconds, but some phases write
+#: nothing for minutes: one 5 GiB part on a slow link, re-verifying hundreds of GiB of stored parts
+#: before a resume, a 10,000-part CompleteMultipartUpload. 15 minutes covers those with margin, and
+#: is longer than Airflow's default retry_delay (5 minutes) on purpose: on Airflow < 3.3, where a
+#: retry can only find its predecessor's upload by listing, the operator keeps an upload for the
+#: retry only if the retry waits at least this long (see the operator's ``adopt_quiet_after``).
+DEFAULT_ADOPT_QUIET_AFTER = timedelta(minutes=15)
+
+#: ListMultipartUploads answers meaning "not here": a store without the API, or a role without
+#: s3:ListBucketMultipartUploads. The upload itself can still be done; only resume across runs is lost.
+LISTING_UNAVAILABLE_CODES = frozenset({"NotImplemented", "AccessDenied", "MethodNotAllowed", "501", "405", "403"})
+
+#: Said whenever an upload is left alone, so that whoever reads the log knows who does clean it up.
+LEFT_ALONE_HINT = (
+    "it is not this task's (nothing recorded it), so it is never aborted here; if it is a leftover, "
+    "S3AbortStaleUploadsOperator or a bucket lifecycle rule (AbortIncompleteMultipartUpload) cleans it up"
+)
 
 
-def find_resumable_upload(
-    client: Any, bucket: str, key: str, *, extra_args: Mapping[str, Any] | None = None
-) -> str | None:
-    """The newest incomplete multipart upload for exactly ``key`` (never a key that merely shares its prefix).
+@dataclass(frozen=True)
+class FoundUpload:
+    """An incomplete upload seen by ListMultipartUploads that looks adoptable (quiet, fits the plan)."""
 
-    ``extra_args``: the upload's arguments, whose per-request ones (RequestPayer, ...) the listing repeats.
+    upload_id: str
+    initiated: datetime
+    parts: list[dict[str, Any]]
+    checksum_algorithm: str | None
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def find_adoptable_upload(
+    client: Any,
+    bucket: str,
+    key: str,
+    plan: PartPlan,
+    algorithm: str | None,
+    *,
+    quiet_after: timedelta = DEFAULT_ADOPT_QUIET_AFTER,
+    extra_args: Mapping[str, Any] | None = None,
+    log: logging.Logger | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> FoundUpload | None:
+    """The newest incomplete upload for exactly ``key`` that is quiet and fits ``plan``, or None.
+
+    Every other upload for the key is logged as left alone. Raises S3UploadError when the listing
+    itself fails (``LISTING_UNAVAILABLE_CODES``: the caller degrades to a fresh upload).
+    Ages are measured with this machine's clock against S3's timestamps: a clock running ahead of
+    S3's by a large part of ``quiet_after`` would shorten the window.
     """
-    uploads = [u for u in list_incomplete_uploads(client, bucket, key, extra_args=extra_args) if u.get("Key") == key]
-    if not uploads:
-        return None
-    return max(uploads, key=lambda u: u["Initiated"])["UploadId"]
+    log = log or logging.getLogger(__name__)
+    listing = list_incomplete_uploads(client, bucket, key, extra_args=extra_args)
+    uploads = [u for u in listing if u.get("Key") == key]
+    for upload in sorted(uploads, key=lambda u: _utc(u["Initiated"]), reverse=True):
+        upload_id = upload["UploadId"]
+        reason = _why_not_adoptable(client, bucket, key, upload, plan, algorithm, quiet_after, extra_args, now)
+        if isinstance(reason, FoundUpload):
+            return reason
+        if reason:
+            log.warning(
+                "Leaving incomplete upload %s of s3://%s/%s alone: %s; %s.",
+                upload_id,
+                bucket,
+                key,
+                reason,
+                LEFT_ALONE_HINT,
+            )
+    return None
+
+
+def _why_not_adoptable(
+    client: Any,
+    bucket: str,
+    key: str,
+    upload: Mapping[str, Any],
+    plan: PartPlan,
+    algorithm: str | None,
+    quiet_after: timedelta,
+    extra_args: Mapping[str, Any] | None,
+    now: Callable[[], datetime],
+) -> FoundUpload | str | None:
+    """The FoundUpload if ``upload`` may be adopted, else why not (None: it vanished meanwhile)."""
+    initiated = _utc(upload["Initiated"])
+    age = now() - initiated
+    if age < quiet_after:
+        return f"it was initiated {_ago(age)} ago, less than adopt_quiet_after ({_ago(quiet_after)}): it may be live"
+    found = MultipartUpload(
+        client, bucket, key, upload_id=upload["UploadId"], checksum_algorithm=algorithm, extra_args=extra_args
+    )
+    try:
+        parts, stored_algorithm = found.list_parts()
+    except S3UploadError as e:
+        if e.code == "NoSuchUpload":
+            return None  # completed or aborted since the listing: nothing to adopt, nothing to leave
+        raise
+    written = [_utc(p["LastModified"]) for p in parts if p.get("LastModified")]
+    if written and now() - max(written) < quiet_after:
+        return (
+            f"a part was written {_ago(now() - max(written))} ago, less than adopt_quiet_after "
+            f"({_ago(quiet_after)}): it may be live"
+        )
+    misfit = check_plan_fits(parts, plan, stored_algorithm, algorithm)
+    if misfit:
+        return f"it does not fit this file: {misfit}"
+    return FoundUpload(upload["UploadId"], initiated, parts, stored_algorithm)
+
+
+def _ago(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
 @dataclass

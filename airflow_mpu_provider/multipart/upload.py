@@ -321,13 +321,15 @@ class MultipartUpload:
                 return parts, algorithm
             marker = int(response["NextPartNumberMarker"])
 
-    def complete(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    def complete(self, parts: list[dict[str, Any]], **conditions: Any) -> dict[str, Any]:
+        """CompleteMultipartUpload; ``conditions``: e.g. ``IfNoneMatch="*"`` (fail if the key holds an object)."""
         ordered = sorted(parts, key=lambda p: p["PartNumber"])
         return self._call(
             "CompleteMultipartUpload",
             self.client.complete_multipart_upload,
             UploadId=self.upload_id,
             MultipartUpload={"Parts": ordered},
+            **conditions,
         )
 
     def abort(self, *, attempts: int = 5, confirm: bool = True) -> None:
@@ -478,16 +480,23 @@ def head_object(
     *,
     extra_args: Mapping[str, Any] | None = None,
     version_id: str | None = None,
+    part_number: int | None = None,
+    with_checksum: bool = False,
 ) -> dict[str, Any]:
     """HeadObject with the upload's per-request arguments; S3's errors as S3UploadError.
 
     The one HeadObject of the package: the engine's final check, the ``replace=False`` check and
     any recovery that looks at the object use it, so a requester-pays, owner-checked or SSE-C object
-    is asked about the way it was written.
+    is asked about the way it was written. ``part_number``: ask about that part of a multipart object
+    (its size); ``with_checksum``: ChecksumMode=ENABLED, for the object's checksum.
     """
     args: dict[str, Any] = {"Bucket": bucket, "Key": key, **request_args(client, "HeadObject", extra_args)}
     if version_id and version_id != "null":
         args["VersionId"] = version_id
+    if part_number is not None:
+        args["PartNumber"] = part_number
+    if with_checksum:
+        args["ChecksumMode"] = "ENABLED"
     try:
         return client.head_object(**args)
     except ClientError as e:

@@ -144,7 +144,7 @@ def test_upload_of_another_file_size_is_aborted_and_started_afresh(mock_s3, tmp_
     old = make_file(tmp_path / "old", 12 * MiB, seed=1)
     engine, source = engine_for(mock_s3, old)
     with source:
-        engine._open(None, None)  # create only: leave an incomplete upload behind, as a crash would
+        engine._open(None, None, None)  # create only: leave an incomplete upload behind, as a crash would
     stale_id = engine.upload.upload_id
     engine.upload.put_part(
         1, old.read_bytes()[: 5 * MiB], digest_part(1, old.read_bytes()[: 5 * MiB], algorithm="CRC32C", with_md5=True)

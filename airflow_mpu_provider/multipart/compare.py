@@ -1,0 +1,249 @@
+"""Does the object at a key already hold exactly a local file's bytes? No Airflow here.
+
+This is what makes retries idempotent: a try that was killed after CompleteMultipartUpload
+succeeded, or a re-run of finished work, finds the object already there and must succeed without
+sending anything, while an object with other bytes must never be taken for the file.
+
+Nothing is downloaded. The object's size, and one fingerprint S3 keeps for it, are compared with
+the same fingerprint recomputed from the local bytes:
+
+* an S3 checksum read with ``HeadObject(ChecksumMode=ENABLED)``: COMPOSITE (the checksum of the
+  part checksums, ``value-N``) or FULL_OBJECT (e.g. CRC64NVME, S3's default for new objects);
+* otherwise the ETag: a plain MD5 for a single-request object, ``md5(part md5s)-N`` for a multipart
+  one (not under SSE-KMS or SSE-C, where the ETag is not an MD5).
+
+A multipart fingerprint depends on where the parts were cut. The first part's size comes from
+``HeadObject(PartNumber=1)`` (or, where a store does not support that, from the caller's plan), and
+every part but the last must have that size, as the file engine cuts them. An object whose layout
+cannot be reproduced (e.g. a stream upload with growing parts), or that carries no comparable
+fingerprint, *cannot be shown to match*: it is treated as different, never as equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from botocore import httpchecksum
+from botocore.compat import HAS_CRT
+
+from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
+from airflow_mpu_provider.multipart.integrity import composite_checksum, multipart_etag
+from airflow_mpu_provider.multipart.plan import MiB
+from airflow_mpu_provider.multipart.upload import head_object
+
+#: HeadObject answers for a key that holds no object (moto and AWS say 404; some stores NoSuchKey).
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+#: How much of the file is hashed per read: memory stays flat whatever the part size.
+_READ = 8 * MiB
+
+_CHECKSUMS: dict[str, Callable[[], Any]] = {
+    "CRC32": httpchecksum.CrtCrc32Checksum if HAS_CRT else httpchecksum.Crc32Checksum,
+    "SHA1": httpchecksum.Sha1Checksum,
+    "SHA256": httpchecksum.Sha256Checksum,
+}
+if HAS_CRT:
+    _CHECKSUMS["CRC32C"] = httpchecksum.CrtCrc32cChecksum
+    if hasattr(httpchecksum, "CrtCrc64NvmeChecksum"):
+        _CHECKSUMS["CRC64NVME"] = httpchecksum.CrtCrc64NvmeChecksum
+
+
+class Readable(Protocol):
+    """What is compared: ``FileSource`` (size plus ranged reads)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class ObjectComparison:
+    """The verdict on an existing object against local bytes."""
+
+    exists: bool
+    matches: bool
+    #: How it was decided ("size and CRC32C composite checksum") or why it does not match.
+    detail: str
+    head: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class _Fingerprint:
+    """One fingerprint S3 reports, and how to recompute it locally."""
+
+    kind: str  # "composite", "full", "etag", "md5"
+    algorithm: str | None
+    expected: str
+    parts: int
+
+
+def compare_object(
+    client: Any,
+    bucket: str,
+    key: str,
+    source: Readable,
+    *,
+    extra_args: Mapping[str, Any] | None = None,
+    part_size_hint: int | None = None,
+    cancel: threading.Event | None = None,
+) -> ObjectComparison:
+    """Compare the object at ``bucket``/``key`` with ``source``; reads the file only if the sizes agree.
+
+    ``extra_args``: the upload's arguments, whose per-request ones (SSE-C key, RequestPayer, ...) the
+    HeadObject repeats. ``part_size_hint``: the part size to assume where the store cannot tell the object's own.
+    ``cancel``: set it (from any thread) to stop reading the file; UploadCancelledError is raised.
+    Raises S3UploadError for any HeadObject error other than "no such key" (a 403 included: the
+    caller knows which permission is missing and what to say).
+    """
+    try:
+        head = head_object(client, bucket, key, extra_args=extra_args, with_checksum=True)
+    except S3UploadError as e:
+        if e.code in NOT_FOUND_CODES:
+            return ObjectComparison(exists=False, matches=False, detail="no object at the key")
+        raise
+    size = head.get("ContentLength")
+    if size != source.size:
+        return ObjectComparison(True, False, f"the object is {size:,} bytes, the file {source.size:,}", head)
+    fingerprint = _fingerprint(head)
+    if fingerprint is None:
+        return ObjectComparison(
+            True,
+            False,
+            "the object carries no checksum and its ETag is not an MD5 (SSE-KMS or SSE-C), so it cannot be "
+            "compared with the file",
+            head,
+        )
+    part_size = source.size
+    if fingerprint.parts > 1:
+        part_size = _first_part_size(client, bucket, key, extra_args, part_size_hint, source.size, fingerprint.parts)
+        if part_size is None:
+            return ObjectComparison(
+                True,
+                False,
+                f"the object's {fingerprint.parts} parts are not of one size this file can be cut into, so it "
+                "cannot be compared with the file",
+                head,
+            )
+    actual = _recompute(source, fingerprint, part_size, cancel)
+    described = _describe(fingerprint)
+    if actual == fingerprint.expected:
+        return ObjectComparison(True, True, f"size and {described}", head)
+    return ObjectComparison(True, False, f"its {described} differs from the file's", head)
+
+
+def object_matches(
+    client: Any,
+    bucket: str,
+    key: str,
+    source: Readable,
+    *,
+    extra_args: Mapping[str, Any] | None = None,
+    part_size_hint: int | None = None,
+) -> bool:
+    """Whether the object at the key exists and holds exactly ``source``'s bytes (see ``compare_object``)."""
+    return compare_object(client, bucket, key, source, extra_args=extra_args, part_size_hint=part_size_hint).matches
+
+
+def _parts_from_etag(etag: str) -> int | None:
+    _, dash, count = etag.strip('"').rpartition("-")
+    return int(count) if dash and count.isdigit() else None
+
+
+def _fingerprint(head: Mapping[str, Any]) -> _Fingerprint | None:
+    """The most trustworthy fingerprint in a HeadObject answer that can be recomputed from local bytes.
+
+    A checksum is taken when S3 says what it is (``value-N``, or a ChecksumType). An unqualified
+    checksum on a multipart object is ambiguous (some stores compute it differently from AWS), so
+    an MD5 ETag is preferred to it, and it is used only when nothing else is there.
+    """
+    etag = str(head.get("ETag", "")).strip('"')
+    etag_parts = _parts_from_etag(etag)
+    parts = etag_parts or (int(head["PartsCount"]) if head.get("PartsCount") else None)
+    kind = str(head.get("ChecksumType") or "").upper()
+    ambiguous: _Fingerprint | None = None
+    for algorithm in ("CRC32C", "CRC32", "CRC64NVME", "SHA256", "SHA1"):
+        value = str(head.get(f"Checksum{algorithm}") or "")
+        if not value or algorithm not in _CHECKSUMS:
+            continue
+        _, dash, count = value.rpartition("-")
+        if dash and count.isdigit():
+            return _Fingerprint("composite", algorithm, value, int(count))
+        if kind == "FULL_OBJECT" or (kind != "COMPOSITE" and parts is None):
+            return _Fingerprint("full", algorithm, value, 1)
+        if parts is not None:
+            candidate = _Fingerprint("composite", algorithm, f"{value}-{parts}", parts)
+            if kind == "COMPOSITE":
+                return candidate
+            ambiguous = ambiguous or candidate
+    sse = str(head.get("ServerSideEncryption", ""))
+    if not (sse.startswith("aws:kms") or head.get("SSECustomerAlgorithm")):
+        if etag_parts is not None and len(etag.rpartition("-")[0]) == 32:
+            return _Fingerprint("etag", None, f'"{etag}"', etag_parts)
+        if len(etag) == 32:
+            return _Fingerprint("md5", None, etag, 1)
+    return ambiguous
+
+
+def _first_part_size(
+    client: Any,
+    bucket: str,
+    key: str,
+    extra_args: Mapping[str, Any] | None,
+    hint: int | None,
+    size: int,
+    parts: int,
+) -> int | None:
+    """The size every part but the last has, if ``size`` cut at it gives exactly ``parts`` parts."""
+    candidates: list[int] = []
+    try:
+        first = head_object(client, bucket, key, extra_args=extra_args, part_number=1).get("ContentLength")
+        if isinstance(first, int) and first > 0:
+            candidates.append(first)
+    except S3UploadError:
+        pass  # a store without HeadObject PartNumber: the plan's part size is the only guess
+    if hint:
+        candidates.append(hint)
+    for part_size in candidates:
+        if -(-size // part_size) == parts:
+            return part_size
+    return None
+
+
+def _recompute(source: Readable, fingerprint: _Fingerprint, part_size: int, cancel: threading.Event | None) -> str:
+    """The fingerprint of the local bytes, read once in bounded pieces."""
+    if fingerprint.kind in ("full", "md5"):
+        whole = _CHECKSUMS[fingerprint.algorithm]() if fingerprint.algorithm else hashlib.md5(usedforsecurity=False)
+        _feed(source, 0, source.size, whole, cancel)
+        return whole.b64digest() if fingerprint.algorithm else whole.hexdigest()
+    digests: list[Any] = []
+    for number in range(fingerprint.parts):
+        offset = number * part_size
+        part = _CHECKSUMS[fingerprint.algorithm]() if fingerprint.algorithm else hashlib.md5(usedforsecurity=False)
+        _feed(source, offset, min(part_size, source.size - offset), part, cancel)
+        digests.append(part.b64digest() if fingerprint.algorithm else part.digest())
+    if fingerprint.algorithm:
+        return composite_checksum(fingerprint.algorithm, digests)
+    return multipart_etag(digests)
+
+
+def _feed(source: Readable, offset: int, length: int, hasher: Any, cancel: threading.Event | None) -> None:
+    end = offset + length
+    while offset < end:
+        if cancel is not None and cancel.is_set():
+            raise UploadCancelledError("cancelled while comparing the file with the existing object")
+        n = min(_READ, end - offset)
+        hasher.update(source.read(offset, n))
+        offset += n
+
+
+def _describe(fingerprint: _Fingerprint) -> str:
+    return {
+        "composite": f"{fingerprint.algorithm} composite checksum of {fingerprint.parts} parts",
+        "full": f"{fingerprint.algorithm} full-object checksum",
+        "etag": f"multipart ETag of {fingerprint.parts} parts",
+        "md5": "MD5 ETag",
+    }[fingerprint.kind]
