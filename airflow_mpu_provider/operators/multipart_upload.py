@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import os
 import shlex
+import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow_mpu_provider.hooks.multipart import S3MultipartHook
 from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.command import CommandSource, find_bash
+from airflow_mpu_provider.multipart.compare import NOT_FOUND_CODES, ObjectComparison, compare_object
 from airflow_mpu_provider.multipart.engine import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BUFFER_BYTES,
@@ -26,17 +29,26 @@ from airflow_mpu_provider.multipart.engine import (
     UploadEngine,
     UploadOptions,
     UploadResult,
+    result_for_existing_object,
+    upload_stays_usable,
 )
 from airflow_mpu_provider.multipart.errors import (
     InvalidUploadRequest,
     MultipartUploadError,
     S3UploadError,
     UploadCancelledError,
+    s3_error,
 )
 from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
 from airflow_mpu_provider.multipart.plan import DEFAULT_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
-from airflow_mpu_provider.multipart.resume import find_resumable_upload
+from airflow_mpu_provider.multipart.request_args import request_args
+from airflow_mpu_provider.multipart.resume import (
+    DEFAULT_ADOPT_QUIET_AFTER,
+    LISTING_UNAVAILABLE_CODES,
+    FoundUpload,
+    find_adoptable_upload,
+)
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.stream import StreamUploadEngine
 from airflow_mpu_provider.multipart.upload import OBJECT_ARGS, MultipartUpload, head_object
@@ -64,6 +76,46 @@ STREAM_STATE_KEY = "multipart_stream_upload"
 MAX_KEY_BYTES = 1024
 #: Prefix of every metric the operator sends through Airflow's Stats (README: "Metrics").
 METRICS_PREFIX = "mpu"
+#: HeadObject codes that mean "forbidden": for a missing key, the answer to a role without s3:ListBucket.
+_FORBIDDEN_CODES = frozenset({"403", "AccessDenied", "Forbidden"})
+
+
+def _explain_forbidden_head(
+    client: Any, bucket: str, key: str, error: S3UploadError, extra_args: Mapping[str, Any]
+) -> S3UploadError | None:
+    """Why the existence check's HeadObject was answered 403, as an error to raise (None: the key is free).
+
+    A HEAD answer has no body, so a 403 does not say whether the credentials are wrong or a permission
+    is missing. A one-byte GetObject of the key does: AccessDenied there is, on AWS, what a missing key
+    looks like to a role without s3:ListBucket.
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        client.get_object(Bucket=bucket, Key=key, Range="bytes=0-0", **request_args(client, "GetObject", extra_args))
+    except ClientError as e:
+        probe = s3_error(e, operation="GetObject", bucket=bucket, key=key, upload_id=None)
+        if probe.code in NOT_FOUND_CODES:
+            return None
+        if probe.code not in _FORBIDDEN_CODES:
+            return probe  # e.g. SignatureDoesNotMatch, InvalidAccessKeyId: with their own hints
+    else:
+        return error
+    return S3UploadError(
+        f"HeadObject on s3://{bucket}/{key} was refused ({error.code}), so replace=False cannot check whether "
+        "the key already holds an object. S3 answers 403 rather than 404 for a missing key when the role "
+        f"lacks s3:ListBucket: grant s3:ListBucket on arn:aws:s3:::{bucket} (and s3:GetObject on its objects), "
+        "or set replace=True to upload without the check.",
+        code="AccessDenied",
+        operation="HeadObject",
+        bucket=bucket,
+        key=key,
+        upload_id=None,
+    )
+
+
+def _as_timedelta(value: timedelta | float) -> timedelta:
+    return value if isinstance(value, timedelta) else timedelta(seconds=float(value))
 
 
 class MultipartUploadOperator(BaseOperator):
@@ -117,9 +169,16 @@ class MultipartUploadOperator(BaseOperator):
         ``ExpectedBucketOwner``); wins over the arguments above. ``RequestPayer``, ``ExpectedBucketOwner``
         and the ``SSECustomer*`` ones are repeated on every later call that accepts them (parts, listing,
         completion, abort, HeadObject).
-    :param resume: look for an earlier upload of this file to this key and continue it.
+    :param resume: look for an earlier upload of this file to this key and continue it: the one an
+        earlier try recorded (task_state_store, Airflow >= 3.3), else one found with ListMultipartUploads
+        that has been quiet for ``adopt_quiet_after``. False: always start afresh, never keep an upload.
     :param keep_upload_for_retry: when the task fails and Airflow will retry it, keep the upload for
         the retry to resume (True), or always abort on failure (False).
+    :param adopt_quiet_after: a found upload (ListMultipartUploads, no record of this task) is adopted
+        only when it was initiated, and its last part written, longer ago than this (seconds or a
+        ``timedelta``; default 15 minutes): a younger one may be another run's live upload and is left
+        alone. On Airflow < 3.3 a retry can only find its predecessor's upload this way, so a failed try
+        keeps its upload for the retry only if ``retry_delay`` is at least this long.
     :param progress_interval: seconds (int or float, >= 0) or a ``timedelta`` between progress lines in
         the task log.
     """
@@ -167,6 +226,7 @@ class MultipartUploadOperator(BaseOperator):
         extra_args: Mapping[str, Any] | None = None,
         resume: bool = True,
         keep_upload_for_retry: bool = True,
+        adopt_quiet_after: float | timedelta = DEFAULT_ADOPT_QUIET_AFTER,
         progress_interval: float | timedelta = DEFAULT_PROGRESS_INTERVAL,
         **kwargs: Any,
     ) -> None:
@@ -194,6 +254,7 @@ class MultipartUploadOperator(BaseOperator):
         self.extra_args = dict(extra_args or {})
         self.resume = resume
         self.keep_upload_for_retry = keep_upload_for_retry
+        self.adopt_quiet_after = timedelta(seconds=validation.seconds("adopt_quiet_after", adopt_quiet_after))
         self.progress_interval = validation.seconds("progress_interval", progress_interval)
         self.check_rendered_arguments(rendered=False)  # again at execute, once templates are rendered
         if (file is None) == (command is None):
@@ -210,6 +271,15 @@ class MultipartUploadOperator(BaseOperator):
         self._engine: BaseUploadEngine | None = None
         self._command: CommandSource | None = None
         self._killed = False
+        #: Set by on_kill: stops work the engine does not own (comparing the file with an existing object).
+        #: Made per execute(): an operator is copied by Airflow, and an Event cannot be deep-copied.
+        self._cancel: threading.Event | None = None
+        #: Whether execute() is running: on_kill after it ended must not touch what it left (see on_kill).
+        self._executing = False
+        #: The upload an earlier try recorded: ours from the first moment, aborted if this try ends it.
+        self._ours: MultipartUpload | None = None
+        #: Whether ListMultipartUploads worked in this try (None: not asked).
+        self._listing_available: bool | None = None
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -272,6 +342,7 @@ class MultipartUploadOperator(BaseOperator):
             checksum_algorithm=checksum_algorithm,
             extra_args=self.object_args(),
             progress_interval=self.progress_interval,
+            overwrite=self.replace,
         )
 
     @functools.cached_property
@@ -307,47 +378,106 @@ class MultipartUploadOperator(BaseOperator):
             "checksum_algorithm": checksum,
         }
 
-    def find_upload_to_resume(
-        self, context: Context, client: Any, bucket: str, key: str, record: dict, options: UploadOptions
+    def take_over_recorded_upload(
+        self, store: Any, client: Any, bucket: str, key: str, record: dict, options: UploadOptions
     ) -> str | None:
-        """The UploadId a retry should continue: from task_state_store, else ListMultipartUploads.
+        """The UploadId an earlier try recorded in task_state_store, if this try can continue it.
 
-        A stored record for another version of the file means its upload can never be completed
-        with this file: it is aborted so that it does not stay behind, billed and invisible.
+        A recorded upload is ours from the moment it is read (``_ours``): whatever happens next, this
+        try completes it, aborts it, or leaves it recorded for the retry. One that cannot be continued
+        (another version of the file, or ``resume=False``) is aborted at once.
         """
-        store = self._state_store(context)
         stored = store.get(STATE_KEY) if store is not None else None
-        if isinstance(stored, dict) and stored.get("upload_id"):
-            same_source = {k: stored.get(k) for k in record} == record
-            if same_source:
-                self.log.info("Found upload %s to resume in task_state_store.", stored["upload_id"])
-                return str(stored["upload_id"])
-            changed = sorted(k for k in record if stored.get(k) != record[k])
-            self.log.warning(
-                "The earlier try's upload %s was for another version of the source (%s differ); aborting it "
-                "and starting afresh.",
-                stored["upload_id"],
-                ", ".join(changed),
-            )
-            MultipartUpload(
-                client,
-                stored.get("bucket", bucket),
-                stored.get("key", key),
-                upload_id=str(stored["upload_id"]),
-                extra_args=options.extra_args,
-            ).abort()
-            store.delete(STATE_KEY)
+        if not (isinstance(stored, dict) and stored.get("upload_id")):
             return None
-        upload_id = find_resumable_upload(client, bucket, key, extra_args=options.extra_args)
-        if upload_id:
-            self.log.info(
-                "Found incomplete upload %s for s3://%s/%s with ListMultipartUploads; its parts will be verified "
-                "against the local file before any is reused.",
-                upload_id,
+        upload_id = str(stored["upload_id"])
+        self._ours = MultipartUpload(
+            client,
+            stored.get("bucket", bucket),
+            stored.get("key", key),
+            upload_id=upload_id,
+            extra_args=options.extra_args,
+        )
+        changed = sorted(k for k in record if stored.get(k) != record[k])
+        if not changed and self.resume:
+            self.log.info("Found upload %s to resume in task_state_store.", upload_id)
+            return upload_id
+        why = f"it was for another version of the source ({', '.join(changed)} differ)" if changed else "resume=False"
+        self.log.warning("The earlier try's upload %s cannot be continued (%s); aborting it.", upload_id, why)
+        self._ours.abort()
+        self._ours = None
+        store.delete(STATE_KEY)
+        return None
+
+    def find_upload_to_adopt(
+        self, client: Any, bucket: str, key: str, plan: PartPlan, options: UploadOptions, *, has_store: bool
+    ) -> FoundUpload | None:
+        """A found upload (ListMultipartUploads, no record) quiet long enough to adopt, or None.
+
+        A store or role without ListMultipartUploads degrades: one warning, no resume across runs,
+        and the upload goes on afresh.
+        """
+        try:
+            found = find_adoptable_upload(
+                client,
                 bucket,
                 key,
+                plan,
+                options.checksum_algorithm,
+                quiet_after=self.adopt_quiet_after,
+                extra_args=options.extra_args,
+                log=self.log,
             )
-        return upload_id
+        except S3UploadError as e:
+            if e.code not in LISTING_UNAVAILABLE_CODES:
+                raise
+            self._listing_available = False
+            self.log.warning(
+                "ListMultipartUploads is not available on s3://%s (%s): resume across runs is off, so an upload an "
+                "earlier run left is not continued%s. Uploading afresh. To turn it on, grant "
+                "s3:ListBucketMultipartUploads on arn:aws:s3:::%s (a store without the API cannot).",
+                bucket,
+                e.code,
+                "" if has_store else " and a failed try's upload is aborted rather than kept",
+                bucket,
+            )
+            return None
+        self._listing_available = True
+        if found is not None:
+            self.log.info(
+                "Found incomplete upload %s for s3://%s/%s with ListMultipartUploads, quiet for at least %s; its "
+                "parts will be verified against the local file before it is adopted.",
+                found.upload_id,
+                bucket,
+                key,
+                self.adopt_quiet_after,
+            )
+        return found
+
+    def keep_for_retry(self, context: Context) -> bool:
+        """Whether a failed try keeps its upload: only where the retry will look for it and take it.
+
+        Airflow >= 3.3: the task_state_store record. Older Airflow has only ListMultipartUploads, and a
+        found upload is adopted only after ``adopt_quiet_after`` of quiet: the upload is kept only if
+        the retry waits at least that long, and aborted otherwise (nothing would continue it).
+        """
+        if not (self.keep_upload_for_retry and self.resume and self.will_retry(context)):
+            return False
+        if self._state_store(context) is not None:
+            return True
+        if self._listing_available is False:
+            return False
+        delay = _as_timedelta(self.retry_delay or 0)
+        if delay < self.adopt_quiet_after:
+            self.log.info(
+                "A failed try's upload will be aborted, not kept: without task_state_store (Airflow < 3.3) the "
+                "retry finds it only with ListMultipartUploads, and adopts it only after adopt_quiet_after (%s) "
+                "of quiet, longer than retry_delay (%s). Make retry_delay >= adopt_quiet_after to resume.",
+                self.adopt_quiet_after,
+                delay,
+            )
+            return False
+        return True
 
     def will_retry(self, context: Context) -> bool:
         """Whether Airflow will run this task again if this try fails."""
@@ -363,6 +493,14 @@ class MultipartUploadOperator(BaseOperator):
     # -- run ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self._cancel = threading.Event()
+        self._executing = True
+        try:
+            return self._execute(context)
+        finally:
+            self._executing = False
+
+    def _execute(self, context: Context) -> dict[str, Any]:
         self.check_rendered_arguments()
         bucket, key = self.resolve_target()
         checksum = normalize_checksum_algorithm(self.checksum_algorithm)
@@ -410,35 +548,153 @@ class MultipartUploadOperator(BaseOperator):
             self._engine = None
 
     def _upload_file(self, context: Context, bucket: str, key: str, checksum: str | None) -> UploadResult:
+        """Upload the file; this try ends with its upload completed, aborted, or kept and recorded.
+
+        Order matters: the earlier try's recorded upload is taken over first (so that a kill at any
+        later point aborts it), ``replace=False`` is checked against the object before anything is
+        created, and only then is an upload continued, adopted or created.
+        """
         if self.file is None:
             raise InvalidUploadRequest("give either file=... or command=...")
+        started = time.monotonic()
+        store = self._state_store(context)
+        engine: UploadEngine | None = None
         with FileSource(self.file) as source:
             plan = plan_parts(source.size, self.part_size)
             options = self.upload_options(checksum)
             client = self.s3_client(options, plan.part_size)
             record = self._resume_record(bucket, key, source, plan, checksum)
-            resume_id = None
-            if self.resume:
-                resume_id = self.find_upload_to_resume(context, client, bucket, key, record, options)
-            if not self.replace and resume_id is None:
-                self._refuse_existing(client, bucket, key, options)
-            engine = UploadEngine(
-                client,
-                bucket=bucket,
-                key=key,
-                source=source,
-                plan=plan,
-                options=options,
-                log=self.log,
-                on_upload_started=functools.partial(self._announce, context, bucket, key, record),
-                abort_client=self.abort_client(),
-            )
-            keep = self.keep_upload_for_retry and self.will_retry(context)
-            result = self._run(engine, lambda: engine.run(resume_upload_id=resume_id, keep_on_failure=keep))
-        store = self._state_store(context)
+            try:
+                resume_id = self.take_over_recorded_upload(store, client, bucket, key, record, options)
+                self._stop_if_killed()
+                if not self.replace:
+                    existing = self._existing_object(client, bucket, key, source, plan, options)
+                    if existing is not None:
+                        self._end_ours("the object already holds the file", store)
+                        return result_for_existing_object(
+                            existing, bucket=bucket, key=key, plan=plan, checksum_algorithm=checksum, started=started
+                        )
+                found = None
+                if self.resume and resume_id is None:
+                    found = self.find_upload_to_adopt(client, bucket, key, plan, options, has_store=store is not None)
+                self._stop_if_killed()
+                engine = UploadEngine(
+                    client,
+                    bucket=bucket,
+                    key=key,
+                    source=source,
+                    plan=plan,
+                    options=options,
+                    log=self.log,
+                    on_upload_started=functools.partial(self._announce, context, bucket, key, record),
+                    abort_client=self.abort_client(),
+                )
+                keep = self.keep_for_retry(context)
+                run = functools.partial(engine.run, resume_upload_id=resume_id, adopt=found, keep_on_failure=keep)
+                result = self._run(engine, run)
+            except BaseException as error:
+                self._after_failure(error, context, store, engine)
+                raise
+        if self._killed:
+            # Completed, but killed meanwhile: the task fails. The record stays, so that the retry finds
+            # the upload gone, sees the object already is the file, and succeeds without sending anything.
+            raise UploadCancelledError("the task was killed; failing it although the upload had finished")
         if store is not None:
             store.delete(STATE_KEY)
+        self._ours = None
         return result
+
+    def _stop_if_killed(self) -> None:
+        if self._killed:
+            raise UploadCancelledError("the task was killed before the upload started")
+
+    def _existing_object(
+        self, client: Any, bucket: str, key: str, source: FileSource, plan: PartPlan, options: UploadOptions
+    ) -> ObjectComparison | None:
+        """For replace=False: None if the key is free; the comparison if it already holds exactly the
+        file (the try then succeeds without uploading); otherwise the task fails here, before anything
+        is created."""
+        try:
+            comparison = compare_object(
+                client,
+                bucket,
+                key,
+                source,
+                extra_args=options.extra_args,
+                part_size_hint=plan.part_size,
+                cancel=self._cancel,
+            )
+        except S3UploadError as e:
+            if e.code not in _FORBIDDEN_CODES:
+                raise
+            explained = _explain_forbidden_head(client, bucket, key, e, options.extra_args)
+            if explained is not None:
+                raise explained from e
+            return None
+        if not comparison.exists:
+            return None
+        if comparison.matches:
+            self.log.info(
+                "s3://%s/%s already holds exactly %s (%s compared): nothing to upload. The task succeeds without "
+                "sending anything (replace=False).",
+                bucket,
+                key,
+                source.description,
+                comparison.detail,
+            )
+            return comparison
+        raise S3UploadError(
+            f"s3://{bucket}/{key} already exists; set replace=True to overwrite it, or use another key. "
+            f"It is not this file: {comparison.detail}.",
+            code="ObjectExists",
+            operation="HeadObject",
+            bucket=bucket,
+            key=key,
+            upload_id=None,
+        )
+
+    def _after_failure(self, error: BaseException, context: Context, store: Any, engine: UploadEngine | None) -> None:
+        """End this try's upload after a failure, wherever it happened.
+
+        Once the engine holds an upload it has already kept or aborted it; before that, the only
+        upload that is ours is the one an earlier try recorded, and it is ended here the same way.
+        """
+        if engine is not None and engine.upload is not None:
+            if store is not None and not engine.kept_for_resume:
+                store.delete(STATE_KEY)  # aborted: nothing for the retry to look for
+            return
+        if self._ours is None:
+            return
+        if not self._killed and upload_stays_usable(error) and self.keep_for_retry(context):
+            self.log.warning(
+                "Keeping upload %s of s3://%s/%s for the retry (recorded in task_state_store).",
+                self._ours.upload_id,
+                self._ours.bucket,
+                self._ours.key,
+            )
+            return
+        self._end_ours(
+            "this try failed and no retry will continue it" if not self._killed else "the task was killed", store
+        )
+
+    def _end_ours(self, why: str, store: Any) -> None:
+        """Abort the earlier try's recorded upload (if any is left) and forget the record."""
+        ours, self._ours = self._ours, None
+        if ours is not None:
+            self.log.warning("Aborting upload %s of s3://%s/%s: %s.", ours.upload_id, ours.bucket, ours.key, why)
+            try:
+                ours.abort()
+            except Exception as abort_error:  # the original error matters more; say what is left behind
+                self.log.error(
+                    "Could not abort multipart upload %s of s3://%s/%s (%s); abort it by hand or let "
+                    "S3AbortStaleUploadsOperator clean it up.",
+                    ours.upload_id,
+                    ours.bucket,
+                    ours.key,
+                    abort_error,
+                )
+        if store is not None:
+            store.delete(STATE_KEY)
 
     def _upload_command_output(self, context: Context, bucket: str, key: str, checksum: str | None) -> UploadResult:
         """Stream the command's stdout; no resume (a stream cannot be replayed), so any failure aborts.
@@ -541,12 +797,18 @@ class MultipartUploadOperator(BaseOperator):
         return upload is None or not upload.upload_id or upload.aborted
 
     def _refuse_existing(self, client: Any, bucket: str, key: str, options: UploadOptions) -> None:
+        """For a stream (nothing to compare with): replace=False refuses any existing object."""
         try:
             head_object(client, bucket, key, extra_args=options.extra_args)
         except S3UploadError as e:
-            if e.code in ("404", "NoSuchKey", "NotFound"):
+            if e.code in NOT_FOUND_CODES:
                 return
-            raise
+            if e.code not in _FORBIDDEN_CODES:
+                raise
+            explained = _explain_forbidden_head(client, bucket, key, e, options.extra_args)
+            if explained is not None:
+                raise explained from e
+            return
         raise S3UploadError(
             f"s3://{bucket}/{key} already exists; set replace=True to overwrite it, or use another key.",
             code="ObjectExists",
@@ -583,18 +845,45 @@ class MultipartUploadOperator(BaseOperator):
             self.log.warning("Could not send the upload metrics (this does not change the task's outcome): %s", e)
 
     def on_kill(self) -> None:
-        """Stop sending, abort the upload, and make sure ``execute`` ends failed.
+        """Stop sending, abort this try's upload, and make sure ``execute`` ends failed.
 
-        Airflow calls this from its SIGTERM handler (and on execution_timeout) while ``execute`` may
-        still be running; the engine's cancel makes ``execute`` raise once its workers stop.
+        Airflow calls this from its SIGTERM handler (a kill, "mark failed" in the UI) while ``execute``
+        is still running: whatever the phase (taking over the earlier try's upload, the existence
+        check, the resume lookup, sending), the upload that is ours is aborted. The engine's cancel
+        makes ``execute`` raise once its workers stop.
+
+        On ``execution_timeout`` Airflow raises inside ``execute`` first and calls this only after
+        ``execute`` has ended: by then the try has already ended its upload like any failure (kept and
+        recorded if Airflow will retry, else aborted), and nothing is touched here.
         """
         self._killed = True
-        engine, command = self._engine, self._command
+        if self._cancel is not None:
+            self._cancel.set()
+        if not self._executing:
+            self.log.info(
+                "on_kill after execute() ended: its upload was already completed, aborted or kept for the retry."
+            )
+            return
+        engine, command, ours = self._engine, self._command, self._ours
         if command is not None:
             command.kill()
         if engine is not None:
             self.log.warning("Task killed: aborting the multipart upload.")
             engine.cancel()
+        if ours is not None and (engine is None or engine.upload is None):
+            # The engine has not taken the recorded upload over yet: abort it here, off the signal
+            # handler's thread (execute() aborts it again, harmlessly, when it sees the kill).
+            self.log.warning("Task killed: aborting multipart upload %s.", ours.upload_id)
+            threading.Thread(target=self._abort_quietly, args=(ours,), name="mpu-kill-abort", daemon=True).start()
+
+    def _abort_quietly(self, upload: MultipartUpload) -> None:
+        """Abort ``upload`` through a client of its own (the main one may be mid-request on this thread)."""
+        try:
+            MultipartUpload(
+                self.abort_client(), upload.bucket, upload.key, upload_id=upload.upload_id, extra_args=upload.extra_args
+            ).abort()
+        except Exception as e:  # execute() aborts again and reports what is left
+            self.log.warning("Abort of %s during on_kill failed, execute() will retry it: %s", upload.upload_id, e)
 
     # -- lineage ------------------------------------------------------------------------------
 

@@ -15,8 +15,9 @@ import pytest
 from airflow_mpu_provider.multipart.errors import S3UploadError
 from airflow_mpu_provider.operators.cleanup import S3AbortStaleUploadsOperator
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
+from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file
-from tests.integration.conftest import BUCKET, FakeTaskInstance
+from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance
 from tests.support.s3_proxy import Fault
 
 pytestmark = pytest.mark.integration
@@ -53,6 +54,7 @@ def report_id(proxy) -> str | None:
 def upload(conn_id: str, key: str, extra_args: dict, **kwargs) -> MultipartUploadOperator:
     kwargs.setdefault("part_size", 5 * MiB)
     kwargs.setdefault("concurrency", 1)
+    kwargs.setdefault("adopt_quiet_after", 0)  # no task_state_store here: the retry adopts by listing, at once
     return MultipartUploadOperator(
         task_id="upload",
         key=f"s3://{BUCKET}/{key}",
@@ -77,27 +79,36 @@ def test_every_request_of_every_path_carries_the_per_request_arguments(connectio
             proxy.add_fault(Fault(kind="UploadPart", action="error", status=500, times=1))
 
     proxy.on_request = break_after_two_parts
+    store = FakeStateStore()
     with pytest.raises(S3UploadError):
         upload(conn_id, prefix + "resumed.bin", extra_args, file=str(path)).execute(
-            {"ti": FakeTaskInstance(max_tries=1)}
+            {"ti": FakeTaskInstance(max_tries=1), "task_state_store": store}
         )
     proxy.on_request = None
     proxy.clear_faults()
-    assert len(incomplete_uploads(s3, BUCKET, prefix)) == 1
+    kept = incomplete_uploads(s3, BUCKET, prefix)
+    assert len(kept) == 1
 
-    # 2. The retry: found by listing (no task_state_store here), parts listed and verified, the rest
-    #    sent, completed, verified with HeadObject.
+    # 2. The retry: found in task_state_store (Airflow >= 3.3) or by listing, parts listed and verified,
+    #    the rest sent, completed, verified with HeadObject.
     result = upload(conn_id, prefix + "resumed.bin", extra_args, file=str(path)).execute(
-        {"ti": FakeTaskInstance(try_number=2, max_tries=1)}
+        {"ti": FakeTaskInstance(try_number=2, max_tries=1), "task_state_store": store}
     )
     # Under SSE-C the stored parts' ETags are no MD5s and moto lists no checksums: nothing can be
     # verified, so everything is sent again rather than trusted.
     assert (result["parts_resumed"], result["parts_sent"]) == ((0, 4) if sse_c else (2, 2))
-    assert result["upload_id"] == report_id(proxy)
+    if sse_c and not AIRFLOW_V_3_3_PLUS:
+        # Only found (no record), and not one part verifies: not the retry's to write to, left alone.
+        assert result["upload_id"] != kept[0]["UploadId"]
+        left_alone = {"Bucket": BUCKET, "Key": prefix + "resumed.bin", "UploadId": kept[0]["UploadId"]}
+        s3.abort_multipart_upload(**left_alone, **PAYER_AND_OWNER)
+    else:
+        assert result["upload_id"] == report_id(proxy)
 
-    # 3. replace=False finds the object: refused after a HeadObject.
+    # 3. replace=False finds another object: refused after a HeadObject.
+    other = make_file(tmp_path / "other", 16 * MiB, seed=3)
     with pytest.raises(S3UploadError, match="already exists"):
-        upload(conn_id, prefix + "resumed.bin", extra_args, file=str(path)).execute({})
+        upload(conn_id, prefix + "resumed.bin", extra_args, file=str(other)).execute({})
 
     # 4. A failure with no retry to come: aborted, and the abort confirmed by ListParts.
     proxy.add_fault(Fault(kind="UploadPart", action="error", status=500, times=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -173,6 +174,7 @@ def test_keep_or_abort_on_failure_follows_the_policy_and_airflows_retry_decision
         concurrency=1,
         retries=retries,
         keep_upload_for_retry=keep,
+        adopt_quiet_after=0,  # without task_state_store the retry adopts at once, so keeping makes sense
     )
     monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
     real = MultipartUpload.put_part
@@ -254,3 +256,47 @@ def test_templated_timeout_is_checked_once_rendered_before_any_s3_call(monkeypat
     task.command_timeout = "3600"  # what a good one renders to
     task.check_rendered_arguments()
     assert task.command_timeout == 3600.0
+
+
+def test_the_operator_can_be_deep_copied_as_airflow_does():
+    import copy
+
+    operator = op(adopt_quiet_after=30)
+    clone = copy.deepcopy(operator)
+    assert clone.adopt_quiet_after == timedelta(seconds=30)
+
+
+def test_adopt_quiet_after_takes_seconds_or_a_timedelta_and_never_a_negative():
+    assert op().adopt_quiet_after == timedelta(minutes=15)
+    assert op(adopt_quiet_after=timedelta(hours=1)).adopt_quiet_after == timedelta(hours=1)
+    with pytest.raises(ValueError, match="adopt_quiet_after"):
+        op(adopt_quiet_after=-1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "listing", "expected"),
+    [
+        ({"retries": 1, "retry_delay": timedelta(minutes=20)}, True, True),  # the retry will adopt it
+        ({"retries": 1, "retry_delay": timedelta(minutes=5)}, True, False),  # adoptable only after the retry
+        ({"retries": 1, "retry_delay": timedelta(minutes=20)}, False, False),  # nothing can list it
+        ({"retries": 1, "retry_delay": timedelta(minutes=20), "resume": False}, True, False),
+        ({"retries": 1, "retry_delay": timedelta(minutes=20), "keep_upload_for_retry": False}, True, False),
+        ({"retries": 0, "retry_delay": timedelta(minutes=20)}, True, False),
+    ],
+)
+def test_without_task_state_store_an_upload_is_kept_only_where_the_retry_will_find_it(kwargs, listing, expected):
+    operator = op(**kwargs)
+    operator._listing_available = listing
+    assert operator.keep_for_retry({"ti": SimpleNamespace(try_number=1, max_tries=kwargs["retries"])}) is expected
+
+
+def test_on_kill_after_execute_ended_touches_nothing(mock_s3, tmp_path, monkeypatch):
+    """Airflow calls on_kill after an execution_timeout, once execute() has ended: the upload it kept
+    for the retry must stay."""
+    from airflow_mpu_provider.multipart.upload import MultipartUpload
+
+    operator = op(file=str(make_file(tmp_path / "f", 10)), key="s3://test-bucket/x")
+    monkeypatch.setattr(MultipartUpload, "abort", lambda self, **kw: pytest.fail("aborted after execute ended"))
+    operator._ours = MultipartUpload(mock_s3, "test-bucket", "x", upload_id="kept-for-the-retry")
+    operator.on_kill()
+    assert operator._killed
