@@ -85,7 +85,17 @@ def test_sigkill_mid_upload_then_airflow_retry_sends_only_missing_parts(run_dag,
         proxy.clear_faults()
 
     kill = SignalTaskAfterParts(proxy, 10, signal.SIGKILL, then=measure_then_count_afresh)
-    settings = dict(file=path, key=f"s3://{BUCKET}/{key}", part_size=5 * MiB, concurrency=2, retries=1, retry_delay=1)
+    # On Airflow < 3.3 (and in a new run) only ListMultipartUploads finds the killed try's upload: it is
+    # adopted once quiet for adopt_quiet_after, here 1 s (the retry comes after retry_delay, 1 s).
+    settings = dict(
+        file=path,
+        key=f"s3://{BUCKET}/{key}",
+        part_size=5 * MiB,
+        concurrency=2,
+        retries=1,
+        retry_delay=1,
+        adopt_quiet_after=1,
+    )
     result = run_dag(use_executor=True, during=kill, **settings)
     assert kill.sent, "the task finished before it could be killed"
     assert result.shows("exit_code=<Negsignal.SIGKILL: -9> final_state=up_for_retry")
@@ -143,6 +153,39 @@ def test_sigterm_aborts_the_upload_and_fails_the_task(run_dag, proxy, s3, tmp_pa
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
 
 
+def test_execution_timeout_keeps_the_upload_for_airflows_retry_which_resumes_it(run_dag, proxy, s3, tmp_path):
+    """Airflow raises AirflowTaskTimeout inside execute() and calls on_kill() only after it: a timeout
+    is a failure like any other. With a retry to come the upload is kept (and recorded), on_kill does
+    not abort it, and the retry sends only the missing parts into the same upload."""
+    path = make_file(tmp_path / "dump.sql", 100 * MiB)
+    key = "e2e/timeout.bin"
+    proxy.add_fault(Fault(kind="UploadPart", action="delay", delay=0.5))  # 20 parts: ~10 s, over the timeout
+
+    def fast_again_for_the_retry(record) -> None:  # the retry starts by looking for the upload
+        if record.kind in ("ListParts", "ListMultipartUploads") and proxy.count("UploadPart", status=200):
+            proxy.clear_faults()
+
+    proxy.on_request = fast_again_for_the_retry
+    result = run_dag(
+        file=path,
+        key=f"s3://{BUCKET}/{key}",
+        part_size=5 * MiB,
+        concurrency=1,
+        retries=1,
+        retry_delay=1,
+        adopt_quiet_after=1,  # Airflow < 3.3: the retry finds it by listing, once quiet for 1 s
+        execution_timeout=4,
+    )
+    assert result.succeeded, result.log[-5000:]
+    assert result.shows("Timeout") and result.shows("keeping multipart upload")
+    assert result.shows("on_kill after execute() ended")
+    assert proxy.count("CreateMultipartUpload") == 1  # one upload, continued by the retry
+    assert proxy.count("AbortMultipartUpload") == 0
+    assert result.shows("Resuming upload")
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+    assert incomplete_uploads(s3, BUCKET, key) == []
+
+
 def test_new_run_resumes_a_crashed_upload_found_with_list_multipart_uploads(run_dag, proxy, s3, tmp_path):
     """The fallback path: no task_state_store record (a new run, a cleared task, older Airflow)."""
     path = make_file(tmp_path / "dump.sql", 30 * MiB)
@@ -153,7 +196,7 @@ def test_new_run_resumes_a_crashed_upload_found_with_list_multipart_uploads(run_
     for number in (1, 2, 3):
         chunk = data[(number - 1) * 5 * MiB : number * 5 * MiB]
         crashed.put_part(number, chunk, digest_part(number, chunk, algorithm="CRC32C", with_md5=True))
-    result = run_dag(file=path, key=f"s3://{BUCKET}/{key}", part_size=5 * MiB)
+    result = run_dag(file=path, key=f"s3://{BUCKET}/{key}", part_size=5 * MiB, adopt_quiet_after=0)
     assert result.succeeded, result.log[-5000:]
     assert result.shows("with ListMultipartUploads")
     assert proxy.count("UploadPart", status=200) == 3  # parts 4..6 only
@@ -165,13 +208,15 @@ def test_new_run_resumes_a_crashed_upload_found_with_list_multipart_uploads(run_
 @pytest.mark.parametrize(
     ("new_size", "expected_log"),
     [
-        (3 * MiB, "Not resuming upload"),  # the stored parts cannot fit the new plan: abort, create afresh
-        (8 * MiB, "Stored part 1 will be sent again: its bytes differ"),  # same plan, other bytes: re-send
+        (3 * MiB, "it does not fit this file"),  # the stored parts cannot fit the new plan
+        (8 * MiB, "do not verify against"),  # same plan, other bytes
     ],
 )
-def test_different_file_of_the_same_name_is_never_mixed_in_and_leaves_nothing(
+def test_different_file_of_the_same_name_is_never_mixed_in_and_its_upload_left_alone(
     run_dag, proxy, s3, tmp_path, new_size, expected_log
 ):
+    """A found upload (nothing recorded it) for another file: not adopted, not aborted (it may be
+    someone else's), and the new file is uploaded in an upload of its own."""
     old = make_file(tmp_path / "old.sql", 12 * MiB, seed=1)
     key = f"e2e/other-file-{new_size}.bin"
     crashed = MultipartUpload(s3, BUCKET, key)
@@ -179,11 +224,16 @@ def test_different_file_of_the_same_name_is_never_mixed_in_and_leaves_nothing(
     chunk = old.read_bytes()[: 5 * MiB]
     crashed.put_part(1, chunk, digest_part(1, chunk, algorithm="CRC32C", with_md5=True))
     new = make_file(tmp_path / "new.sql", new_size, seed=2)
-    result = run_dag(file=new, key=f"s3://{BUCKET}/{key}", part_size=5 * MiB)
-    assert result.succeeded, result.log[-5000:]
-    assert result.shows(expected_log)
-    assert proxy.count("UploadPart", status=200) == -(-new_size // (5 * MiB))  # every part sent anew
-    assert sha256_object(s3, BUCKET, key) == sha256_file(new)
+    try:
+        result = run_dag(file=new, key=f"s3://{BUCKET}/{key}", part_size=5 * MiB, adopt_quiet_after=0)
+        assert result.succeeded, result.log[-5000:]
+        assert result.shows(expected_log) and result.shows("S3AbortStaleUploadsOperator")
+        assert proxy.count("UploadPart", status=200) == -(-new_size // (5 * MiB))  # every part sent anew
+        assert proxy.count("AbortMultipartUpload") == 0
+        assert sha256_object(s3, BUCKET, key) == sha256_file(new)
+        assert [u["UploadId"] for u in incomplete_uploads(s3, BUCKET, key)] == [crashed.upload_id]
+    finally:
+        crashed.abort()
     assert incomplete_uploads(s3, BUCKET, key) == []
 
 

@@ -11,6 +11,13 @@ from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOpera
 
 env = os.environ.get
 
+# Set only when a test asks: otherwise the operator's own defaults apply (adopt_quiet_after: 15 min).
+optional: dict = {}
+if env("MPU_E2E_ADOPT_QUIET_AFTER"):
+    optional["adopt_quiet_after"] = timedelta(seconds=float(env("MPU_E2E_ADOPT_QUIET_AFTER")))
+if env("MPU_E2E_EXECUTION_TIMEOUT"):
+    optional["execution_timeout"] = timedelta(seconds=float(env("MPU_E2E_EXECUTION_TIMEOUT")))
+
 with DAG(dag_id="mpu_e2e", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     MultipartUploadOperator(
         task_id="upload",
@@ -25,4 +32,5 @@ with DAG(dag_id="mpu_e2e", schedule=None, start_date=datetime(2026, 1, 1), catch
         retry_delay=timedelta(seconds=float(env("MPU_E2E_RETRY_DELAY", "1"))),
         progress_interval=float(env("MPU_E2E_PROGRESS_INTERVAL", "1")),
         aws_conn_id=env("MPU_E2E_CONN_ID", "aws_default"),
+        **optional,
     )
