@@ -66,7 +66,9 @@ class _Store:
     def __init__(self, error: str | None = None) -> None:
         self.error = error
         self.now = datetime.now(UTC)
-        self.meta = SimpleNamespace(events=SimpleNamespace(register=lambda *a, **k: None))
+        self.meta = SimpleNamespace(
+            events=SimpleNamespace(register=lambda *a, **k: None, register_first=lambda *a, **k: None)
+        )
 
     def list_multipart_uploads(self, **kwargs):
         if self.error:
