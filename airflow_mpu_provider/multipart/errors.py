@@ -61,7 +61,8 @@ NOT_RESUMABLE_CODES = frozenset(
 ABORTED = "The upload is aborted; a retry of the task starts a new one."
 KEPT_FOR_RETRY = (
     "If an upload was started and the task has retries left (keep_upload_for_retry=True), it is kept and the "
-    "retry resumes it, sending only the parts S3 does not verifiably hold; otherwise it is aborted."
+    "retry resumes it, sending only the parts S3 does not verifiably hold (before Airflow 3.3 only when "
+    "retry_delay >= adopt_quiet_after, since the retry finds it by listing); otherwise it is aborted."
 )
 
 #: What each S3 error means for this upload, what the user should do, and what happens next.
