@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from botocore import httpchecksum
-from botocore.compat import HAS_CRT
-
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
-from airflow_mpu_provider.multipart.integrity import composite_checksum, multipart_etag
+from airflow_mpu_provider.multipart.integrity import (
+    can_recompute,
+    composite_checksum,
+    multipart_etag,
+    new_checksum,
+)
 from airflow_mpu_provider.multipart.plan import MiB
 from airflow_mpu_provider.multipart.upload import head_object
 
@@ -39,16 +41,6 @@ from airflow_mpu_provider.multipart.upload import head_object
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 #: How much of the file is hashed per read: memory stays flat whatever the part size.
 _READ = 8 * MiB
-
-_CHECKSUMS: dict[str, Callable[[], Any]] = {
-    "CRC32": httpchecksum.CrtCrc32Checksum if HAS_CRT else httpchecksum.Crc32Checksum,
-    "SHA1": httpchecksum.Sha1Checksum,
-    "SHA256": httpchecksum.Sha256Checksum,
-}
-if HAS_CRT:
-    _CHECKSUMS["CRC32C"] = httpchecksum.CrtCrc32cChecksum
-    if hasattr(httpchecksum, "CrtCrc64NvmeChecksum"):
-        _CHECKSUMS["CRC64NVME"] = httpchecksum.CrtCrc64NvmeChecksum
 
 
 class Readable(Protocol):
@@ -167,7 +159,7 @@ def _fingerprint(head: Mapping[str, Any]) -> _Fingerprint | None:
     ambiguous: _Fingerprint | None = None
     for algorithm in ("CRC32C", "CRC32", "CRC64NVME", "SHA256", "SHA1"):
         value = str(head.get(f"Checksum{algorithm}") or "")
-        if not value or algorithm not in _CHECKSUMS:
+        if not value or not can_recompute(algorithm):
             continue
         _, dash, count = value.rpartition("-")
         if dash and count.isdigit():
@@ -216,13 +208,13 @@ def _first_part_size(
 def _recompute(source: Readable, fingerprint: _Fingerprint, part_size: int, cancel: threading.Event | None) -> str:
     """The fingerprint of the local bytes, read once in bounded pieces."""
     if fingerprint.kind in ("full", "md5"):
-        whole = _CHECKSUMS[fingerprint.algorithm]() if fingerprint.algorithm else hashlib.md5(usedforsecurity=False)
+        whole = new_checksum(fingerprint.algorithm) if fingerprint.algorithm else hashlib.md5(usedforsecurity=False)
         _feed(source, 0, source.size, whole, cancel)
         return whole.b64digest() if fingerprint.algorithm else whole.hexdigest()
     digests: list[Any] = []
     for number in range(fingerprint.parts):
         offset = number * part_size
-        part = _CHECKSUMS[fingerprint.algorithm]() if fingerprint.algorithm else hashlib.md5(usedforsecurity=False)
+        part = new_checksum(fingerprint.algorithm) if fingerprint.algorithm else hashlib.md5(usedforsecurity=False)
         _feed(source, offset, min(part_size, source.size - offset), part, cancel)
         digests.append(part.b64digest() if fingerprint.algorithm else part.digest())
     if fingerprint.algorithm:

@@ -466,14 +466,20 @@ class BaseUploadEngine:
         return None
 
     def _collect(
-        self, pending: set[Future[dict[str, Any]]], entries: dict[int, dict[str, Any]], *, until: int
+        self,
+        pending: set[Future[dict[str, Any]]],
+        entries: dict[int, dict[str, Any]],
+        *,
+        until: int,
+        room_for: int = 0,
     ) -> set[Future[dict[str, Any]]]:
-        """Wait until at most ``until`` parts are pending, filing finished ones into ``entries``.
+        """Wait until at most ``until`` parts are pending (and, with ``room_for``, a part of that many
+        bytes fits beside them in the buffer budget), filing finished ones into ``entries``.
 
         The short wait keeps the main thread responsive to signals (on_kill) and cancel(); the first
         failed part raises here, and the caller stops the rest.
         """
-        while len(pending) > until:
+        while pending and (len(pending) > until or (room_for and not self.buffers.fits(room_for))):
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             self._raise_if_cancelled()
             for future in done:

@@ -41,6 +41,11 @@ if HAS_CRT:
 
 #: Algorithms whose multipart object checksum is COMPOSITE (a checksum of the part checksums).
 SUPPORTED_CHECKSUM_ALGORITHMS = tuple(sorted(_CHECKSUM_CLASSES))
+#: Every checksum this package can recompute from local bytes to compare with what S3 reports for an
+#: object: the part algorithms, and CRC64NVME (S3's full-object default for new objects) where botocore has it.
+_READABLE_CHECKSUM_CLASSES = dict(_CHECKSUM_CLASSES)
+if HAS_CRT and hasattr(httpchecksum, "CrtCrc64NvmeChecksum"):
+    _READABLE_CHECKSUM_CLASSES["CRC64NVME"] = httpchecksum.CrtCrc64NvmeChecksum
 #: The default: CRC32C when awscrt is installed (it is a dependency), else zlib's CRC32.
 DEFAULT_CHECKSUM_ALGORITHM = "CRC32C" if HAS_CRT else "CRC32"
 
@@ -61,9 +66,19 @@ def normalize_checksum_algorithm(algorithm: str | None) -> str | None:
     return name
 
 
+def can_recompute(algorithm: str) -> bool:
+    """Whether ``new_checksum(algorithm)`` works here (it depends on botocore and awscrt)."""
+    return algorithm in _READABLE_CHECKSUM_CLASSES
+
+
+def new_checksum(algorithm: str) -> httpchecksum.BaseChecksum:
+    """A fresh botocore checksum object for ``algorithm`` (``update`` it, then ``b64digest``)."""
+    return _READABLE_CHECKSUM_CLASSES[algorithm]()
+
+
 def checksum_b64(algorithm: str, data: bytes | memoryview) -> str:
     """S3's base64 form of the checksum of ``data``."""
-    checksum = _CHECKSUM_CLASSES[algorithm]()
+    checksum = new_checksum(algorithm)
     checksum.update(data)
     return checksum.b64digest()
 

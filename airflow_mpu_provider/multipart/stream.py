@@ -15,7 +15,7 @@ failure aborts, including a failure to record the UploadId right after it was cr
 from __future__ import annotations
 
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from airflow_mpu_provider.multipart.engine import BaseUploadEngine, UploadResult
@@ -201,13 +201,7 @@ class StreamUploadEngine(BaseUploadEngine):
 
         The short wait keeps the reader responsive to cancel() and on_kill.
         """
-        while pending and (len(pending) > allowed or not self.buffers.fits(size)):
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            self._raise_if_cancelled()
-            for future in done:
-                entry = future.result()
-                entries[entry["PartNumber"]] = entry
-        return pending
+        return self._collect(pending, entries, until=allowed, room_for=size)
 
     def _send_stream_part(self, number: int, buffer: _PartBuffer, progress: ProgressReporter) -> dict[str, Any]:
         data = buffer.take()

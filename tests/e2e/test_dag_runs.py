@@ -9,12 +9,11 @@ import time
 import psutil
 import pytest
 
-from airflow_mpu_provider.multipart.integrity import digest_part
-from airflow_mpu_provider.multipart.upload import MultipartUpload
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.e2e.conftest import BUCKET, task_process
 from tests.support.s3_proxy import Fault
+from tests.support.seed import seed_crashed_upload
 
 pytestmark = pytest.mark.e2e
 
@@ -190,12 +189,7 @@ def test_new_run_resumes_a_crashed_upload_found_with_list_multipart_uploads(run_
     """The fallback path: no task_state_store record (a new run, a cleared task, older Airflow)."""
     path = make_file(tmp_path / "dump.sql", 30 * MiB)
     key = "e2e/fallback.bin"
-    data = path.read_bytes()
-    crashed = MultipartUpload(s3, BUCKET, key)
-    crashed.create()
-    for number in (1, 2, 3):
-        chunk = data[(number - 1) * 5 * MiB : number * 5 * MiB]
-        crashed.put_part(number, chunk, digest_part(number, chunk, algorithm="CRC32C", with_md5=True))
+    seed_crashed_upload(s3, BUCKET, key, path.read_bytes(), (1, 2, 3))
     result = run_dag(file=path, key=f"s3://{BUCKET}/{key}", part_size=5 * MiB, adopt_quiet_after=0)
     assert result.succeeded, result.log[-5000:]
     assert result.shows("with ListMultipartUploads")
@@ -219,10 +213,7 @@ def test_different_file_of_the_same_name_is_never_mixed_in_and_its_upload_left_a
     someone else's), and the new file is uploaded in an upload of its own."""
     old = make_file(tmp_path / "old.sql", 12 * MiB, seed=1)
     key = f"e2e/other-file-{new_size}.bin"
-    crashed = MultipartUpload(s3, BUCKET, key)
-    crashed.create()
-    chunk = old.read_bytes()[: 5 * MiB]
-    crashed.put_part(1, chunk, digest_part(1, chunk, algorithm="CRC32C", with_md5=True))
+    crashed_id = seed_crashed_upload(s3, BUCKET, key, old.read_bytes())
     new = make_file(tmp_path / "new.sql", new_size, seed=2)
     try:
         result = run_dag(file=new, key=f"s3://{BUCKET}/{key}", part_size=5 * MiB, adopt_quiet_after=0)
@@ -231,9 +222,9 @@ def test_different_file_of_the_same_name_is_never_mixed_in_and_its_upload_left_a
         assert proxy.count("UploadPart", status=200) == -(-new_size // (5 * MiB))  # every part sent anew
         assert proxy.count("AbortMultipartUpload") == 0
         assert sha256_object(s3, BUCKET, key) == sha256_file(new)
-        assert [u["UploadId"] for u in incomplete_uploads(s3, BUCKET, key)] == [crashed.upload_id]
+        assert [u["UploadId"] for u in incomplete_uploads(s3, BUCKET, key)] == [crashed_id]
     finally:
-        crashed.abort()
+        s3.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=crashed_id)
     assert incomplete_uploads(s3, BUCKET, key) == []
 
 

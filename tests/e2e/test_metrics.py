@@ -15,10 +15,9 @@ import pytest
 # that an environment without it fails loudly instead of sending the metrics nowhere.
 import statsd as statsd_package  # noqa: F401
 
-from airflow_mpu_provider.multipart.integrity import digest_part
-from airflow_mpu_provider.multipart.upload import MultipartUpload
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.e2e.conftest import BUCKET
+from tests.support.seed import seed_crashed_upload
 
 pytestmark = pytest.mark.e2e
 
@@ -106,14 +105,11 @@ def test_resumed_upload_sends_its_figures_under_the_mpu_prefix(run_dag, s3, tmp_
     """A crashed earlier upload holds parts 1-3; the task resumes it and sends parts 4-6."""
     path = make_file(tmp_path / "dump.sql", 30 * MiB)
     key = "e2e/metrics.bin"
-    data = path.read_bytes()
-    crashed = MultipartUpload(s3, BUCKET, key)
-    crashed.create()
-    for number in (1, 2, 3):
-        chunk = data[(number - 1) * 5 * MiB : number * 5 * MiB]
-        crashed.put_part(number, chunk, digest_part(number, chunk, algorithm="CRC32C", with_md5=True))
+    seed_crashed_upload(s3, BUCKET, key, path.read_bytes(), (1, 2, 3))
 
-    result = run_dag(use_executor=True, file=path, key=f"s3://{BUCKET}/{key}", **statsd_listener.settings())
+    result = run_dag(
+        use_executor=True, file=path, key=f"s3://{BUCKET}/{key}", adopt_quiet_after=0, **statsd_listener.settings()
+    )
     assert task_succeeded(result), result.text[-5000:]
     assert sha256_object(s3, BUCKET, key) == sha256_file(path)
     assert statsd_listener.wait_for("airflow.mpu.throughput"), statsd_listener.lines[-50:]

@@ -18,13 +18,12 @@ from typing import Any
 import pytest
 
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
-from airflow_mpu_provider.multipart.integrity import digest_part
-from airflow_mpu_provider.multipart.upload import MultipartUpload
 from airflow_mpu_provider.operators.multipart_upload import STATE_KEY, MultipartUploadOperator
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance
 from tests.support.s3_proxy import Fault
+from tests.support.seed import seed_crashed_upload
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +55,7 @@ def abort_all(s3, key: str) -> None:
 
 def stranger_upload(s3, key: str, data: bytes, parts: int = 1) -> str:
     """An incomplete upload nobody recorded (another tool's, a leftover, a concurrent run's)."""
-    upload = MultipartUpload(s3, BUCKET, key)
-    upload.create()
-    for number in range(1, parts + 1):
-        chunk = data[(number - 1) * 5 * MiB : number * 5 * MiB]
-        upload.put_part(number, chunk, digest_part(number, chunk, algorithm="CRC32C", with_md5=True))
-    return upload.upload_id
+    return seed_crashed_upload(s3, BUCKET, key, data, range(1, parts + 1))
 
 
 def aborted_ids(proxy) -> set[str | None]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 import airflow_mpu_provider.multipart as multipart
-from airflow_mpu_provider.multipart import MultipartUpload, UploadOptions, upload_file
-from airflow_mpu_provider.multipart.integrity import digest_part
+from airflow_mpu_provider.multipart import UploadOptions, upload_file
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
+from tests.support.seed import seed_crashed_upload
 
 BUCKET = "test-bucket"
 
@@ -32,10 +32,7 @@ def test_upload_file_uploads_and_verifies(mock_s3, tmp_path):
 
 def test_upload_file_resumes_an_earlier_upload_sending_only_what_is_missing(mock_s3, tmp_path):
     path = make_file(tmp_path / "dump.sql", 11 * MiB)
-    first = path.read_bytes()[: 5 * MiB]
-    earlier = MultipartUpload(mock_s3, BUCKET, "dumps/b.sql")
-    earlier.create()
-    earlier.put_part(1, first, digest_part(1, first, algorithm="CRC32C", with_md5=True))
+    earlier_id = seed_crashed_upload(mock_s3, BUCKET, "dumps/b.sql", path.read_bytes())
     result = upload_file(
         mock_s3,
         path,
@@ -43,9 +40,9 @@ def test_upload_file_resumes_an_earlier_upload_sending_only_what_is_missing(mock
         "dumps/b.sql",
         part_size=5 * MiB,
         options=UploadOptions(concurrency=2),
-        resume_upload_id=earlier.upload_id,
+        resume_upload_id=earlier_id,
     )
-    assert (result.upload_id, result.parts_resumed, result.parts_sent) == (earlier.upload_id, 1, 2)
+    assert (result.upload_id, result.parts_resumed, result.parts_sent) == (earlier_id, 1, 2)
     assert sha256_object(mock_s3, BUCKET, "dumps/b.sql") == sha256_file(path)
     assert incomplete_uploads(mock_s3, BUCKET) == []
 

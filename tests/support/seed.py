@@ -1,0 +1,25 @@
+"""Incomplete uploads as a crashed uploader leaves them, for tests of what a later run does with them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from airflow_mpu_provider.multipart.integrity import digest_part
+from airflow_mpu_provider.multipart.upload import MultipartUpload
+
+MiB = 1024 * 1024
+
+
+def seed_crashed_upload(
+    client: Any, bucket: str, key: str, data: bytes, parts: Iterable[int] = (1,), *, part_size: int = 5 * MiB
+) -> str:
+    """Create an upload of ``key`` holding ``parts`` of ``data`` (cut in ``part_size`` pieces, CRC32C and MD5
+    as the engine sends them), and leave it incomplete; returns its UploadId. The caller cleans it up."""
+    upload = MultipartUpload(client, bucket, key)
+    upload.create()
+    for number in parts:
+        chunk = data[(number - 1) * part_size : number * part_size]
+        upload.put_part(number, chunk, digest_part(number, chunk, algorithm="CRC32C", with_md5=True))
+    assert upload.upload_id is not None
+    return upload.upload_id
