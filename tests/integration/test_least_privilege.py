@@ -121,16 +121,6 @@ def op(conn_id: str, path, key: str, **kwargs: Any) -> MultipartUploadOperator:
     )
 
 
-def break_part(proxy, number: int) -> None:
-    before = proxy.count("UploadPart")
-
-    def hook(record) -> None:
-        if record.kind == "UploadPart" and proxy.count("UploadPart") - before == number - 1:
-            proxy.add_fault(Fault(kind="UploadPart", action="error", status=500, times=1))
-
-    proxy.on_request = hook
-
-
 def test_the_minimal_policy_uploads_resumes_and_aborts(iam_s3, as_user, tmp_path):
     conn, proxy, admin = as_user("minimal"), iam_s3["proxy"], iam_s3["admin"]
     path = make_file(tmp_path / "f", 16 * MiB)
@@ -139,7 +129,7 @@ def test_the_minimal_policy_uploads_resumes_and_aborts(iam_s3, as_user, tmp_path
     assert sha256_object(admin, IAM_BUCKET, "minimal/plain.bin") == sha256_file(path)
     # Resumes: the first try breaks at part 2 with a retry to come, the retry continues its upload.
     store = FakeStateStore()
-    break_part(proxy, 2)
+    proxy.fail_nth("UploadPart", 2)
     with pytest.raises(S3UploadError):
         op(conn, path, "minimal/resumed.bin", retries=1).execute(
             {"ti": FakeTaskInstance(try_number=1, max_tries=1), "task_state_store": store}
@@ -154,7 +144,7 @@ def test_the_minimal_policy_uploads_resumes_and_aborts(iam_s3, as_user, tmp_path
     assert result["upload_id"] == kept[0]["UploadId"] and result["parts_resumed"] == 1
     assert sha256_object(admin, IAM_BUCKET, "minimal/resumed.bin") == sha256_file(path)
     # Aborts: a failure on the last try leaves nothing behind (abort, then ListParts to see it gone).
-    break_part(proxy, 2)
+    proxy.fail_nth("UploadPart", 2)
     with pytest.raises(S3UploadError):
         op(conn, path, "minimal/aborted.bin").execute({"ti": FakeTaskInstance(try_number=1, max_tries=0)})
     assert proxy.count("AbortMultipartUpload", status=204) >= 1
@@ -178,7 +168,7 @@ def test_without_list_bucket_multipart_uploads_a_fresh_upload_goes_on_with_one_w
     assert sha256_object(admin, IAM_BUCKET, key) == sha256_file(path)
     # A failed try keeps its upload only where the retry will look: the task_state_store record.
     store = FakeStateStore() if with_store else None
-    break_part(proxy, 2)
+    proxy.fail_nth("UploadPart", 2)
     context: dict[str, Any] = {"ti": FakeTaskInstance(try_number=1, max_tries=1)}
     if store is not None:
         context["task_state_store"] = store

@@ -62,18 +62,6 @@ def aborted_ids(proxy) -> set[str | None]:
     return {r.upload_id for r in proxy.requests() if r.kind == "AbortMultipartUpload"}
 
 
-def fail_part(proxy, number: int) -> None:
-    """Answer the ``number``-th UploadPart with a 500 (the connection "breaks" there)."""
-
-    before = proxy.count("UploadPart")
-
-    def hook(record) -> None:
-        if record.kind == "UploadPart" and proxy.count("UploadPart") - before == number - 1:
-            proxy.add_fault(Fault(kind="UploadPart", action="error", status=500, times=1))
-
-    proxy.on_request = hook
-
-
 # -- 1. replace=False never overwrites, whatever incomplete upload is lying around -------------------
 
 
@@ -321,7 +309,7 @@ def test_try_killed_while_complete_is_in_flight_then_retry_succeeds_without_uplo
 def test_resume_false_never_keeps_an_upload_for_a_retry(connection, proxy, s3, tmp_path):
     key = "own/resume-false.bin"
     path = make_file(tmp_path / "f", 16 * MiB)
-    fail_part(proxy, 2)
+    proxy.fail_nth("UploadPart", 2)
     with pytest.raises(S3UploadError):
         operator(no_retries(connection), path, key, resume=False, retries=3, adopt_quiet_after=0).execute(
             {"ti": FakeTaskInstance(try_number=1, max_tries=3), "task_state_store": FakeStateStore()}
@@ -333,13 +321,13 @@ def test_without_task_state_store_an_upload_is_kept_only_if_the_retry_will_adopt
     """Airflow < 3.3 (no record): the retry finds the upload only by listing, after adopt_quiet_after."""
     key = "own/no-store.bin"
     path = make_file(tmp_path / "f", 16 * MiB)
-    fail_part(proxy, 2)
+    proxy.fail_nth("UploadPart", 2)
     ti = FakeTaskInstance(try_number=1, max_tries=1)
     with pytest.raises(S3UploadError):  # the retry comes after 5 min, the upload is adoptable after 15: abort
         operator(no_retries(connection), path, key, retries=1).execute({"ti": ti})
     assert uploads_of(s3, key) == []
     proxy.clear_faults()
-    fail_part(proxy, 2)
+    proxy.fail_nth("UploadPart", 2)
     with pytest.raises(S3UploadError):  # the retry waits long enough: keep, and the retry adopts it
         operator(no_retries(connection), path, key, retries=1, adopt_quiet_after=0).execute({"ti": ti})
     assert len(uploads_of(s3, key)) == 1
@@ -353,7 +341,7 @@ def test_without_task_state_store_an_upload_is_kept_only_if_the_retry_will_adopt
 
 
 def _first_try_keeps_and_records(connection, proxy, s3, path, key, store) -> str:
-    fail_part(proxy, 2)
+    proxy.fail_nth("UploadPart", 2)
     with pytest.raises(S3UploadError):
         operator(no_retries(connection), path, key, retries=1).execute(
             {"ti": FakeTaskInstance(try_number=1, max_tries=1), "task_state_store": store}

@@ -605,6 +605,17 @@ class S3Proxy:
         with self._lock:
             self._faults.clear()
 
+    def fail_nth(self, kind: str, number: int, *, status: int = 500) -> None:
+        """Answer the ``number``-th request of ``kind`` from now on with ``status`` (the connection
+        "breaks" there); the ones before and after it go through. Uses ``on_request``."""
+        before = self.count(kind)
+
+        def hook(record: RequestRecord) -> None:
+            if record.kind == kind and self.count(kind) - before == number - 1:
+                self.add_fault(Fault(kind=kind, action="error", status=status, times=1))
+
+        self.on_request = hook
+
     def injections(self, fault: Fault) -> int:
         """How many times ``fault`` (the very object passed to add_fault) has fired."""
         with self._lock:
