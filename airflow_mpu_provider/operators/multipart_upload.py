@@ -114,10 +114,6 @@ def _explain_forbidden_head(
     )
 
 
-def _as_timedelta(value: timedelta | float) -> timedelta:
-    return value if isinstance(value, timedelta) else timedelta(seconds=float(value))
-
-
 class MultipartUploadOperator(BaseOperator):
     """
     Upload a local file to S3 as a parallel, resumable, verified multipart upload.
@@ -254,7 +250,7 @@ class MultipartUploadOperator(BaseOperator):
         self.extra_args = dict(extra_args or {})
         self.resume = resume
         self.keep_upload_for_retry = keep_upload_for_retry
-        self.adopt_quiet_after = timedelta(seconds=validation.seconds("adopt_quiet_after", adopt_quiet_after))
+        self.adopt_quiet_after = validation.duration("adopt_quiet_after", adopt_quiet_after)
         self.progress_interval = validation.seconds("progress_interval", progress_interval)
         self.check_rendered_arguments(rendered=False)  # again at execute, once templates are rendered
         if (file is None) == (command is None):
@@ -467,7 +463,7 @@ class MultipartUploadOperator(BaseOperator):
             return True
         if self._listing_available is False:
             return False
-        delay = _as_timedelta(self.retry_delay or 0)
+        delay = validation.duration("retry_delay", self.retry_delay or 0)
         if delay < self.adopt_quiet_after:
             self.log.info(
                 "A failed try's upload will be aborted, not kept: without task_state_store (Airflow < 3.3) the "
