@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -142,18 +142,6 @@ def _why_not_adoptable(
 def _ago(delta: timedelta) -> str:
     seconds = max(0, int(delta.total_seconds()))
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
-
-
-@dataclass
-class StoredPartsReview:
-    """The verdict on an earlier upload's parts."""
-
-    #: Why the upload cannot be continued at all (the plan does not fit it), or None.
-    incompatible: str | None = None
-    #: Part number -> stored part whose bytes were verified against the local file.
-    kept: dict[int, dict[str, Any]] = field(default_factory=dict)
-    #: Part number -> why a stored part will be sent again.
-    rejected: dict[int, str] = field(default_factory=dict)
 
 
 def check_plan_fits(
