@@ -110,6 +110,14 @@ class DagRunResult:
     def succeeded(self) -> bool:
         return self.returncode == 0
 
+    @property
+    def task_succeeded(self) -> bool:
+        """Whether the task's last try succeeded, for ``--use-executor`` runs: ``dags test`` sometimes lets
+        the executor's "finished" event overtake the task's own state and marks a try failed although
+        its supervisor reported success (seen on 3.1.3, 3.1.8 and 3.3.2 under load); the supervisor's
+        ``final_state`` line is the try's real outcome."""
+        return self.succeeded or self.shows("final_state=success")
+
 
 def _task_logs(folder: Path) -> str:
     logs = sorted(folder.rglob("*.log"), key=lambda p: p.stat().st_mtime) if folder.exists() else []

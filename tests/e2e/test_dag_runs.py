@@ -98,7 +98,7 @@ def test_sigkill_mid_upload_then_airflow_retry_sends_only_missing_parts(run_dag,
     result = run_dag(use_executor=True, during=kill, **settings)
     assert kill.sent, "the task finished before it could be killed"
     assert result.shows("exit_code=<Negsignal.SIGKILL: -9> final_state=up_for_retry")
-    retried_by_airflow = result.succeeded
+    retried_by_airflow = result.task_succeeded
     if not retried_by_airflow:
         # `dags test --use-executor` sometimes lets the executor's "finished" event overtake the
         # supervisor's up_for_retry and marks the task FAILED, so no retry runs (seen on 3.1.8 and
@@ -106,7 +106,7 @@ def test_sigkill_mid_upload_then_airflow_retry_sends_only_missing_parts(run_dag,
         # ListMultipartUploads (no task_state_store record in a new run) and must resume it the same way.
         assert result.shows("Marking task as FAILED"), result.log[-5000:]
         result = run_dag(use_executor=True, **settings)
-        assert result.succeeded, result.log[-5000:]
+        assert result.task_succeeded, result.log[-5000:]
     done = stored_at_kill[0]
     assert 10 <= done < total_parts
     # Server side: the retry sent exactly the parts that were not in S3 when the task died...

@@ -93,14 +93,6 @@ def by_name(metrics: list[tuple[str, float, str]]) -> dict[str, list[tuple[float
     return out
 
 
-def task_succeeded(result) -> bool:
-    """Whether the task itself succeeded. ``dags test --use-executor`` sometimes lets the executor's
-    "finished" event overtake the task's own state and marks the run failed although the supervisor
-    reported success (seen on 3.1.3, 3.1.8 and 3.3.2 under load, see test_dag_runs.py's SIGKILL test);
-    the supervisor's line is the task's real outcome, which is what emits the metrics."""
-    return result.succeeded or result.shows("final_state=success")
-
-
 def test_resumed_upload_sends_its_figures_under_the_mpu_prefix(run_dag, s3, tmp_path, statsd_listener):
     """A crashed earlier upload holds parts 1-3; the task resumes it and sends parts 4-6."""
     path = make_file(tmp_path / "dump.sql", 30 * MiB)
@@ -110,7 +102,7 @@ def test_resumed_upload_sends_its_figures_under_the_mpu_prefix(run_dag, s3, tmp_
     result = run_dag(
         use_executor=True, file=path, key=f"s3://{BUCKET}/{key}", adopt_quiet_after=0, **statsd_listener.settings()
     )
-    assert task_succeeded(result), result.text[-5000:]
+    assert result.task_succeeded, result.text[-5000:]
     assert sha256_object(s3, BUCKET, key) == sha256_file(path)
     assert statsd_listener.wait_for("airflow.mpu.throughput"), statsd_listener.lines[-50:]
 

@@ -114,7 +114,7 @@ def test_sigkilled_stream_try_leaves_no_command_and_its_retry_cleans_its_upload(
             # The dead try's pipeline (bash, the hanging dump, cat) went with its task: the watchdog's work.
             assert kill.survivors == [], f"the killed try's command is still running: {kill.survivors}"
             assert result.shows("exit_code=<Negsignal.SIGKILL: -9> final_state=up_for_retry")
-            if result.succeeded:
+            if result.task_succeeded:
                 break
             # dags test's executor race (see test_dag_runs.py): the task was marked FAILED, no retry ran.
             assert result.shows("Marking task as FAILED"), result.log[-5000:]
