@@ -11,6 +11,7 @@ supervisor exactly as in production, so SIGTERM reaches ``on_kill`` and SIGKILL 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -149,10 +150,12 @@ def run_dag(airflow_home, proxy, tmp_path, request) -> Callable[..., DagRunResul
         with out.open("w") as sink:
             process = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
+        descendants: dict[int, psutil.Process] = {}
         try:
             while process.poll() is None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"dags test ran over {timeout} s:\n{out.read_text()[-5000:]}")
+                descendants.update((p.pid, p) for p in _children(process.pid))
                 if during is not None:
                     during(psutil.Process(process.pid))
                 time.sleep(0.05)
@@ -160,20 +163,36 @@ def run_dag(airflow_home, proxy, tmp_path, request) -> Callable[..., DagRunResul
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-            # Executor workers end on their own once the run is over; only stragglers are killed.
-            _gone, alive = psutil.wait_procs(_leftovers(process.pid), timeout=15)
-            for child in alive:
-                child.kill()
+            # Executor workers end on their own once the run is over; stragglers (a retry the executor
+            # still runs after dags test gave up on the run) are killed, so no try of this run
+            # overlaps the next run. Once dags test has exited its children are re-parented, so they
+            # are found by the session they were started in and by what was seen while it ran.
+            descendants.update((p.pid, p) for p in _in_session(process.pid))
+            _gone, alive = psutil.wait_procs(list(descendants.values()), timeout=15)
+            for straggler in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    straggler.kill()
+            psutil.wait_procs(alive, timeout=15)
         return DagRunResult(process.returncode, out.read_text(errors="replace"), logs)
 
     return run
 
 
-def _leftovers(pid: int) -> list[psutil.Process]:
+def _children(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def _in_session(sid: int) -> list[psutil.Process]:
+    """Processes still in session ``sid`` (``dags test`` was started as its leader)."""
+    found = []
+    for candidate in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(candidate.pid) == sid:
+                found.append(candidate)
+    return found
 
 
 def task_process(dags_test: psutil.Process) -> psutil.Process | None:
