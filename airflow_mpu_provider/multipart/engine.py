@@ -38,9 +38,9 @@ from airflow_mpu_provider.multipart.integrity import (
     composite_checksum,
     digest_part,
     etag_is_md5_for_args,
-    md5_from_etag,
     multipart_etag,
 )
+from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.plan import GiB, Part, PartPlan, format_bytes
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, ProgressReporter
 from airflow_mpu_provider.multipart.resume import LEFT_ALONE_HINT, FoundUpload, check_plan_fits, review_stored_part
@@ -281,18 +281,15 @@ class BaseUploadEngine:
             self.on_upload_started(upload_id)
         return upload_id
 
-    def _put(self, number: int, data: bytes) -> dict[str, Any]:
-        """Hash and send one part; the entry carries the part's MD5 (``_md5``) when one was computed."""
+    def _put(self, number: int, data: bytes) -> PartRecord:
+        """Hash and send one part; its record carries the part's MD5 when one was computed."""
         assert self.upload is not None
         algorithm = self.options.checksum_algorithm
         # Until the store proves it echoes checksums, parts also carry Content-MD5 so that they (and the
         # object's ETag) can be verified; moto and many S3-compatible stores report only ETags.
         with_md5 = algorithm is None or not self.upload.store_echoes_checksums
         digest = digest_part(number, data, algorithm=algorithm, with_md5=with_md5)
-        entry = self.upload.put_part(number, data, digest, cancel=self._stop)
-        if digest.md5 is not None:
-            entry["_md5"] = digest.md5
-        return entry
+        return self.upload.put_part(number, data, digest, cancel=self._stop)
 
     def _result(
         self,
@@ -326,17 +323,18 @@ class BaseUploadEngine:
             peak_buffer_bytes=self.buffers.peak,
         )
 
-    def _complete(self, parts: list[dict[str, Any]], expected_size: int) -> dict[str, Any]:
+    def _complete(self, parts: list[PartRecord], expected_size: int) -> dict[str, Any]:
         """CompleteMultipartUpload, then prove the object is the source: size, and ETag or checksum."""
         assert self.upload is not None
-        md5s = [p.pop("_md5", None) for p in parts]
+        md5s = [p.md5 for p in parts]
         algorithm = self.options.checksum_algorithm
         expected_etag = None
         if all(m is not None for m in md5s) and not self._etag_is_not_md5():
             expected_etag = multipart_etag(m for m in md5s if m is not None)
         expected_checksum = None
-        if algorithm and all(p.get(checksum_field(algorithm)) for p in parts):
-            expected_checksum = composite_checksum(algorithm, [p[checksum_field(algorithm)] for p in parts])
+        checksums = [p.checksum for p in parts]
+        if algorithm and all(checksums):
+            expected_checksum = composite_checksum(algorithm, [c for c in checksums if c])
         try:
             response = self._complete_call(parts)
         except S3UploadError as e:
@@ -405,7 +403,7 @@ class BaseUploadEngine:
             )
         return response
 
-    def _complete_call(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    def _complete_call(self, parts: list[PartRecord]) -> dict[str, Any]:
         """CompleteMultipartUpload, conditional on the key being free unless ``overwrite``.
 
         A store that does not implement the condition (NotImplemented) is completed without it, with
@@ -467,14 +465,14 @@ class BaseUploadEngine:
 
     def _collect(
         self,
-        pending: set[Future[dict[str, Any]]],
-        entries: dict[int, dict[str, Any]],
+        pending: set[Future[PartRecord]],
+        records: dict[int, PartRecord],
         *,
         until: int,
         room_for: int = 0,
-    ) -> set[Future[dict[str, Any]]]:
+    ) -> set[Future[PartRecord]]:
         """Wait until at most ``until`` parts are pending (and, with ``room_for``, a part of that many
-        bytes fits beside them in the buffer budget), filing finished ones into ``entries``.
+        bytes fits beside them in the buffer budget), filing finished ones into ``records``.
 
         The short wait keeps the main thread responsive to signals (on_kill) and cancel(); the first
         failed part raises here, and the caller stops the rest.
@@ -483,8 +481,8 @@ class BaseUploadEngine:
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             self._raise_if_cancelled()
             for future in done:
-                entry = future.result()
-                entries[entry["PartNumber"]] = entry
+                record = future.result()
+                records[record.number] = record
         return pending
 
     def _etag_is_not_md5(self) -> bool:
@@ -605,10 +603,10 @@ class UploadEngine(BaseUploadEngine):
 
     def _open(
         self, resume_upload_id: str | None, adopt: FoundUpload | None, pool: ThreadPoolExecutor
-    ) -> dict[int, dict[str, Any]] | ObjectComparison:
+    ) -> dict[int, PartRecord] | ObjectComparison:
         """The verified parts of the upload to continue, or ``{}`` after creating one; or, when our
         earlier upload is gone because it became the object, the comparison that proves it."""
-        opened: dict[int, dict[str, Any]] | ObjectComparison | None = None
+        opened: dict[int, PartRecord] | ObjectComparison | None = None
         if resume_upload_id:
             opened = self._reopen(resume_upload_id, pool)
         elif adopt is not None:
@@ -641,7 +639,7 @@ class UploadEngine(BaseUploadEngine):
             extra_args=self.options.extra_args,
         )
 
-    def _reopen(self, upload_id: str, pool: ThreadPoolExecutor) -> dict[int, dict[str, Any]] | ObjectComparison | None:
+    def _reopen(self, upload_id: str, pool: ThreadPoolExecutor) -> dict[int, PartRecord] | ObjectComparison | None:
         """Continue our earlier upload (re-sending parts that differ), or abort it if it cannot fit."""
         earlier = self._upload_for(upload_id)
         self.upload = earlier
@@ -690,7 +688,7 @@ class UploadEngine(BaseUploadEngine):
         self.log.info("Earlier upload %s no longer exists; starting a new one.", upload_id)
         return None
 
-    def _adopt(self, found: FoundUpload, pool: ThreadPoolExecutor) -> dict[int, dict[str, Any]] | None:
+    def _adopt(self, found: FoundUpload, pool: ThreadPoolExecutor) -> dict[int, PartRecord] | None:
         """Continue a found upload only if every stored part is this file's bytes; else leave it alone."""
         candidate = self._upload_for(found.upload_id)
         kept, rejected = self._verify_stored(candidate, found.parts, pool)
@@ -718,8 +716,8 @@ class UploadEngine(BaseUploadEngine):
 
     def _verify_stored(
         self, upload: MultipartUpload, stored: list[dict[str, Any]], pool: ThreadPoolExecutor
-    ) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
-        """Stored parts that hold the local bytes of their range (as Complete entries), and why the others do not."""
+    ) -> tuple[dict[int, PartRecord], dict[int, str]]:
+        """Stored parts that hold the local bytes of their range (as records), and why the others do not."""
         algorithm = self.options.checksum_algorithm
 
         def digest_local(number: int, with_checksum: bool, with_md5: bool) -> PartDigest:
@@ -736,7 +734,7 @@ class UploadEngine(BaseUploadEngine):
             p["PartNumber"]: pool.submit(review_stored_part, p, algorithm, digest_local, etag_is_md5=etags_are_md5)
             for p in stored
         }
-        kept: dict[int, dict[str, Any]] = {}
+        kept: dict[int, PartRecord] = {}
         rejected: dict[int, str] = {}
         by_number = {p["PartNumber"]: p for p in stored}
         for number, review in sorted(reviews.items()):
@@ -744,15 +742,12 @@ class UploadEngine(BaseUploadEngine):
             if reason is not None:
                 rejected[number] = reason
                 continue
-            part = by_number[number]
-            checksum = part.get(checksum_field(algorithm)) if algorithm else None
-            entry = upload.part_entry(number, part["ETag"], checksum)
-            if etags_are_md5 and (md5 := md5_from_etag(part["ETag"])):
-                entry["_md5"] = md5
-            kept[number] = entry
+            kept[number] = PartRecord.from_listing(
+                by_number[number], upload.checksum_algorithm, etag_is_md5=etags_are_md5
+            )
         return kept, rejected
 
-    def _log_resuming(self, kept: dict[int, dict[str, Any]]) -> None:
+    def _log_resuming(self, kept: dict[int, PartRecord]) -> None:
         assert self.upload is not None
         kept_bytes = sum(self.plan.part(n).length for n in kept)
         self.log.info(
@@ -768,7 +763,7 @@ class UploadEngine(BaseUploadEngine):
         )
 
     def _upload_and_complete(
-        self, kept: dict[int, dict[str, Any]], pool: ThreadPoolExecutor, workers: int, started: float
+        self, kept: dict[int, PartRecord], pool: ThreadPoolExecutor, workers: int, started: float
     ) -> UploadResult:
         assert self.upload is not None
         missing = [p for p in self.plan if p.number not in kept]
@@ -787,12 +782,12 @@ class UploadEngine(BaseUploadEngine):
                 format_bytes(sum(p.length for p in missing)),
                 workers,
             )
-        entries = dict(kept)
+        records = dict(kept)
         with progress.ticking():  # a line every interval, even while no part finishes
-            entries.update(self._send(missing, pool, progress))
+            records.update(self._send(missing, pool, progress))
         self._raise_if_cancelled()
         self.source.check_unchanged()
-        parts = [entries[n] for n in range(1, self.plan.count + 1)]
+        parts = [records[n] for n in range(1, self.plan.count + 1)]
         self.log.info("%s", progress.summary())
         response = self._complete(parts, self.plan.size)
         return self._result(
@@ -805,21 +800,19 @@ class UploadEngine(BaseUploadEngine):
             started=started,
         )
 
-    def _send(
-        self, missing: list[Part], pool: ThreadPoolExecutor, progress: ProgressReporter
-    ) -> dict[int, dict[str, Any]]:
-        entries: dict[int, dict[str, Any]] = {}
+    def _send(self, missing: list[Part], pool: ThreadPoolExecutor, progress: ProgressReporter) -> dict[int, PartRecord]:
+        records: dict[int, PartRecord] = {}
         pending = {pool.submit(self._send_part, p, progress) for p in missing}
         while pending:
-            pending = self._collect(pending, entries, until=0)
-        return entries
+            pending = self._collect(pending, records, until=0)
+        return records
 
-    def _send_part(self, part: Part, progress: ProgressReporter) -> dict[str, Any]:
+    def _send_part(self, part: Part, progress: ProgressReporter) -> PartRecord:
         assert self.upload is not None
         if self._stop.is_set():
             raise UploadCancelledError(f"stopped before sending part {part.number}")
         with self.buffers.holding(part.length):  # the part is alive only inside this block
-            entry = self._put(part.number, self.source.read(part.offset, part.length))
+            record = self._put(part.number, self.source.read(part.offset, part.length))
         self.source.check_unchanged()
         progress.advance(part.length)
-        return entry
+        return record

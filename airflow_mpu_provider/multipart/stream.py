@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from airflow_mpu_provider.multipart.engine import BaseUploadEngine, UploadResult
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
+from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.plan import (
     DEFAULT_PART_SIZE,
     MAX_PARTS,
@@ -107,7 +108,7 @@ class StreamUploadEngine(BaseUploadEngine):
             interval=self.options.progress_interval,
             label=f"s3://{self.bucket}/{self.key}",
         )
-        entries: dict[int, dict[str, Any]] = {}
+        records: dict[int, PartRecord] = {}
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
             try:
                 # Created inside the scope that aborts: if recording the UploadId (on_upload_started)
@@ -119,11 +120,11 @@ class StreamUploadEngine(BaseUploadEngine):
                     f"{format_bytes(self.options.max_buffer_bytes)} of them in memory"
                 )
                 with progress.ticking():  # a line every interval, even while the command is silent
-                    total = self._send_stream(pool, workers, entries, progress)
+                    total = self._send_stream(pool, workers, records, progress)
                 self.log.info("%s", progress.summary())
                 self.stream.finish()  # raises if the command failed: nothing is completed then
                 self._raise_if_cancelled()
-                parts = [entries[n] for n in sorted(entries)]
+                parts = [records[n] for n in sorted(records)]
                 response = self._complete(parts, total)
             except BaseException as error:
                 self._stop.set()
@@ -135,8 +136,8 @@ class StreamUploadEngine(BaseUploadEngine):
             response,
             size=total,
             part_size=self.first_part_size,
-            parts=len(entries),
-            sent=(len(entries), total),
+            parts=len(records),
+            sent=(len(records), total),
             resumed=(0, 0),
             started=started,
         )
@@ -145,10 +146,10 @@ class StreamUploadEngine(BaseUploadEngine):
         self,
         pool: ThreadPoolExecutor,
         workers: int,
-        entries: dict[int, dict[str, Any]],
+        records: dict[int, PartRecord],
         progress: ProgressReporter,
     ) -> int:
-        pending: set[Future[dict[str, Any]]] = set()
+        pending: set[Future[PartRecord]] = set()
         total = 0
         number = 1
         announced = 0  # the parallelism last logged
@@ -173,7 +174,7 @@ class StreamUploadEngine(BaseUploadEngine):
                     format_bytes(self.options.max_buffer_bytes),
                 )
             # Bounded memory: the next part is read only once it fits beside those in flight.
-            pending = self._make_room(pending, entries, size, allowed)
+            pending = self._make_room(pending, records, size, allowed)
             self.buffers.take(size)  # the buffer being read is allocated at its full size
             try:
                 data = self.stream.read(size)
@@ -190,26 +191,26 @@ class StreamUploadEngine(BaseUploadEngine):
             del data
             if short:
                 break
-        self._collect(pending, entries, until=0)
+        self._collect(pending, records, until=0)
         return total
 
     def _make_room(
-        self, pending: set[Future[dict[str, Any]]], entries: dict[int, dict[str, Any]], size: int, allowed: int
-    ) -> set[Future[dict[str, Any]]]:
-        """Wait for finished parts (filing them into ``entries``) until at most ``allowed`` are in
+        self, pending: set[Future[PartRecord]], records: dict[int, PartRecord], size: int, allowed: int
+    ) -> set[Future[PartRecord]]:
+        """Wait for finished parts (filing them into ``records``) until at most ``allowed`` are in
         flight and a part of ``size`` bytes fits beside them in the buffer budget; a failed part raises here.
 
         The short wait keeps the reader responsive to cancel() and on_kill.
         """
-        return self._collect(pending, entries, until=allowed, room_for=size)
+        return self._collect(pending, records, until=allowed, room_for=size)
 
-    def _send_stream_part(self, number: int, buffer: _PartBuffer, progress: ProgressReporter) -> dict[str, Any]:
+    def _send_stream_part(self, number: int, buffer: _PartBuffer, progress: ProgressReporter) -> PartRecord:
         data = buffer.take()
         size = len(data)
         try:
-            entry = self._put(number, data)
+            record = self._put(number, data)
         finally:
             del data  # the last reference: the bytes are freed here, before they are given back
             self.buffers.give_back(size)
         progress.advance(size)
-        return entry
+        return record

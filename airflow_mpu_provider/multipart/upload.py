@@ -17,7 +17,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -39,6 +39,7 @@ from airflow_mpu_provider.multipart.integrity import (
     etag_is_md5_for_args,
     part_matches,
 )
+from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.request_args import request_args
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,8 @@ class MultipartUpload:
         self.upload_id = upload_id
         self.checksum_algorithm = checksum_algorithm
         self.extra_args = dict(extra_args or {})
-        self.parts: list[dict[str, Any]] = []
+        #: The parts the sequential face (``upload_part``) sent, in order, for ``__exit__`` to complete.
+        self.parts: list[PartRecord] = []
         #: Whether the store echoes part checksums in UploadPart responses (None until a part was sent).
         #: AWS does; moto and many S3-compatible stores report only the ETag (an MD5).
         self.store_echoes_checksums: bool | None = None
@@ -233,8 +235,8 @@ class MultipartUpload:
 
     def put_part(
         self, number: int, data: bytes, digest: PartDigest, *, cancel: threading.Event | None = None
-    ) -> dict[str, Any]:
-        """UploadPart; returns the entry CompleteMultipartUpload needs, after checking S3's answer."""
+    ) -> PartRecord:
+        """UploadPart; returns the part's record (with the MD5 ``digest`` holds), after checking S3's answer."""
         args: dict[str, Any] = {}
         if digest.checksum and self.checksum_algorithm:
             args[checksum_field(self.checksum_algorithm)] = digest.checksum
@@ -263,7 +265,9 @@ class MultipartUpload:
                 f"which does not match the bytes sent (md5 {digest.md5.hex() if digest.md5 else None}, "
                 f"checksum {digest.checksum})."
             )
-        return self.part_entry(number, response.get("ETag"), digest.checksum or response.get(self._checksum_key))
+        return self.part_record(
+            number, len(data), response.get("ETag"), digest.checksum or response.get(self._checksum_key), digest.md5
+        )
 
     def note_encryption(self, response: Mapping[str, Any]) -> None:
         """Learn from an S3 answer whether ETags are MD5s (only ever from True to False: thread-safe)."""
@@ -297,11 +301,11 @@ class MultipartUpload:
     def _checksum_key(self) -> str:
         return checksum_field(self.checksum_algorithm) if self.checksum_algorithm else "ChecksumNone"
 
-    def part_entry(self, number: int, etag: str | None, checksum: str | None) -> dict[str, Any]:
-        entry: dict[str, Any] = {"PartNumber": number, "ETag": etag}
-        if checksum and self.checksum_algorithm:
-            entry[self._checksum_key] = checksum
-        return entry
+    def part_record(
+        self, number: int, size: int, etag: str | None, checksum: str | None, md5: bytes | None = None
+    ) -> PartRecord:
+        """A part of this upload; its checksum is kept only when the upload uses S3 checksums."""
+        return PartRecord(number, size, etag, checksum, self.checksum_algorithm, md5)
 
     def list_parts(self) -> tuple[list[dict[str, Any]], str | None]:
         """All parts S3 holds for this upload (paginated past 1,000) and the upload's checksum algorithm."""
@@ -321,9 +325,9 @@ class MultipartUpload:
                 return parts, algorithm
             marker = int(response["NextPartNumberMarker"])
 
-    def complete(self, parts: list[dict[str, Any]], **conditions: Any) -> dict[str, Any]:
+    def complete(self, parts: Iterable[PartRecord], **conditions: Any) -> dict[str, Any]:
         """CompleteMultipartUpload; ``conditions``: e.g. ``IfNoneMatch="*"`` (fail if the key holds an object)."""
-        ordered = sorted(parts, key=lambda p: p["PartNumber"])
+        ordered = [p.completion_entry() for p in sorted(parts, key=lambda p: p.number)]
         return self._call(
             "CompleteMultipartUpload",
             self.client.complete_multipart_upload,
@@ -373,13 +377,13 @@ class MultipartUpload:
 
     # -- the sequential face ------------------------------------------------------------------
 
-    def upload_part(self, chunk: bytes) -> dict[str, Any]:
+    def upload_part(self, chunk: bytes) -> PartRecord:
         """Send ``chunk`` as the next part (1, 2, ...) and remember it for completion."""
         number = len(self.parts) + 1
         digest = digest_part(number, chunk, algorithm=self.checksum_algorithm, with_md5=self.checksum_algorithm is None)
-        entry = self.put_part(number, chunk, digest)
-        self.parts.append(entry)
-        return entry
+        record = self.put_part(number, chunk, digest)
+        self.parts.append(record)
+        return record
 
     def __enter__(self) -> MultipartUpload:
         if self.upload_id is None:

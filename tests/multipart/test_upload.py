@@ -18,7 +18,7 @@ def test_context_manager_completes_in_order(mock_s3):
         for chunk in chunks:
             upload.upload_part(chunk)
     assert mock_s3.get_object(Bucket="test-bucket", Key="seq")["Body"].read() == b"".join(chunks)
-    assert [p["PartNumber"] for p in upload.parts] == [1, 2, 3]
+    assert [p.number for p in upload.parts] == [1, 2, 3]
 
 
 def test_context_manager_aborts_on_error(mock_s3):
