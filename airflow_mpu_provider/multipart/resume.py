@@ -26,8 +26,9 @@ from typing import Any
 
 from airflow_mpu_provider.multipart.errors import S3UploadError
 from airflow_mpu_provider.multipart.integrity import PartDigest, checksum_field, part_matches
+from airflow_mpu_provider.multipart.listing import list_incomplete_uploads
 from airflow_mpu_provider.multipart.plan import PartPlan, format_bytes
-from airflow_mpu_provider.multipart.upload import MultipartUpload, list_incomplete_uploads
+from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 #: How long a found upload must have been untouched (initiation and every part) before it may be
 #: adopted. A live upload of this provider writes a part every few seconds, but some phases write

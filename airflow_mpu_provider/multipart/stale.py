@@ -23,8 +23,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow_mpu_provider.multipart.errors import MultipartUploadError, S3UploadError, UploadCancelledError
+from airflow_mpu_provider.multipart.listing import list_incomplete_uploads
 from airflow_mpu_provider.multipart.plan import format_bytes
-from airflow_mpu_provider.multipart.upload import MultipartUpload, list_incomplete_uploads
+from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 #: Default age past which an incomplete upload counts as stale.
 DEFAULT_OLDER_THAN = timedelta(days=7)

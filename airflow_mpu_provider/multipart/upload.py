@@ -8,26 +8,25 @@
     # leaving cleanly: CompleteMultipartUpload; leaving with an exception: AbortMultipartUpload
 
 (``async with`` works too.) The parallel, resumable engine in ``engine.py`` drives the same class.
+Listing the incomplete uploads of a prefix is ``listing.py``'s job; how a part's bytes travel (and
+stop on cancel) is ``part_body.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
-from botocore.compat import unquote_str
 from botocore.exceptions import ClientError
 
 from airflow_mpu_provider.multipart.errors import (
     IntegrityError,
     S3UploadError,
-    UploadCancelledError,
     s3_error,
 )
 from airflow_mpu_provider.multipart.integrity import (
@@ -39,6 +38,7 @@ from airflow_mpu_provider.multipart.integrity import (
     etag_is_md5_for_args,
     part_matches,
 )
+from airflow_mpu_provider.multipart.part_body import PartBody, never_retry_cancelled_parts
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.request_args import request_args
 
@@ -78,42 +78,6 @@ OBJECT_ARGS = frozenset(
     }
 )
 
-#: How much one read() of a part body hands to the socket: large writes, few syscalls.
-_BODY_CHUNK = 1024 * 1024
-
-
-class PartBody(io.BytesIO):
-    """A part's bytes as a seekable file whose reads stop as soon as ``cancel`` is set.
-
-    botocore rewinds it for retries and reads it to send; handing it a file rather than bytes is
-    what lets on_kill interrupt a multi-GiB part mid-body (the idea of s3transfer's InterruptReader).
-    ``read`` (the socket path) returns memoryview slices of at least 1 MiB: nothing is copied and
-    sockets see large writes. ``readinto`` stays BytesIO's C implementation, because awscrt's signer
-    reads the body through it 8 KiB at a time. BytesIO shares ``data`` rather than copying it.
-    """
-
-    def __init__(self, data: bytes, cancel: threading.Event | None = None) -> None:
-        super().__init__(data)
-        self._view = memoryview(data)
-        self._cancel = cancel
-
-    def __len__(self) -> int:
-        return len(self._view)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel is not None and self._cancel.is_set()
-
-    def read(self, size: int | None = -1) -> bytes | memoryview:  # type: ignore[override]
-        start = self.tell()
-        if self.cancelled and start < len(self._view):  # a body already sent has nothing left to stop
-            raise UploadCancelledError("upload cancelled while sending a part")
-        if size is None or size < 0:  # read-all callers (test stubs) expect real bytes
-            return super().read()
-        end = min(len(self._view), start + max(size, _BODY_CHUNK))
-        self.seek(end)
-        return self._view[start:end]
-
 
 def sign_payload_only_when_needed(client: Any) -> None:
     """Let botocore skip SHA-256 payload signing over HTTPS when a part carries our own checksum.
@@ -136,47 +100,6 @@ def sign_payload_only_when_needed(client: Any) -> None:
 
     client.meta.events.register(
         "before-sign.s3.UploadPart", declare_checksum_header, unique_id="airflow-mpu-checksum-header"
-    )
-
-
-def _cancellation_in(error: BaseException | None) -> UploadCancelledError | None:
-    """Our cancellation, if ``error`` is it or was caused by it.
-
-    A body's ``read`` raising inside urllib3 reaches botocore unwrapped, and botocore's HTTP session
-    wraps it as ``HTTPClientError(error=...)`` (raised inside the ``except``, so also its context);
-    the chain is followed through ``kwargs["error"]``, ``__cause__`` and ``__context__``.
-    """
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, UploadCancelledError):
-            return error
-        seen.add(id(error))
-        details = getattr(error, "kwargs", None)  # botocore's exceptions keep their arguments here
-        wrapped = details.get("error") if isinstance(details, dict) else None
-        error = wrapped if isinstance(wrapped, BaseException) else (error.__cause__ or error.__context__)
-    return None
-
-
-def never_retry_cancelled_parts(client: Any) -> None:
-    """Make a cancelled part fail at once instead of being retried by botocore.
-
-    A cancelled ``PartBody`` raises from ``read``; botocore takes that for a broken connection and, in
-    standard mode, retries it up to 10 times with backoff, which kept ``on_kill`` waiting 25-110 s.
-    This handler runs before botocore's retry handlers (most specific event, registered first) and
-    re-raises the cancellation, so nothing retries it; every other error keeps the client's retry
-    budget. A network error on a part whose body is already cancelled is not retried either.
-    """
-
-    def refuse_retry(caught_exception: BaseException | None = None, request_dict: Any = None, **_: Any) -> None:
-        cancellation = _cancellation_in(caught_exception)
-        if cancellation is not None:
-            raise cancellation
-        body = request_dict.get("body") if isinstance(request_dict, dict) else None
-        if caught_exception is not None and isinstance(body, PartBody) and body.cancelled:
-            raise UploadCancelledError("upload cancelled while sending a part") from caught_exception
-
-    client.meta.events.register_first(
-        "needs-retry.s3.UploadPart", refuse_retry, unique_id="airflow-mpu-never-retry-cancelled-parts"
     )
 
 
@@ -411,70 +334,6 @@ class MultipartUpload:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
-
-
-def list_incomplete_uploads(
-    client: Any, bucket: str, prefix: str, *, extra_args: Mapping[str, Any] | None = None
-) -> Iterator[dict[str, Any]]:
-    """Every incomplete multipart upload under ``prefix``, page after page (KeyMarker/UploadIdMarker).
-
-    Asked with ``EncodingType=url`` so that keys XML 1.0 cannot carry (control characters) survive the
-    listing; keys and markers come back decoded (botocore decodes only ListObjects* by itself).
-    ``extra_args`` may hold the per-request arguments (RequestPayer, ExpectedBucketOwner).
-    """
-    args: dict[str, Any] = {
-        "Bucket": bucket,
-        "EncodingType": "url",
-        **request_args(client, "ListMultipartUploads", extra_args),
-    }
-    if prefix:
-        args["Prefix"] = prefix
-    markers: tuple[str, str] | None = None
-    while True:
-        try:
-            response = decode_url_encoded_listing(client.list_multipart_uploads(**args))
-        except ClientError as e:
-            raise s3_error(e, operation="ListMultipartUploads", bucket=bucket, key=prefix, upload_id=None) from e
-        uploads = response.get("Uploads", [])
-        yield from uploads
-        if not response.get("IsTruncated"):
-            return
-        last = uploads[-1] if uploads else {}
-        next_markers = (
-            response.get("NextKeyMarker") or last.get("Key") or "",
-            response.get("NextUploadIdMarker") or last.get("UploadId") or "",
-        )
-        if not next_markers[0] or next_markers == markers:
-            raise S3UploadError(
-                f"ListMultipartUploads of s3://{bucket}/{prefix} says there is more but gives no new "
-                f"position to continue from (markers {next_markers}); the store's pagination is broken.",
-                code="BadPagination",
-                operation="ListMultipartUploads",
-                bucket=bucket,
-                key=prefix,
-                upload_id=None,
-            )
-        markers = next_markers
-        args["KeyMarker"], args["UploadIdMarker"] = markers
-
-
-def decode_url_encoded_listing(response: dict[str, Any]) -> dict[str, Any]:
-    """A ListMultipartUploads answer with its keys and markers URL-decoded, if the store encoded them.
-
-    A store that ignores ``EncodingType`` answers without it and its keys are left as they are.
-    """
-    if response.get("EncodingType") != "url":
-        return response
-    for name in ("KeyMarker", "NextKeyMarker", "Prefix", "Delimiter"):
-        if isinstance(response.get(name), str):
-            response[name] = unquote_str(response[name])
-    for upload in response.get("Uploads", []):
-        if isinstance(upload.get("Key"), str):
-            upload["Key"] = unquote_str(upload["Key"])
-    for common in response.get("CommonPrefixes", []):
-        if isinstance(common.get("Prefix"), str):
-            common["Prefix"] = unquote_str(common["Prefix"])
-    return response
 
 
 def head_object(

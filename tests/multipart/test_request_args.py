@@ -1,4 +1,4 @@
-"""The per-request arguments, listing with EncodingType=url, and ETags known not to be MD5s."""
+"""The per-request arguments every call carries, and ETags known not to be MD5s."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import boto3
 import pytest
 
 from airflow_mpu_provider.multipart.integrity import digest_part, etag_is_md5, etag_is_md5_for_args, part_matches
+from airflow_mpu_provider.multipart.listing import list_incomplete_uploads
 from airflow_mpu_provider.multipart.plan import MiB
 from airflow_mpu_provider.multipart.request_args import PER_REQUEST_ARGS, request_args
-from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object, list_incomplete_uploads
+from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object
 from tests.support.recorded_calls import missing_args, record_calls
 
 BUCKET = "test-bucket"
@@ -60,49 +61,6 @@ def test_every_call_of_an_upload_carries_them(mock_s3, sse_c):
     with_sse_c = [(n, p) for n, p in calls if n not in ("AbortMultipartUpload", "ListMultipartUploads")]
     assert missing_args(with_sse_c, SSE_C if sse_c else {}) == []
     assert all("ContentType" not in p for n, p in calls if n != "CreateMultipartUpload")
-
-
-class EncodingStore:
-    """A ListMultipartUploads that url-encodes keys and pages one upload at a time, as S3 does."""
-
-    def __init__(self, keys: list[str]) -> None:
-        from urllib.parse import quote
-
-        self.quote = quote
-        self.keys = sorted(keys)
-        self.calls: list[dict] = []
-
-    def list_multipart_uploads(self, **kwargs):
-        self.calls.append(kwargs)
-        assert kwargs["EncodingType"] == "url"
-        start = self.keys.index(kwargs["KeyMarker"]) + 1 if "KeyMarker" in kwargs else 0
-        page = self.keys[start : start + 1]
-        truncated = start + 1 < len(self.keys)
-        response = {
-            "EncodingType": "url",
-            "Prefix": self.quote(kwargs.get("Prefix", ""), safe=""),
-            "Uploads": [{"Key": self.quote(k, safe=""), "UploadId": f"id-{k}"} for k in page],
-            "IsTruncated": truncated,
-        }
-        if truncated:
-            response |= {"NextKeyMarker": self.quote(page[-1], safe=""), "NextUploadIdMarker": f"id-{page[-1]}"}
-        return response
-
-
-def test_listing_decodes_keys_and_markers_of_a_url_encoding_store():
-    keys = ["k/a?b#c%20d", "k/ctl\x01\x02", "k/ünï code"]
-    store = EncodingStore(keys)
-    found = [u["Key"] for u in list_incomplete_uploads(store, BUCKET, "k/")]
-    assert found == sorted(keys)
-    assert [c.get("KeyMarker") for c in store.calls] == [None, *sorted(keys)[:-1]]  # decoded markers sent back
-
-
-def test_a_store_that_ignores_encoding_type_is_read_as_is():
-    class Plain:
-        def list_multipart_uploads(self, **kwargs):
-            return {"Uploads": [{"Key": "a%20b", "UploadId": "u"}], "IsTruncated": False}
-
-    assert [u["Key"] for u in list_incomplete_uploads(Plain(), BUCKET, "")] == ["a%20b"]
 
 
 # -- ETags that are not MD5s ------------------------------------------------------------------

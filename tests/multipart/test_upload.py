@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import threading
 
 import pytest
 
-from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
+from airflow_mpu_provider.multipart.errors import S3UploadError
 from airflow_mpu_provider.multipart.plan import MiB
-from airflow_mpu_provider.multipart.upload import MultipartUpload, PartBody
+from airflow_mpu_provider.multipart.upload import MultipartUpload
 from tests.conftest import incomplete_uploads
 
 
@@ -86,23 +84,6 @@ def test_list_parts_paginates_past_1000(mock_s3, monkeypatch):
     parts, _ = upload.list_parts()
     assert [p["PartNumber"] for p in parts] == [1, 2, 3]
     assert calls == [0, 1, 2]
-
-
-def test_part_body_reads_large_chunks_and_stops_on_cancel():
-    cancel = threading.Event()
-    body = PartBody(b"x" * (3 * MiB), cancel)
-    assert len(body) == 3 * MiB
-    assert len(body.read(8192)) == 1 * MiB  # large writes, not 8 KiB ones
-    body.seek(0, io.SEEK_END)
-    assert body.tell() == 3 * MiB
-    body.seek(0)
-    buf = bytearray(10)
-    assert body.readinto(buf) == 10
-    cancel.set()
-    with pytest.raises(UploadCancelledError):
-        body.read(10)
-    body.seek(0, io.SEEK_END)
-    assert body.read(10) == b""  # nothing left to send: the end is not an error, whatever the cancel
 
 
 @pytest.mark.parametrize(("scheme", "signed"), [("https", False), ("http", True)])
