@@ -106,7 +106,7 @@ def make_client(args: argparse.Namespace, concurrency: int, *, default_config: b
 
 
 def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str, Any]:
-    from airflow_mpu_provider.multipart.engine import UploadEngine, UploadOptions
+    from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
     from airflow_mpu_provider.multipart.plan import plan_parts
     from airflow_mpu_provider.multipart.sources import FileSource
 
@@ -122,7 +122,7 @@ def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str,
         options = UploadOptions(concurrency=args.concurrency_value, checksum_algorithm=args.checksum_algorithm)
     with FileSource(args.file) as src:
         plan = plan_parts(src.size, args.part_size_value)
-        engine = UploadEngine(client, bucket=args.bucket, key=key, source=src, plan=plan, options=options)
+        engine = FileUploadEngine(client, bucket=args.bucket, key=key, source=src, plan=plan, options=options)
         result = engine.run()
     return {"parts": result.parts, "part_size": result.part_size, "workers": options.workers_for(plan.part_size),
             "etag": result.etag, "checksum": result.checksum}

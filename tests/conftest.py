@@ -10,6 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from airflow_mpu_provider.multipart.units import MiB
 from tests.support.local_airflow import ACCESS_KEY, REGION, SECRET_KEY
 
 # Never let a test reach real AWS: credentials and region are fake, the metadata service is off.
@@ -18,7 +19,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
 os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-MiB = 1024 * 1024
+__all__ = ["MiB", "incomplete_uploads", "make_file", "sha256_file", "sha256_object"]  # what the test modules import
 
 
 def make_file(path: Path, size: int, seed: int = 0) -> Path:

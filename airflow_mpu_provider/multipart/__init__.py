@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from airflow_mpu_provider.multipart.engine import UploadEngine, UploadOptions, UploadResult
+from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions, UploadResult
 from airflow_mpu_provider.multipart.errors import (
     IntegrityError,
     InvalidUploadRequest,
@@ -69,7 +69,7 @@ def upload_file(
     as the UploadId exists: the place to record it somewhere durable.
     """
     with FileSource(path) as source:
-        engine = UploadEngine(
+        engine = FileUploadEngine(
             client,
             bucket=bucket,
             key=key,

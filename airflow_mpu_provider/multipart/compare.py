@@ -34,7 +34,7 @@ from airflow_mpu_provider.multipart.integrity import (
     multipart_etag,
     new_checksum,
 )
-from airflow_mpu_provider.multipart.plan import MiB
+from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import head_object
 
 #: HeadObject answers for a key that holds no object (moto and AWS say 404; some stores NoSuchKey).

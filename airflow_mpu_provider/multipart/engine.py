@@ -1,6 +1,6 @@
 """The upload engine: a file to one S3 object, parts in parallel, resumable, verified. No Airflow here.
 
-    engine = UploadEngine(client, bucket="b", key="dumps/db.sql", source=FileSource(path),
+    engine = FileUploadEngine(client, bucket="b", key="dumps/db.sql", source=FileSource(path),
                           plan=plan_parts(size), options=UploadOptions())
     result = engine.run(resume_upload_id=upload_id_from_an_earlier_try)
 
@@ -41,10 +41,11 @@ from airflow_mpu_provider.multipart.integrity import (
     multipart_etag,
 )
 from airflow_mpu_provider.multipart.parts import PartRecord
-from airflow_mpu_provider.multipart.plan import GiB, Part, PartPlan, format_bytes
+from airflow_mpu_provider.multipart.plan import Part, PartPlan
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, ProgressReporter
 from airflow_mpu_provider.multipart.resume import LEFT_ALONE_HINT, FoundUpload, check_plan_fits, review_stored_part
 from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.units import GiB, format_bytes
 from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object
 
 #: Parts sent at once; chosen from benchmarks/bench_upload.py.
@@ -526,7 +527,7 @@ class BaseUploadEngine:
             )
 
 
-class UploadEngine(BaseUploadEngine):
+class FileUploadEngine(BaseUploadEngine):
     """Uploads one file (a ``FileSource`` cut by a ``PartPlan``), resuming an earlier upload of it."""
 
     def __init__(
@@ -581,7 +582,7 @@ class UploadEngine(BaseUploadEngine):
         workers = self.options.workers_for(self.plan.part_size)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
             try:
-                opened = self._open(resume_upload_id, adopt, pool)
+                opened = self._resume_or_create(resume_upload_id, adopt, pool)
                 if isinstance(opened, ObjectComparison):
                     return result_for_existing_object(
                         opened,
@@ -601,7 +602,7 @@ class UploadEngine(BaseUploadEngine):
                 raise
         return result
 
-    def _open(
+    def _resume_or_create(
         self, resume_upload_id: str | None, adopt: FoundUpload | None, pool: ThreadPoolExecutor
     ) -> dict[int, PartRecord] | ObjectComparison:
         """The verified parts of the upload to continue, or ``{}`` after creating one; or, when our

@@ -11,11 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
-
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-TiB = 1024 * GiB
+from airflow_mpu_provider.multipart.units import GiB, MiB, format_bytes
 
 #: S3's smallest allowed part (every part but the last must be at least this big).
 MIN_PART_SIZE = 5 * MiB
@@ -126,15 +122,6 @@ def plan_parts(size: int, part_size: int | None = None) -> PartPlan:
             "automatically."
         )
     return plan
-
-
-def format_bytes(n: float) -> str:
-    """Human-readable binary size, as used in every log line and error message."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 #: A stream of unknown size starts with DEFAULT_PART_SIZE parts and doubles the part size every

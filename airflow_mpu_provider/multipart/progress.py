@@ -15,23 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from airflow_mpu_provider.multipart.plan import format_bytes
+from airflow_mpu_provider.multipart.units import format_bytes, format_duration
 
 #: Seconds between progress lines when the caller does not choose.
 DEFAULT_PROGRESS_INTERVAL = 30.0
 #: The timer never writes more often than this (``interval=0`` means a line per part, not a busy loop).
 MIN_TIMER_INTERVAL = 1.0
-
-
-def format_duration(seconds: float) -> str:
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m{secs:02d}s"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 class Ticker:

@@ -27,7 +27,8 @@ from typing import Any
 from airflow_mpu_provider.multipart.errors import S3UploadError
 from airflow_mpu_provider.multipart.integrity import PartDigest, checksum_field, part_matches
 from airflow_mpu_provider.multipart.listing import list_incomplete_uploads
-from airflow_mpu_provider.multipart.plan import PartPlan, format_bytes
+from airflow_mpu_provider.multipart.plan import PartPlan
+from airflow_mpu_provider.multipart.units import format_bytes, format_duration
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 #: How long a found upload must have been untouched (initiation and every part) before it may be
@@ -118,7 +119,10 @@ def _why_not_adoptable(
     initiated = _utc(upload["Initiated"])
     age = now() - initiated
     if age < quiet_after:
-        return f"it was initiated {_ago(age)} ago, less than adopt_quiet_after ({_ago(quiet_after)}): it may be live"
+        return (
+            f"it was initiated {format_duration(age)} ago, less than adopt_quiet_after "
+            f"({format_duration(quiet_after)}): it may be live"
+        )
     found = MultipartUpload(
         client, bucket, key, upload_id=upload["UploadId"], checksum_algorithm=algorithm, extra_args=extra_args
     )
@@ -131,18 +135,13 @@ def _why_not_adoptable(
     written = [_utc(p["LastModified"]) for p in parts if p.get("LastModified")]
     if written and now() - max(written) < quiet_after:
         return (
-            f"a part was written {_ago(now() - max(written))} ago, less than adopt_quiet_after "
-            f"({_ago(quiet_after)}): it may be live"
+            f"a part was written {format_duration(now() - max(written))} ago, less than adopt_quiet_after "
+            f"({format_duration(quiet_after)}): it may be live"
         )
     misfit = check_plan_fits(parts, plan, stored_algorithm, algorithm)
     if misfit:
         return f"it does not fit this file: {misfit}"
     return FoundUpload(upload["UploadId"], initiated, parts, stored_algorithm)
-
-
-def _ago(delta: timedelta) -> str:
-    seconds = max(0, int(delta.total_seconds()))
-    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
 def check_plan_fits(

@@ -24,7 +24,7 @@ from typing import Any
 
 from airflow_mpu_provider.multipart.errors import MultipartUploadError, S3UploadError, UploadCancelledError
 from airflow_mpu_provider.multipart.listing import list_incomplete_uploads
-from airflow_mpu_provider.multipart.plan import format_bytes
+from airflow_mpu_provider.multipart.units import format_age, format_bytes
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 #: Default age past which an incomplete upload counts as stale.
@@ -40,10 +40,6 @@ MAX_QUOTED_FAILURES = 3
 def _utcnow() -> datetime:
     """The current time, aware and in UTC (a seam for tests)."""
     return datetime.now(UTC)
-
-
-def format_age(seconds: float) -> str:
-    return str(timedelta(seconds=int(seconds)))
 
 
 class StaleUploadCleanupError(MultipartUploadError):

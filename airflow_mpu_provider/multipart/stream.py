@@ -24,13 +24,13 @@ from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.plan import (
     DEFAULT_PART_SIZE,
     MAX_PARTS,
-    MIN_PART_SIZE,
     STREAM_PARTS_PER_SIZE,
-    format_bytes,
+    check_part_size,
     stream_capacity,
     stream_part_size,
 )
 from airflow_mpu_provider.multipart.progress import ProgressReporter
+from airflow_mpu_provider.multipart.units import format_bytes
 
 
 class Stream(Protocol):
@@ -78,10 +78,7 @@ class StreamUploadEngine(BaseUploadEngine):
     ) -> None:
         """``parts_per_size``: parts of one size before the size doubles (tests lower it to reach
         big parts with a short stream; production keeps the default)."""
-        if first_part_size < MIN_PART_SIZE:
-            raise InvalidUploadRequest(
-                f"part_size={first_part_size:,} bytes is below S3's minimum of {MIN_PART_SIZE:,} bytes (5 MiB)."
-            )
+        check_part_size(first_part_size)
         if parts_per_size < 1:
             raise InvalidUploadRequest(f"parts_per_size must be >= 1, got {parts_per_size}")
         super().__init__(client, bucket=bucket, key=key, description=stream.description, **kwargs)

@@ -26,7 +26,7 @@ from airflow_mpu_provider.multipart.engine import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BUFFER_BYTES,
     BaseUploadEngine,
-    UploadEngine,
+    FileUploadEngine,
     UploadOptions,
     UploadResult,
     result_for_existing_object,
@@ -554,7 +554,7 @@ class MultipartUploadOperator(BaseOperator):
             raise InvalidUploadRequest("give either file=... or command=...")
         started = time.monotonic()
         store = self._state_store(context)
-        engine: UploadEngine | None = None
+        engine: FileUploadEngine | None = None
         with FileSource(self.file) as source:
             plan = plan_parts(source.size, self.part_size)
             options = self.upload_options(checksum)
@@ -574,7 +574,7 @@ class MultipartUploadOperator(BaseOperator):
                 if self.resume and resume_id is None:
                     found = self.find_upload_to_adopt(client, bucket, key, plan, options, has_store=store is not None)
                 self._stop_if_killed()
-                engine = UploadEngine(
+                engine = FileUploadEngine(
                     client,
                     bucket=bucket,
                     key=key,
@@ -649,7 +649,9 @@ class MultipartUploadOperator(BaseOperator):
             upload_id=None,
         )
 
-    def _after_failure(self, error: BaseException, context: Context, store: Any, engine: UploadEngine | None) -> None:
+    def _after_failure(
+        self, error: BaseException, context: Context, store: Any, engine: FileUploadEngine | None
+    ) -> None:
         """End this try's upload after a failure, wherever it happened.
 
         Once the engine holds an upload it has already kept or aborted it; before that, the only

@@ -9,11 +9,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from airflow_mpu_provider.multipart.compare import _fingerprint, compare_object, object_matches
-from airflow_mpu_provider.multipart.engine import UploadEngine, UploadOptions
+from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
 from airflow_mpu_provider.multipart.integrity import checksum_b64, composite_checksum, multipart_etag
-from airflow_mpu_provider.multipart.plan import MiB, plan_parts
+from airflow_mpu_provider.multipart.plan import plan_parts
 from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.units import MiB
 from tests.conftest import make_file
 
 BUCKET = "test-bucket"
@@ -21,7 +22,7 @@ BUCKET = "test-bucket"
 
 def upload(client, path, key: str, part_size: int = 5 * MiB, checksum: str | None = "CRC32C") -> None:
     with FileSource(path) as source:
-        UploadEngine(
+        FileUploadEngine(
             client,
             bucket=BUCKET,
             key=key,

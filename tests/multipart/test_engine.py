@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from airflow_mpu_provider.multipart.engine import UploadEngine, UploadOptions
+from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
 from airflow_mpu_provider.multipart.errors import (
     IntegrityError,
     S3UploadError,
@@ -13,18 +13,19 @@ from airflow_mpu_provider.multipart.errors import (
     UploadCancelledError,
 )
 from airflow_mpu_provider.multipart.integrity import digest_part
-from airflow_mpu_provider.multipart.plan import GiB, MiB, plan_parts
+from airflow_mpu_provider.multipart.plan import plan_parts
 from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.units import GiB, MiB
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object
 
 BUCKET = "test-bucket"
 
 
-def engine_for(client, path, key="obj", part_size=5 * MiB, **options) -> tuple[UploadEngine, FileSource]:
+def engine_for(client, path, key="obj", part_size=5 * MiB, **options) -> tuple[FileUploadEngine, FileSource]:
     source = FileSource(path)
     options.setdefault("progress_interval", 0)
-    engine = UploadEngine(
+    engine = FileUploadEngine(
         client,
         bucket=BUCKET,
         key=key,
@@ -144,7 +145,7 @@ def test_upload_of_another_file_size_is_aborted_and_started_afresh(mock_s3, tmp_
     old = make_file(tmp_path / "old", 12 * MiB, seed=1)
     engine, source = engine_for(mock_s3, old)
     with source:
-        engine._open(None, None, None)  # create only: leave an incomplete upload behind, as a crash would
+        engine._resume_or_create(None, None, None)  # create only: leave an incomplete upload behind, as a crash would
     stale_id = engine.upload.upload_id
     engine.upload.put_part(
         1, old.read_bytes()[: 5 * MiB], digest_part(1, old.read_bytes()[: 5 * MiB], algorithm="CRC32C", with_md5=True)
@@ -239,7 +240,7 @@ def test_cancel_does_no_network_io_and_aborts_through_its_own_client(mock_s3, tm
     calls: list = []
     pool_lock = threading.Lock()
     source = FileSource(path)
-    engine = UploadEngine(
+    engine = FileUploadEngine(
         GuardedClient(mock_s3, pool_lock, calls, "main"),
         bucket=BUCKET,
         key="obj",
@@ -301,7 +302,7 @@ def test_wrong_etag_from_store_is_an_integrity_error(mock_s3, tmp_path, monkeypa
 def test_missing_bucket_is_a_clear_error(mock_s3, tmp_path):
     path = make_file(tmp_path / "f", 10)
     source = FileSource(path)
-    engine = UploadEngine(mock_s3, bucket="no-such-bucket", key="k", source=source, plan=plan_parts(10))
+    engine = FileUploadEngine(mock_s3, bucket="no-such-bucket", key="k", source=source, plan=plan_parts(10))
     with source, pytest.raises(S3UploadError, match="s3://no-such-bucket/k: NoSuchBucket"):
         engine.run()
 

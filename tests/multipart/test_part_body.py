@@ -11,7 +11,7 @@ from botocore.exceptions import ConnectionClosedError, HTTPClientError
 
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
 from airflow_mpu_provider.multipart.part_body import PartBody, _cancellation_in, never_retry_cancelled_parts
-from airflow_mpu_provider.multipart.plan import MiB
+from airflow_mpu_provider.multipart.units import MiB
 
 
 def test_part_body_reads_large_chunks_and_stops_on_cancel():

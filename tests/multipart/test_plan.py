@@ -11,13 +11,10 @@ from airflow_mpu_provider.multipart.plan import (
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
-    GiB,
-    MiB,
-    TiB,
     choose_part_size,
-    format_bytes,
     plan_parts,
 )
+from airflow_mpu_provider.multipart.units import GiB, MiB, TiB
 
 
 def test_parts_cover_the_file_exactly_once_in_ascending_order():
@@ -82,9 +79,3 @@ def test_object_larger_than_s3_allows_is_refused():
 def test_part_outside_the_plan():
     with pytest.raises(IndexError):
         plan_parts(10 * MiB, 5 * MiB).part(3)
-
-
-def test_format_bytes():
-    assert format_bytes(0) == "0 B"
-    assert format_bytes(1536) == "1.5 KiB"
-    assert format_bytes(5 * TiB) == "5.0 TiB"

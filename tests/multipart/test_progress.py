@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from airflow_mpu_provider.multipart.plan import MiB
-from airflow_mpu_provider.multipart.progress import MIN_TIMER_INTERVAL, ProgressReporter, Ticker, format_duration
+from airflow_mpu_provider.multipart.progress import MIN_TIMER_INTERVAL, ProgressReporter, Ticker
+from airflow_mpu_provider.multipart.units import MiB
 
 
 class FakeClock:
@@ -41,12 +41,6 @@ def test_resumed_bytes_count_for_percent_but_not_for_rate():
     assert progress.done_bytes == 60 * MiB
     assert progress.rate() == 10 * MiB / 10
     assert "(60.0%)" in progress.summary()
-
-
-def test_format_duration():
-    assert format_duration(5) == "5s"
-    assert format_duration(125) == "2m05s"
-    assert format_duration(3 * 3600 + 61) == "3h01m01s"
 
 
 # -- lines on a timer -------------------------------------------------------------------------------
@@ -228,7 +222,7 @@ def logger_with(handler: logging.Handler) -> logging.Logger:
 
 
 def test_file_upload_logs_a_stall_while_a_part_hangs_and_stops_its_timer(mock_s3, tmp_path):
-    from airflow_mpu_provider.multipart.engine import UploadEngine, UploadOptions
+    from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
     from airflow_mpu_provider.multipart.plan import plan_parts
     from airflow_mpu_provider.multipart.sources import FileSource
     from tests.conftest import make_file, sha256_file, sha256_object
@@ -236,7 +230,7 @@ def test_file_upload_logs_a_stall_while_a_part_hangs_and_stops_its_timer(mock_s3
     path = make_file(tmp_path / "f", 6 * MiB)
     seen = StallLineSeen()
     with FileSource(path) as source:
-        engine = UploadEngine(
+        engine = FileUploadEngine(
             StallingClient(mock_s3, seen.seen),
             bucket="test-bucket",
             key="stalled",
@@ -292,7 +286,7 @@ def test_stream_upload_logs_a_stall_while_the_command_is_silent(mock_s3):
 
 
 def test_timer_stops_when_a_part_fails(mock_s3, tmp_path):
-    from airflow_mpu_provider.multipart.engine import UploadEngine, UploadOptions
+    from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
     from airflow_mpu_provider.multipart.plan import plan_parts
     from airflow_mpu_provider.multipart.sources import FileSource
     from tests.conftest import incomplete_uploads, make_file
@@ -305,7 +299,7 @@ def test_timer_stops_when_a_part_fails(mock_s3, tmp_path):
 
     path = make_file(tmp_path / "f", 6 * MiB)
     with FileSource(path) as source:
-        engine = UploadEngine(
+        engine = FileUploadEngine(
             FailingClient(mock_s3, threading.Event()),
             bucket="test-bucket",
             key="fails",

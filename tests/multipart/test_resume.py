@@ -11,8 +11,9 @@ from botocore.exceptions import ClientError
 
 from airflow_mpu_provider.multipart.errors import S3UploadError
 from airflow_mpu_provider.multipart.integrity import digest_part
-from airflow_mpu_provider.multipart.plan import MiB, plan_parts
+from airflow_mpu_provider.multipart.plan import plan_parts
 from airflow_mpu_provider.multipart.resume import LISTING_UNAVAILABLE_CODES, find_adoptable_upload
+from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 BUCKET = "test-bucket"

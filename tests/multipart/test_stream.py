@@ -12,13 +12,11 @@ from airflow_mpu_provider.multipart.errors import CommandFailedError, InvalidUpl
 from airflow_mpu_provider.multipart.plan import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
-    GiB,
-    MiB,
-    TiB,
     stream_capacity,
     stream_part_size,
 )
 from airflow_mpu_provider.multipart.stream import StreamUploadEngine
+from airflow_mpu_provider.multipart.units import GiB, MiB, TiB
 from tests.conftest import incomplete_uploads
 
 BUCKET = "test-bucket"
@@ -258,3 +256,13 @@ def test_recording_the_upload_id_fails_and_the_stream_upload_is_aborted(mock_s3)
         stream_engine.run()
     assert len(seen) == 1  # it was created...
     assert incomplete_uploads(mock_s3, BUCKET) == []  # ...and aborted
+
+
+@pytest.mark.parametrize(
+    ("first_part_size", "message"),
+    [(5 * MiB - 1, "below S3's minimum"), (MAX_PART_SIZE + 1, "above S3's maximum"), (0, "below S3's minimum")],
+)
+def test_a_first_part_size_s3_refuses_is_refused_before_anything_is_read_or_created(first_part_size, message):
+    """The same check as a file's plan (plan.check_part_size): one rule, one message, whatever the source."""
+    with pytest.raises(InvalidUploadRequest, match=message):
+        StreamUploadEngine(None, bucket=BUCKET, key="k", stream=CountingStream(), first_part_size=first_part_size)

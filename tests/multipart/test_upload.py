@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from airflow_mpu_provider.multipart.errors import S3UploadError
-from airflow_mpu_provider.multipart.plan import MiB
+from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from tests.conftest import incomplete_uploads
 

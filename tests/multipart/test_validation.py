@@ -10,7 +10,7 @@ import pytest
 
 from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
-from airflow_mpu_provider.multipart.plan import GiB, MiB
+from airflow_mpu_provider.multipart.units import GiB, MiB
 
 
 @pytest.mark.parametrize(

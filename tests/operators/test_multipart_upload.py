@@ -10,7 +10,7 @@ import pytest
 
 from airflow_mpu_provider import get_provider_info
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
-from airflow_mpu_provider.multipart.plan import MiB
+from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
 from tests.conftest import incomplete_uploads, make_file
 

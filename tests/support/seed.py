@@ -6,9 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from airflow_mpu_provider.multipart.integrity import digest_part
+from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import MultipartUpload
-
-MiB = 1024 * 1024
 
 
 def seed_crashed_upload(
