@@ -50,3 +50,15 @@ def test_readme_dag_examples_build_a_dag_of_this_providers_operators(source):
         assert type(task).__module__.startswith("airflow_mpu_provider."), type(task)
         if type(task).__name__ == "MultipartUploadOperator":
             assert task.key and (task.file or task.command)
+
+
+def test_the_module_map_names_every_engine_module_and_only_those():
+    """The README's map of ``airflow_mpu_provider/multipart/`` is how a newcomer finds their way: it must
+    name every module there is, and none that is gone."""
+    package = README.parent / "airflow_mpu_provider" / "multipart"
+    text = README.read_text()
+    entry = re.search(r"^\* `airflow_mpu_provider/multipart/`:(.*?)^\* ", text, flags=re.S | re.M)
+    assert entry, "the README's module map has no entry for airflow_mpu_provider/multipart/"
+    named = set(re.findall(r"`(\w+\.py)`", entry.group(1)))
+    present = {p.name for p in package.glob("*.py")} - {"__init__.py"}
+    assert named == present, f"missing from the map: {sorted(present - named)}; gone: {sorted(named - present)}"
