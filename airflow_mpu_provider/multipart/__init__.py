@@ -29,6 +29,7 @@ from airflow_mpu_provider.multipart.errors import (
     SourceChangedError,
     UploadCancelledError,
 )
+from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.plan import plan_parts
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.upload import MultipartUpload
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidUploadRequest",
     "MultipartUpload",
     "MultipartUploadError",
+    "PartRecord",
     "S3UploadError",
     "SourceChangedError",
     "UploadCancelledError",
