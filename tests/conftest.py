@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
@@ -19,7 +19,14 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
 os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-__all__ = ["MiB", "incomplete_uploads", "make_file", "sha256_file", "sha256_object"]  # what the test modules import
+__all__ = [
+    "MiB",
+    "PutPartHooks",
+    "incomplete_uploads",
+    "make_file",
+    "sha256_file",
+    "sha256_object",
+]  # what the test modules import
 
 
 def make_file(path: Path, size: int, seed: int = 0) -> Path:
@@ -102,3 +109,49 @@ def mock_s3() -> Iterator[object]:
         client = boto3.client("s3", region_name=REGION)
         client.create_bucket(Bucket="test-bucket")
         yield client
+
+
+class PutPartHooks:
+    """What runs around every ``MultipartUpload.put_part`` while the ``put_part_hooks`` fixture is active.
+
+    ``before(number)`` runs before the part is sent: raise from it to fail that part as a dropped
+    connection would. ``after(number)`` runs once the part is stored and before the engine learns of it:
+    set an event from it, or wait on one to hold the part's worker there. Either may be None.
+    """
+
+    def __init__(self) -> None:
+        self.before: Callable[[int], None] | None = None
+        self.after: Callable[[int], None] | None = None
+
+    def fail_part(self, part: int, error: BaseException) -> None:
+        """Make part ``part`` fail with ``error`` before anything of it is sent."""
+
+        def before(number: int) -> None:
+            if number == part:
+                raise error
+
+        self.before = before
+
+    def clear(self) -> None:
+        """Back to the real put_part (a retry that must not fail again)."""
+        self.before = self.after = None
+
+
+@pytest.fixture
+def put_part_hooks(monkeypatch) -> PutPartHooks:
+    """Every ``MultipartUpload.put_part`` (the engine's, the operator's, the hook's) runs ``PutPartHooks``."""
+    from airflow_mpu_provider.multipart.upload import MultipartUpload
+
+    hooks = PutPartHooks()
+    real = MultipartUpload.put_part
+
+    def put_part(self, number, *args, **kwargs):
+        if hooks.before is not None:
+            hooks.before(number)
+        record = real(self, number, *args, **kwargs)
+        if hooks.after is not None:
+            hooks.after(number)
+        return record
+
+    monkeypatch.setattr(MultipartUpload, "put_part", put_part)
+    return hooks

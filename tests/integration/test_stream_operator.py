@@ -13,6 +13,7 @@ from airflow_mpu_provider.operators.multipart_upload import STREAM_STATE_KEY, Mu
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads
 from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance
+from tests.support.seed import seed_crashed_upload
 
 pytestmark = pytest.mark.integration
 
@@ -90,20 +91,18 @@ def test_the_next_try_aborts_the_upload_of_a_try_that_died(connection, proxy, s3
     """What SIGKILL leaves behind, built by hand: a record and an upload with a part. (The real kill
     through Airflow is tests/e2e/test_stream_kills.py.)"""
     key = "it/stream-dead-try.bin"
-    dead = MultipartUpload(s3, BUCKET, key)
-    dead.create()
-    dead.upload_part(b"x" * 5 * MiB)
+    dead_id = seed_crashed_upload(s3, BUCKET, key, b"x" * 5 * MiB)
     store = FakeStateStore()
-    store.set(STREAM_STATE_KEY, {"bucket": BUCKET, "key": key, "upload_id": dead.upload_id})
+    store.set(STREAM_STATE_KEY, {"bucket": BUCKET, "key": key, "upload_id": dead_id})
     ti = FakeTaskInstance(try_number=2, max_tries=1)
     result = streaming(connection(), key).execute({"ti": ti, "task_state_store": store})
-    assert result["upload_id"] != dead.upload_id
+    assert result["upload_id"] != dead_id
     if AIRFLOW_V_3_3_PLUS:
         assert proxy.count("AbortMultipartUpload") >= 1
         assert incomplete_uploads(s3, BUCKET, key) == []
     else:  # no task_state_store: the dead try's upload is left to the janitor or a lifecycle rule
-        assert [u["UploadId"] for u in incomplete_uploads(s3, BUCKET, key)] == [dead.upload_id]
-        dead.abort()
+        assert [u["UploadId"] for u in incomplete_uploads(s3, BUCKET, key)] == [dead_id]
+        MultipartUpload(s3, BUCKET, key, upload_id=dead_id).abort()
     assert store.data == ({} if AIRFLOW_V_3_3_PLUS else {STREAM_STATE_KEY: store.data[STREAM_STATE_KEY]})
     s3.delete_object(Bucket=BUCKET, Key=key)
 

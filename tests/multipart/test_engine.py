@@ -12,12 +12,11 @@ from airflow_mpu_provider.multipart.errors import (
     SourceChangedError,
     UploadCancelledError,
 )
-from airflow_mpu_provider.multipart.integrity import digest_part
 from airflow_mpu_provider.multipart.plan import plan_parts
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.units import GiB, MiB
-from airflow_mpu_provider.multipart.upload import MultipartUpload
 from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object
+from tests.support.seed import seed_crashed_upload
 
 BUCKET = "test-bucket"
 
@@ -79,33 +78,19 @@ def test_memory_is_bounded_by_workers_times_part_size():
     assert options.workers_for(5 * GiB) == 1
 
 
-def test_failure_aborts_and_reraises(mock_s3, tmp_path, monkeypatch):
+def test_failure_aborts_and_reraises(mock_s3, tmp_path, put_part_hooks):
     path = make_file(tmp_path / "f", 16 * MiB)
     engine, source = engine_for(mock_s3, path)
-    real = MultipartUpload.put_part
-
-    def fail_part_3(self, number, *args, **kwargs):
-        if number == 3:
-            raise RuntimeError("network gone")
-        return real(self, number, *args, **kwargs)
-
-    monkeypatch.setattr(MultipartUpload, "put_part", fail_part_3)
+    put_part_hooks.fail_part(3, RuntimeError("network gone"))
     with source, pytest.raises(RuntimeError, match="network gone"):
         engine.run()
     assert incomplete_uploads(mock_s3, BUCKET) == []
 
 
-def test_failure_keeps_upload_when_a_retry_will_resume_it(mock_s3, tmp_path, monkeypatch):
+def test_failure_keeps_upload_when_a_retry_will_resume_it(mock_s3, tmp_path, put_part_hooks):
     path = make_file(tmp_path / "f", 16 * MiB)
     engine, source = engine_for(mock_s3, path, concurrency=1)
-    real = MultipartUpload.put_part
-
-    def fail_part_3(self, number, *args, **kwargs):
-        if number == 3:
-            raise ConnectionError("dropped")
-        return real(self, number, *args, **kwargs)
-
-    monkeypatch.setattr(MultipartUpload, "put_part", fail_part_3)
+    put_part_hooks.fail_part(3, ConnectionError("dropped"))
     with source, pytest.raises(ConnectionError):
         engine.run(keep_on_failure=True)
     kept = incomplete_uploads(mock_s3, BUCKET)
@@ -115,7 +100,7 @@ def test_failure_keeps_upload_when_a_retry_will_resume_it(mock_s3, tmp_path, mon
     stored = mock_s3.list_parts(Bucket=BUCKET, Key="obj", UploadId=kept[0]["UploadId"]).get("Parts", [])
     numbers = {p["PartNumber"] for p in stored}
     assert {1, 2} <= numbers and 3 not in numbers
-    monkeypatch.setattr(MultipartUpload, "put_part", real)
+    put_part_hooks.clear()
 
     retry, source = engine_for(mock_s3, path, concurrency=1)
     with source:
@@ -130,26 +115,18 @@ def test_failure_keeps_upload_when_a_retry_will_resume_it(mock_s3, tmp_path, mon
 def test_corrupt_stored_part_is_sent_again(mock_s3, tmp_path):
     path = make_file(tmp_path / "f", 16 * MiB)
     data = path.read_bytes()
-    earlier = MultipartUpload(mock_s3, BUCKET, "obj")
-    earlier.create()
-    for number, chunk in ((1, data[: 5 * MiB]), (2, b"\0" * (5 * MiB))):  # part 2 holds wrong bytes
-        earlier.put_part(number, chunk, digest_part(number, chunk, algorithm="CRC32C", with_md5=True))
+    wrong_part_2 = data[: 5 * MiB] + b"\0" * (5 * MiB)
+    earlier_id = seed_crashed_upload(mock_s3, BUCKET, "obj", wrong_part_2, (1, 2))
     engine, source = engine_for(mock_s3, path)
     with source:
-        result = engine.run(resume_upload_id=earlier.upload_id)
+        result = engine.run(resume_upload_id=earlier_id)
     assert (result.parts_resumed, result.parts_sent) == (1, 3)
     assert sha256_object(mock_s3, BUCKET, "obj") == sha256_file(path)
 
 
 def test_upload_of_another_file_size_is_aborted_and_started_afresh(mock_s3, tmp_path):
     old = make_file(tmp_path / "old", 12 * MiB, seed=1)
-    engine, source = engine_for(mock_s3, old)
-    with source:
-        engine._resume_or_create(None, None, None)  # create only: leave an incomplete upload behind, as a crash would
-    stale_id = engine.upload.upload_id
-    engine.upload.put_part(
-        1, old.read_bytes()[: 5 * MiB], digest_part(1, old.read_bytes()[: 5 * MiB], algorithm="CRC32C", with_md5=True)
-    )
+    stale_id = seed_crashed_upload(mock_s3, BUCKET, "obj", old.read_bytes())
     new = make_file(tmp_path / "new", 3 * MiB, seed=2)
     engine, source = engine_for(mock_s3, new)
     with source:
@@ -169,41 +146,43 @@ def test_resume_of_vanished_upload_starts_afresh(mock_s3, tmp_path):
     assert sha256_object(mock_s3, BUCKET, "obj") == sha256_file(path)
 
 
-def test_file_changed_mid_upload_fails_and_leaves_nothing(mock_s3, tmp_path, monkeypatch):
+def test_file_changed_mid_upload_fails_and_leaves_nothing(mock_s3, tmp_path, put_part_hooks):
     path = make_file(tmp_path / "f", 16 * MiB)
     engine, source = engine_for(mock_s3, path, concurrency=1)
-    real = MultipartUpload.put_part
 
-    def append_after_part_1(self, number, *args, **kwargs):
-        entry = real(self, number, *args, **kwargs)
+    def append_after_part_1(number: int) -> None:
         if number == 1:
             with path.open("ab") as f:
                 f.write(b"late log line\n")
-        return entry
 
-    monkeypatch.setattr(MultipartUpload, "put_part", append_after_part_1)
+    put_part_hooks.after = append_after_part_1
     with source, pytest.raises(SourceChangedError, match="changed during the upload"):
         engine.run(keep_on_failure=True)  # a changed source is never kept for resume
     assert incomplete_uploads(mock_s3, BUCKET) == []
     assert "Contents" not in mock_s3.list_objects_v2(Bucket=BUCKET)
 
 
-def test_cancel_stops_aborts_and_raises(mock_s3, tmp_path, monkeypatch):
+def test_cancel_stops_aborts_and_raises(mock_s3, tmp_path, put_part_hooks):
     path = make_file(tmp_path / "f", 30 * MiB)
     engine, source = engine_for(mock_s3, path, concurrency=2)
-    real = MultipartUpload.put_part
-    first_part_sent = threading.Event()
+    first_part_sent, cancelled = threading.Event(), threading.Event()
 
-    def slow(self, number, *args, **kwargs):
-        entry = real(self, number, *args, **kwargs)
+    def hold_until_cancelled(number: int) -> None:  # no part is reported done before the cancel lands
         first_part_sent.set()
-        threading.Event().wait(0.3)
-        return entry
+        cancelled.wait(30)
 
-    monkeypatch.setattr(MultipartUpload, "put_part", slow)
-    threading.Thread(target=lambda: first_part_sent.wait(10) and engine.cancel()).start()
+    def cancel() -> None:
+        if first_part_sent.wait(30):
+            engine.cancel()
+        cancelled.set()
+
+    put_part_hooks.after = hold_until_cancelled
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
     with source, pytest.raises(UploadCancelledError):
         engine.run(keep_on_failure=True)  # a cancel always aborts
+    canceller.join(30)
+    assert first_part_sent.is_set()
     assert incomplete_uploads(mock_s3, BUCKET) == []
     assert "Contents" not in mock_s3.list_objects_v2(Bucket=BUCKET)
 
@@ -230,7 +209,7 @@ class GuardedClient:
         return call
 
 
-def test_cancel_does_no_network_io_and_aborts_through_its_own_client(mock_s3, tmp_path, monkeypatch):
+def test_cancel_does_no_network_io_and_aborts_through_its_own_client(mock_s3, tmp_path, put_part_hooks):
     """on_kill runs cancel() in the main thread's signal handler, maybe while that thread holds the
     connection pool's lock: cancel must not touch the client; the abort goes through abort_client in a
     thread, and run() aborts again with the main client once its workers stopped."""
@@ -249,16 +228,13 @@ def test_cancel_does_no_network_io_and_aborts_through_its_own_client(mock_s3, tm
         options=UploadOptions(concurrency=2, progress_interval=0),
         abort_client=GuardedClient(mock_s3, threading.Lock(), calls, "abort"),
     )
-    real = MultipartUpload.put_part
     first_part_sent, release = threading.Event(), threading.Event()
 
-    def slow(self, number, *args, **kwargs):
-        entry = real(self, number, *args, **kwargs)
+    def hold(number: int) -> None:
         first_part_sent.set()
         release.wait(10)
-        return entry
 
-    monkeypatch.setattr(MultipartUpload, "put_part", slow)
+    put_part_hooks.after = hold
     outcome: list = []
 
     def run() -> None:

@@ -119,25 +119,27 @@ def test_abort_client_has_its_own_pool_the_same_connection_and_gives_up_quickly(
     assert abort.meta.config.retries["total_max_attempts"] == 2
 
 
-def test_on_kill_during_execute_aborts_and_fails_the_task(mock_s3, tmp_path, monkeypatch):
-    from airflow_mpu_provider.multipart.upload import MultipartUpload
-
+def test_on_kill_during_execute_aborts_and_fails_the_task(mock_s3, tmp_path, monkeypatch, put_part_hooks):
     path = make_file(tmp_path / "f", 30 * MiB)
     operator = op(file=str(path), key="s3://test-bucket/killed.bin", part_size=5 * MiB, concurrency=1, retries=3)
     monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
-    real = MultipartUpload.put_part
-    first_part = threading.Event()
+    first_part, killed = threading.Event(), threading.Event()
 
-    def slow(self, *args, **kwargs):
-        entry = real(self, *args, **kwargs)
+    def hold_until_killed(number: int) -> None:  # no part is reported done before on_kill ran
         first_part.set()
-        threading.Event().wait(0.2)
-        return entry
+        killed.wait(30)
 
-    monkeypatch.setattr(MultipartUpload, "put_part", slow)
-    threading.Thread(target=lambda: first_part.wait(10) and operator.on_kill()).start()
+    def kill() -> None:
+        if first_part.wait(30):
+            operator.on_kill()
+        killed.set()
+
+    put_part_hooks.after = hold_until_killed
+    killer = threading.Thread(target=kill)
+    killer.start()
     with pytest.raises(UploadCancelledError):
         operator.execute({})  # retries=3: a plain failure would keep the upload, a kill never does
+    killer.join(30)
     assert incomplete_uploads(mock_s3, "test-bucket") == []
 
 
@@ -162,10 +164,8 @@ def test_exactly_one_of_file_or_command():
 
 @pytest.mark.parametrize(("keep", "retries", "left"), [(True, 2, 1), (False, 2, 0), (True, 0, 0)])
 def test_keep_or_abort_on_failure_follows_the_policy_and_airflows_retry_decision(
-    mock_s3, tmp_path, monkeypatch, keep, retries, left
+    mock_s3, tmp_path, monkeypatch, put_part_hooks, keep, retries, left
 ):
-    from airflow_mpu_provider.multipart.upload import MultipartUpload
-
     path = make_file(tmp_path / "f", 12 * MiB)
     operator = op(
         file=str(path),
@@ -177,14 +177,7 @@ def test_keep_or_abort_on_failure_follows_the_policy_and_airflows_retry_decision
         adopt_quiet_after=0,  # without task_state_store the retry adopts at once, so keeping makes sense
     )
     monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
-    real = MultipartUpload.put_part
-
-    def connection_drops_at_part_2(self, number, *args, **kwargs):
-        if number == 2:
-            raise ConnectionError("connection reset by peer")
-        return real(self, number, *args, **kwargs)
-
-    monkeypatch.setattr(MultipartUpload, "put_part", connection_drops_at_part_2)
+    put_part_hooks.fail_part(2, ConnectionError("connection reset by peer"))
     ti = SimpleNamespace(try_number=1, max_tries=retries, xcom_push=lambda **kw: None)
     with pytest.raises(ConnectionError):
         operator.execute({"ti": ti})
