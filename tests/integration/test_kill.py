@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError
 
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
 from airflow_mpu_provider.multipart.integrity import digest_part
+from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
 from tests.conftest import MiB, incomplete_uploads, make_file
@@ -109,7 +110,7 @@ def test_real_network_errors_keep_the_whole_retry_budget(proxy, s3):
     try:
         thread, outcome = send_part_in_thread(upload, b"n" * (6 * MiB), threading.Event())  # never set
         thread.join(120)
-        assert isinstance(outcome[0], dict) and outcome[0]["PartNumber"] == 1, outcome
+        assert isinstance(outcome[0], PartRecord) and outcome[0].number == 1, outcome
         assert proxy.injections(fault) == 5
         assert [r.status for r in proxy.requests() if r.kind == "UploadPart"] == [0, 0, 0, 0, 0, 200]
     finally:
