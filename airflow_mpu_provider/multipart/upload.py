@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -41,6 +41,9 @@ from airflow_mpu_provider.multipart.integrity import (
 from airflow_mpu_provider.multipart.part_body import PartBody, never_retry_cancelled_parts
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.request_args import request_args
+
+if TYPE_CHECKING:
+    from airflow_mpu_provider.multipart.bandwidth import BandwidthLimit
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +160,18 @@ class MultipartUpload:
         return self.upload_id
 
     def put_part(
-        self, number: int, data: bytes, digest: PartDigest, *, cancel: threading.Event | None = None
+        self,
+        number: int,
+        data: bytes,
+        digest: PartDigest,
+        *,
+        cancel: threading.Event | None = None,
+        throttle: BandwidthLimit | None = None,
     ) -> PartRecord:
-        """UploadPart; returns the part's record (with the MD5 ``digest`` holds), after checking S3's answer."""
+        """UploadPart; returns the part's record (with the MD5 ``digest`` holds), after checking S3's answer.
+
+        ``throttle``: the upload's bandwidth limit, which the part's socket writes draw from.
+        """
         args: dict[str, Any] = {}
         if digest.checksum and self.checksum_algorithm:
             args[checksum_field(self.checksum_algorithm)] = digest.checksum
@@ -170,7 +182,7 @@ class MultipartUpload:
             self.client.upload_part,
             UploadId=self.upload_id,
             PartNumber=number,
-            Body=PartBody(data, cancel),
+            Body=PartBody(data, cancel) if throttle is None else throttle.body(data, cancel),
             ContentLength=len(data),
             **args,
         )

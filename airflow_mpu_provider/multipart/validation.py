@@ -61,6 +61,24 @@ def max_buffer_bytes(value: Any) -> int:
     return whole_number("max_buffer_bytes", value, minimum=1, unit="bytes")
 
 
+def max_bandwidth(value: Any) -> int | None:
+    """None (no cap) or a whole number of bytes per second, for all parts of one upload together."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise InvalidUploadRequest(
+            f"max_bandwidth must be a whole number of bytes per second (an int), got {_kind(value)}; strings are "
+            "not parsed: pass e.g. max_bandwidth=32 * 1024 * 1024 for 32 MiB/s."
+        )
+    rate = whole_number("max_bandwidth", value, unit="bytes per second")
+    if rate < 1:
+        raise InvalidUploadRequest(
+            f"max_bandwidth must be at least 1 byte per second, got {rate:,}; pass None for no cap, "
+            f"or e.g. max_bandwidth={32 * 1024 * 1024:_} for 32 MiB/s."
+        )
+    return rate
+
+
 def seconds(name: str, value: Any, *, positive: bool = False, numeric_strings: bool = False) -> float:
     """A duration as seconds: an int, a float or a ``timedelta`` (not a bool, not NaN or infinite).
 
