@@ -20,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from airflow_mpu_provider.multipart.bandwidth import BandwidthLimit, bandwidth_limit, meter_only_what_is_sent
 from airflow_mpu_provider.multipart.buffers import BufferBudget
 from airflow_mpu_provider.multipart.compare import ObjectComparison, compare_object
 from airflow_mpu_provider.multipart.errors import (
@@ -87,6 +88,9 @@ class UploadOptions:
     #: False: complete only if the key holds no object (IfNoneMatch="*"), so that a run that started
     #: after the caller checked the key cannot be overwritten by this one.
     overwrite: bool = True
+    #: Cap in bytes per second on all parts together (like s3transfer's ``TransferConfig.max_bandwidth``);
+    #: None: as fast as the link goes.
+    max_bandwidth: int | None = None
 
     def workers_for(self, part_size: int, *, held_by_reader: int = 0) -> int:
         """Parts of ``part_size`` that may be in flight at once: as many as fit in ``max_buffer_bytes``
@@ -212,6 +216,10 @@ class BaseUploadEngine:
         self.upload: MultipartUpload | None = None
         #: Part bytes in memory, counted where parts are read and released (peak -> peak_buffer_bytes).
         self.buffers = BufferBudget(options.max_buffer_bytes)
+        #: The bandwidth every part of this run draws from (None: no cap); checked here, before any request.
+        self.bandwidth: BandwidthLimit | None = bandwidth_limit(options.max_bandwidth)
+        if self.bandwidth is not None:
+            meter_only_what_is_sent(client)
         #: Set when a failed run kept its upload for a later run to resume (rather than aborting it).
         self.kept_for_resume = False
         self._cancelled = threading.Event()
@@ -290,7 +298,13 @@ class BaseUploadEngine:
         # object's ETag) can be verified; moto and many S3-compatible stores report only ETags.
         with_md5 = algorithm is None or not self.upload.store_echoes_checksums
         digest = digest_part(number, data, algorithm=algorithm, with_md5=with_md5)
-        return self.upload.put_part(number, data, digest, cancel=self._stop)
+        return self.upload.put_part(number, data, digest, cancel=self._stop, throttle=self.bandwidth)
+
+    def _cap_note(self) -> str:
+        """For the log: the bandwidth cap, if there is one."""
+        if self.bandwidth is None:
+            return ""
+        return f", at most {format_bytes(self.bandwidth.rate)}/s together (max_bandwidth)"
 
     def _result(
         self,
@@ -778,10 +792,11 @@ class FileUploadEngine(BaseUploadEngine):
         progress.skip(sum(self.plan.part(n).length for n in kept), len(kept))
         if missing:
             self.log.info(
-                "Sending %d parts (%s) with %d parallel workers.",
+                "Sending %d parts (%s) with %d parallel workers%s.",
                 len(missing),
                 format_bytes(sum(p.length for p in missing)),
                 workers,
+                self._cap_note(),
             )
         records = dict(kept)
         with progress.ticking():  # a line every interval, even while no part finishes

@@ -114,7 +114,7 @@ class StreamUploadEngine(BaseUploadEngine):
                     f"parts of {format_bytes(self.first_part_size)}"
                     + (f" growing to {format_bytes(largest)}" if self.growing else "")
                     + f" (up to {format_bytes(self.capacity())}), at most "
-                    f"{format_bytes(self.options.max_buffer_bytes)} of them in memory"
+                    f"{format_bytes(self.options.max_buffer_bytes)} of them in memory{self._cap_note()}"
                 )
                 with progress.ticking():  # a line every interval, even while the command is silent
                     total = self._send_stream(pool, workers, records, progress)
