@@ -151,6 +151,10 @@ class MultipartUploadOperator(BaseOperator):
         plus for a ``command`` the part being read); parallelism shrinks as parts grow so that memory stays
         within it. At least one part is always in flight, so a single part larger than the cap is the
         bound then (one part in memory at a time). The peak is returned as ``peak_buffer_bytes``.
+    :param max_bandwidth: cap (an int, in bytes per second) on the upload's rate, all parallel parts
+        together, like s3transfer's ``TransferConfig.max_bandwidth``: e.g. ``32 * 1024 * 1024`` keeps a
+        nightly dump from saturating the production link. Smooth (a token bucket charged per socket
+        write), for files and commands; re-sent bytes count too. None (the default): no cap.
     :param checksum_algorithm: S3 checksum sent with every part and verified end to end: "CRC32C"
         (default), "CRC32", "SHA1", "SHA256". None sends Content-MD5 only and turns botocore's default
         checksums off, for S3-compatible stores that reject S3 checksums.
@@ -211,6 +215,7 @@ class MultipartUploadOperator(BaseOperator):
         part_size: int | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        max_bandwidth: int | None = None,
         checksum_algorithm: str | None = DEFAULT_CHECKSUM_ALGORITHM,
         encrypt: bool = False,
         sse_kms_key_id: str | None = None,
@@ -239,6 +244,7 @@ class MultipartUploadOperator(BaseOperator):
         self.part_size = validation.part_size(part_size)
         self.concurrency = validation.concurrency(concurrency)
         self.max_buffer_bytes = validation.max_buffer_bytes(max_buffer_bytes)
+        self.max_bandwidth = validation.max_bandwidth(max_bandwidth)
         self.checksum_algorithm = checksum_algorithm
         self.encrypt = encrypt
         self.sse_kms_key_id = sse_kms_key_id
@@ -335,6 +341,7 @@ class MultipartUploadOperator(BaseOperator):
         return UploadOptions(
             concurrency=self.concurrency,
             max_buffer_bytes=self.max_buffer_bytes,
+            max_bandwidth=self.max_bandwidth,
             checksum_algorithm=checksum_algorithm,
             extra_args=self.object_args(),
             progress_interval=self.progress_interval,

@@ -200,6 +200,11 @@ def test_keep_or_abort_on_failure_follows_the_policy_and_airflows_retry_decision
         ("concurrency", 0, r"concurrency must be at least 1"),
         ("max_buffer_bytes", "1GiB", r"max_buffer_bytes must be a whole number of bytes .*'1GiB'"),
         ("max_buffer_bytes", 1e9, r"max_buffer_bytes must be a whole number"),
+        ("max_bandwidth", True, r"max_bandwidth must be a whole number of bytes per second .*got True"),
+        ("max_bandwidth", 3.2e7, r"max_bandwidth must be a whole number.*pass max_bandwidth=32_000_000"),
+        ("max_bandwidth", 0, r"max_bandwidth must be at least 1 byte per second, got 0; pass None for no cap"),
+        ("max_bandwidth", -1024, r"max_bandwidth must be at least 1 byte per second"),
+        ("max_bandwidth", "32MiB", r"max_bandwidth must be a whole number .*'32MiB'.*strings are not parsed"),
         ("progress_interval", -1, r"progress_interval must be 0 or more seconds"),
         ("progress_interval", "30", r"progress_interval must be a number of seconds or a datetime.timedelta"),
         ("command_timeout", 0, r"command_timeout must be greater than 0 seconds"),
@@ -293,3 +298,9 @@ def test_on_kill_after_execute_ended_touches_nothing(mock_s3, tmp_path, monkeypa
     operator._ours = MultipartUpload(mock_s3, "test-bucket", "x", upload_id="kept-for-the-retry")
     operator.on_kill()
     assert operator._killed
+
+
+def test_max_bandwidth_reaches_the_engine_options_and_defaults_to_no_cap():
+    assert op().upload_options("CRC32C").max_bandwidth is None
+    assert op(max_bandwidth=32 * MiB).upload_options("CRC32C").max_bandwidth == 32 * MiB
+    assert op(file=None, command="true", max_bandwidth=1).upload_options(None).max_bandwidth == 1
