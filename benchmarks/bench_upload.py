@@ -12,6 +12,10 @@ A B C D A B C D ..., and each worker reports wall time and CPU of the upload alo
 
 ``--part-size`` and ``--concurrency`` take comma-separated lists; every combination becomes its own
 row, e.g. ``--contenders engine --part-size 8MiB,16MiB,32MiB,64MiB --concurrency 4,8,16``.
+
+``--max-bandwidth 32MiB`` caps the engine (``UploadOptions.max_bandwidth``) and s3transfer's contenders
+(``TransferConfig.max_bandwidth``) at that many bytes per second, and reports each one's measured rate
+against the cap, e.g. ``--size 256MiB --contenders engine,boto3-default --max-bandwidth 32MiB``.
 """
 
 from __future__ import annotations
@@ -116,10 +120,10 @@ def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str,
         from airflow_mpu_provider.multipart.upload import MultipartUpload
 
         MultipartUpload.store_echoes_checksums = property(lambda self: True, lambda self, value: None)
-    if args.checksum_algorithm == "default":
-        options = UploadOptions(concurrency=args.concurrency_value)
-    else:
-        options = UploadOptions(concurrency=args.concurrency_value, checksum_algorithm=args.checksum_algorithm)
+    chosen: dict[str, Any] = {"concurrency": args.concurrency_value, "max_bandwidth": args.max_bandwidth}
+    if args.checksum_algorithm != "default":
+        chosen["checksum_algorithm"] = args.checksum_algorithm
+    options = UploadOptions(**chosen)
     with FileSource(args.file) as src:
         plan = plan_parts(src.size, args.part_size_value)
         engine = FileUploadEngine(client, bucket=args.bucket, key=key, source=src, plan=plan, options=options)
@@ -136,9 +140,10 @@ def _boto3_upload(client: Any, args: argparse.Namespace, key: str, tuned: bool) 
             multipart_threshold=8 * MiB,
             multipart_chunksize=args.part_size_value,
             max_concurrency=args.concurrency_value,
+            max_bandwidth=args.max_bandwidth,
         )
     else:
-        config = TransferConfig()
+        config = TransferConfig(max_bandwidth=args.max_bandwidth)
     client.upload_file(args.file, args.bucket, key, Config=config)
     return {"part_size": config.multipart_chunksize, "workers": config.max_concurrency}
 
@@ -456,6 +461,8 @@ def worker_command(args: argparse.Namespace, v: Variant, file: Path, endpoint: s
         cmd.append("--assume-checksum-echo")
     if args.verify_tls:
         cmd.append("--verify-tls")
+    if args.max_bandwidth:
+        cmd += ["--max-bandwidth", str(args.max_bandwidth)]
     if profile:
         cmd += ["--profile", "--profile-timer", args.profile_timer, "--profile-top", str(args.profile_top)]
     return cmd
@@ -532,6 +539,28 @@ def table(results: list[dict[str, Any]], vs: list[Variant]) -> str:
         srv = f"{median(srv_rs, 'server_cpu_s_per_gib'):.2f}" if srv_rs else "-"
         lines.append(f"{v.label:<{width}} {len(rs):>4} {mib:>8.1f} {cpu:>10.2f} {rss:>12.0f} "
                      f"{r_mib:>11} {r_cpu:>9} {c_mib:>13} {c_cpu:>11} {r_seq:>13} {srv:>14}   {per_round}")
+    return "\n".join(lines)
+
+
+#: Contenders that honour --max-bandwidth (the engine, and s3transfer through TransferConfig.max_bandwidth).
+USES_MAX_BANDWIDTH = {"engine", "boto3-default", "boto3-tuned"}
+
+
+def cap_report(results: list[dict[str, Any]], vs: list[Variant], cap: int) -> str:
+    """Each capped contender's measured rate (median and every round) against ``cap`` bytes per second.
+
+    The rate is the whole upload's (create, parts, complete): what a user of the cap sees.
+    """
+    lines = [f"max_bandwidth {format_size(cap)}/s ({cap / MiB:.1f} MiB/s): measured rate / cap"]
+    for v in vs:
+        rs = [r for r in results if "error" not in r and r["label"] == v.label]
+        if v.contender not in USES_MAX_BANDWIDTH:
+            lines.append(f"  {v.label}: no cap (not supported by this contender)")
+        elif rs:
+            rates = [r["size"] / r["seconds"] for r in rs]
+            per_round = " ".join(f"{rate / cap:.3f}" for rate in rates)
+            lines.append(f"  {v.label}: {statistics.median(rates) / MiB:.2f} MiB/s = "
+                         f"{statistics.median(rates) / cap:.3f}x the cap (per round: {per_round})")
     return "\n".join(lines)
 
 
@@ -624,9 +653,12 @@ def run_parent(args: argparse.Namespace) -> int:
         print(f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians; checksum for engine: {args.checksum}; "
               f"{'HTTPS' if args.https or endpoint.startswith('https') else 'plain HTTP'}; "
               f"payload signing {args.payload_signing}{'; BOTO_DISABLE_CRT' if args.no_crt else ''}"
-              f"{'; engine assumes checksum echo' if args.assume_checksum_echo else ''}; "
+              f"{'; engine assumes checksum echo' if args.assume_checksum_echo else ''}"
+              f"{f'; max_bandwidth {format_size(args.max_bandwidth)}/s' if args.max_bandwidth else ''}; "
               f"took {elapsed:.0f} s")
         print(table(results, vs))
+        if args.max_bandwidth:
+            print(cap_report(results, vs, args.max_bandwidth))
         failures = [r for r in results if "error" in r]
         if failures:
             print(f"{len(failures)} run(s) failed; first error: {failures[0]['error']}")
@@ -673,6 +705,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--assume-checksum-echo", action="store_true",
                    help="engine: behave as against AWS, which echoes part checksums (moto does not), so no "
                         "Content-MD5 after the first part; the object is then verified by size only")
+    p.add_argument("--max-bandwidth", type=parse_size, default=None,
+                   help="cap in bytes per second, e.g. 32MiB: the engine's max_bandwidth and s3transfer's "
+                        "TransferConfig.max_bandwidth; the report compares each measured rate with it")
     p.add_argument("--json", help="save raw results to this file")
     p.add_argument("--profile", action="store_true", help="after the rounds, run the engine once under cProfile")
     p.add_argument("--profile-timer", choices=("cpu", "wall"), default="cpu",
