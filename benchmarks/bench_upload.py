@@ -231,7 +231,9 @@ class PartTimer:
     def _sent(self, request: Any = None, **_: Any) -> None:
         if self.first_sent is None:
             self.first_sent = time.perf_counter()
-        self.bytes += int(request.headers.get("Content-Length", 0))  # += under the GIL: these are rare
+        # aws-chunked bodies (s3transfer's trailing checksums over HTTPS) say their size in a header of their own.
+        size = request.headers.get("X-Amz-Decoded-Content-Length") or request.headers.get("Content-Length") or 0
+        self.bytes += int(size)  # += under the GIL: these are rare
 
     def _answered(self, **_: Any) -> None:
         self.last_answered = time.perf_counter()

@@ -35,14 +35,16 @@ from airflow_mpu_provider.multipart.errors import UploadCancelledError
 from airflow_mpu_provider.multipart.part_body import PartBody
 
 KiB = 1024
-#: Largest piece handed to the socket at once when throttled: at 32 MiB/s, 1/128 s of the link.
-MAX_CHUNK = 256 * KiB
+#: Largest piece handed to the socket at once when throttled: what an unthrottled ``PartBody`` hands it.
+#: Smaller pieces cost client CPU (more writes and wake-ups; measurably so at 256 KiB and 32 MiB/s in
+#: benchmarks/bench_upload.py) and buy no smoothness that the kernel's socket buffers do not blur anyway.
+MAX_CHUNK = 1024 * KiB
 #: Smallest piece: below this, syscalls cost more than smoothness gains.
 MIN_CHUNK = 4 * KiB
-#: Pieces per second of the cap (``rate / CHUNKS_PER_SECOND``, within the bounds above): with 8
-#: parts in flight each connection still gets a write every half second at any cap, well inside
-#: S3's idle-connection timeout (about 20 s).
-CHUNKS_PER_SECOND = 16
+#: Pieces per second of the cap (``rate / CHUNKS_PER_SECOND``, within the bounds above; at 32 MiB/s,
+#: 1 MiB pieces, 1/32 s of the link each): with 8 parts in flight each connection still gets a write
+#: every quarter second at caps of 128 KiB/s and more, well inside S3's idle-connection timeout (~20 s).
+CHUNKS_PER_SECOND = 32
 #: Seconds of the cap that may go out at once after an idle spell.
 BURST_SECONDS = 0.25
 

@@ -87,7 +87,7 @@ def test_after_an_idle_spell_only_the_burst_goes_at_once():
 def test_default_burst_is_a_quarter_second_or_one_chunk_and_chunks_follow_the_rate():
     assert BandwidthLimit(32 * MiB).burst == 8 * MiB
     assert BandwidthLimit(32 * MiB).chunk == MAX_CHUNK
-    assert chunk_for(1 * MiB) == 64 * 1024
+    assert chunk_for(1 * MiB) == 32 * 1024
     assert chunk_for(1000) == MIN_CHUNK
     assert BandwidthLimit(1000).burst == MIN_CHUNK  # never below one socket write
 
@@ -169,12 +169,11 @@ def test_no_rate_no_limit():
 
 
 class Recorder(BandwidthLimit):
-    """A limit (1 MiB/s: 64 KiB chunks) that lets everything through at once and records what was taken."""
-
-    chunk = 64 * 1024
+    """A limit (64 KiB chunks) that lets everything through at once and records what was taken."""
 
     def __init__(self) -> None:
         super().__init__(1 * MiB)
+        self.chunk = 64 * 1024
         self.taken: list[int] = []
 
     def take(self, size: int, cancel: threading.Event | None = None) -> None:
@@ -193,10 +192,10 @@ def test_throttled_body_hands_out_chunks_and_pays_for_each_byte_sent():
     recorder = Recorder()
     body = ThrottledPartBody(data, None, recorder)
     assert drain(body) == data
-    assert set(recorder.taken[:-1]) == {Recorder.chunk} and sum(recorder.taken) == len(data)
+    assert set(recorder.taken[:-1]) == {recorder.chunk} and sum(recorder.taken) == len(data)
     body.seek(0)  # botocore rewinds for a retry: the bytes use the link again and are paid again
     assert drain(body, 1 * MiB) == data  # a large read is still cut into chunks
-    assert sum(recorder.taken) == 2 * len(data) and max(recorder.taken) == Recorder.chunk
+    assert sum(recorder.taken) == 2 * len(data) and max(recorder.taken) == recorder.chunk
     body.seek(0)
     body.metered = False  # the signer's pass
     assert drain(body) == data
