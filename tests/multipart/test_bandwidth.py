@@ -270,3 +270,60 @@ def test_the_python_signers_hashing_pass_is_not_charged(monkeypatch, metered_sen
     assert sent["type"] is ThrottledPartBody and sent["body"] == data
     assert sent["authorization"] not in (None, "UNSIGNED-PAYLOAD")  # the signer did hash the body
     assert sum(recorder.taken) == (len(data) if metered_send_only else 2 * len(data))
+
+
+# -- the engines ------------------------------------------------------------------------------
+
+
+class BytesStream:
+    description = "bytes in memory"
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+    def read(self, size: int) -> bytes:
+        chunk, self._data = bytes(self._data[:size]), self._data[size:]
+        return chunk
+
+    def finish(self) -> None:
+        pass
+
+
+@pytest.fixture
+def taken(monkeypatch) -> list[int]:
+    """Every take of every BandwidthLimit, passed through at once (the rate is the integration tests' job)."""
+    sizes: list[int] = []
+    monkeypatch.setattr(BandwidthLimit, "take", lambda self, size, cancel=None: sizes.append(size))
+    return sizes
+
+
+@pytest.mark.parametrize("kind", ["file", "stream"])
+def test_both_engines_pay_for_every_part_byte_and_only_once(mock_s3, tmp_path, taken, kind):
+    from airflow_mpu_provider.multipart.engine import UploadEngine, UploadOptions
+    from airflow_mpu_provider.multipart.plan import plan_parts
+    from airflow_mpu_provider.multipart.sources import FileSource
+    from airflow_mpu_provider.multipart.stream import StreamUploadEngine
+    from tests.conftest import make_file
+
+    size = 12 * MiB
+    options = UploadOptions(concurrency=3, max_bandwidth=32 * MiB, progress_interval=0)
+    common = {"bucket": "test-bucket", "key": f"capped-{kind}", "options": options}
+    if kind == "file":
+        with FileSource(make_file(tmp_path / "f", size)) as source:
+            result = UploadEngine(mock_s3, source=source, plan=plan_parts(size, 5 * MiB), **common).run()
+    else:
+        data = make_file(tmp_path / "f", size).read_bytes()
+        result = StreamUploadEngine(mock_s3, stream=BytesStream(data), first_part_size=5 * MiB, **common).run()
+    assert result.size == size and result.parts == 3
+    assert sum(taken) == size
+
+
+def test_no_cap_no_limit_and_a_bad_cap_is_refused_before_any_request(mock_s3):
+    from airflow_mpu_provider.multipart.engine import BaseUploadEngine, UploadOptions
+
+    assert BaseUploadEngine(mock_s3, bucket="test-bucket", key="k", description="d").bandwidth is None
+    for bad in (0, 2.5e7, True):
+        with pytest.raises(InvalidUploadRequest, match="max_bandwidth"):
+            BaseUploadEngine(
+                None, bucket="test-bucket", key="k", description="d", options=UploadOptions(max_bandwidth=bad)
+            )
