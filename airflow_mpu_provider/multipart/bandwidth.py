@@ -33,8 +33,8 @@ from typing import Any
 from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
 from airflow_mpu_provider.multipart.part_body import PartBody
+from airflow_mpu_provider.multipart.units import KiB
 
-KiB = 1024
 #: Largest piece handed to the socket at once when throttled: what an unthrottled ``PartBody`` hands it.
 #: Smaller pieces cost client CPU (more writes and wake-ups; measurably so at 256 KiB and 32 MiB/s in
 #: benchmarks/bench_upload.py) and buy no smoothness that the kernel's socket buffers do not blur anyway.

@@ -299,7 +299,7 @@ def taken(monkeypatch) -> list[int]:
 
 @pytest.mark.parametrize("kind", ["file", "stream"])
 def test_both_engines_pay_for_every_part_byte_and_only_once(mock_s3, tmp_path, taken, kind):
-    from airflow_mpu_provider.multipart.engine import UploadEngine, UploadOptions
+    from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
     from airflow_mpu_provider.multipart.plan import plan_parts
     from airflow_mpu_provider.multipart.sources import FileSource
     from airflow_mpu_provider.multipart.stream import StreamUploadEngine
@@ -310,7 +310,7 @@ def test_both_engines_pay_for_every_part_byte_and_only_once(mock_s3, tmp_path, t
     common = {"bucket": "test-bucket", "key": f"capped-{kind}", "options": options}
     if kind == "file":
         with FileSource(make_file(tmp_path / "f", size)) as source:
-            result = UploadEngine(mock_s3, source=source, plan=plan_parts(size, 5 * MiB), **common).run()
+            result = FileUploadEngine(mock_s3, source=source, plan=plan_parts(size, 5 * MiB), **common).run()
     else:
         data = make_file(tmp_path / "f", size).read_bytes()
         result = StreamUploadEngine(mock_s3, stream=BytesStream(data), first_part_size=5 * MiB, **common).run()
