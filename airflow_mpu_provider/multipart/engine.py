@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from airflow_mpu_provider.multipart.bandwidth import BandwidthLimit, bandwidth_limit, meter_only_what_is_sent
@@ -31,6 +31,18 @@ from airflow_mpu_provider.multipart.errors import (
     SourceChangedError,
     UploadCancelledError,
     error_code,
+)
+from airflow_mpu_provider.multipart.full_object import (
+    COMPOSITE,
+    FULL_OBJECT,
+    checksum_type_mismatch,
+    complete_refuses_type,
+    create_may_refuse_type,
+    describe_whole_file,
+    full_object_checksum,
+    reported_checksum,
+    resolve_checksum_type,
+    stored_checksum_type,
 )
 from airflow_mpu_provider.multipart.integrity import (
     DEFAULT_CHECKSUM_ALGORITHM,
@@ -82,6 +94,10 @@ class UploadOptions:
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
     #: S3 checksum sent with every part; None sends Content-MD5 only (for stores without checksums).
     checksum_algorithm: str | None = DEFAULT_CHECKSUM_ALGORITHM
+    #: The object checksum: "FULL_OBJECT" (one CRC of the whole file, combined from the part CRCs) or
+    #: "COMPOSITE" (a checksum of the part checksums). None: FULL_OBJECT for CRC32/CRC32C/CRC64NVME,
+    #: COMPOSITE for SHA1/SHA256. A store that refuses FULL_OBJECT gets COMPOSITE, with a warning.
+    checksum_type: str | None = None
     #: CreateMultipartUpload arguments: ServerSideEncryption, SSEKMSKeyId, StorageClass, Metadata, ...
     extra_args: Mapping[str, Any] = field(default_factory=dict)
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
@@ -120,6 +136,8 @@ class UploadResult:
     checksum: str | None = None
     checksum_algorithm: str | None = None
     version_id: str | None = None
+    #: "FULL_OBJECT" (``checksum`` is the CRC of the whole file) or "COMPOSITE" (``value-N``).
+    checksum_type: str | None = None
     #: The most part bytes this run held in memory at once (<= max_buffer_bytes, or one part if larger).
     peak_buffer_bytes: int = 0
 
@@ -155,6 +173,7 @@ def result_for_existing_object(
         checksum=head.get(checksum_field(checksum_algorithm)) if checksum_algorithm else None,
         checksum_algorithm=checksum_algorithm,
         version_id=head.get("VersionId"),
+        checksum_type=reported_checksum(head, checksum_algorithm)[1] if checksum_algorithm else None,
     )
 
 
@@ -164,17 +183,21 @@ def _completed_object_proof(
     expected_etag: str | None,
     algorithm: str | None,
     expected_checksum: str | None,
+    expected_whole: str | None = None,
 ) -> str | None:
     """What shows that the object at the key is the one our parts make (None: nothing does).
 
-    The size must agree, and then the multipart ETag (parts sent with their MD5s) or the composite
-    checksum (stores that echo checksums, AWS among them: later parts then carry no MD5).
+    The size must agree, and then the multipart ETag (parts sent with their MD5s), the whole-file
+    checksum (FULL_OBJECT) or the composite checksum (stores that echo checksums, AWS among them:
+    later parts then carry no MD5).
     """
     if head.get("ContentLength") != size:
         return None
     if expected_etag is not None and head.get("ETag") == expected_etag:
         return "size and ETag"
     reported = str(head.get(checksum_field(algorithm)) or "") if algorithm else ""
+    if expected_whole and reported == expected_whole:
+        return f"size and {algorithm} full-object checksum"
     # AWS reports "value-N"; stores that leave out "-N" are compared on the value.
     unqualified = "-" not in reported and reported == (expected_checksum or "").split("-")[0]
     if expected_checksum and reported and (reported == expected_checksum or unqualified):
@@ -222,6 +245,10 @@ class BaseUploadEngine:
             meter_only_what_is_sent(client)
         #: Set when a failed run kept its upload for a later run to resume (rather than aborting it).
         self.kept_for_resume = False
+        #: FULL_OBJECT, COMPOSITE or None (no S3 checksum); FULL_OBJECT turns COMPOSITE if the store refuses it.
+        self.checksum_type = resolve_checksum_type(options.checksum_type, options.checksum_algorithm)
+        #: The object's checksum and its type once completed and checked (for the result).
+        self._object_checksum: tuple[str | None, str | None] = (None, None)
         self._cancelled = threading.Event()
         self._stop = threading.Event()
         self._early_abort: threading.Thread | None = None
@@ -276,8 +303,17 @@ class BaseUploadEngine:
             self.key,
             checksum_algorithm=self.options.checksum_algorithm,
             extra_args=self.options.extra_args,
+            # COMPOSITE is S3's default for every algorithm that has it: not sent, as before types existed.
+            checksum_type=FULL_OBJECT if self.checksum_type == FULL_OBJECT else None,
         )
-        upload_id = self.upload.create()
+        try:
+            upload_id = self.upload.create()
+        except S3UploadError as e:
+            if self.upload.checksum_type is None or not create_may_refuse_type(e.code):
+                raise
+            self.upload.checksum_type = None  # try once without it: if that works, the type was refused
+            upload_id = self.upload.create()
+            self._fall_back_to_composite("CreateMultipartUpload", e)
         self.log.info(
             "Started multipart upload %s: %s to s3://%s/%s, %s",
             upload_id,
@@ -319,6 +355,9 @@ class BaseUploadEngine:
     ) -> UploadResult:
         algorithm = self.options.checksum_algorithm
         assert self.upload is not None
+        checksum, checksum_type = self._object_checksum
+        if checksum is None and algorithm:
+            checksum, checksum_type = reported_checksum(response, algorithm)
         return UploadResult(
             bucket=self.bucket,
             key=self.key,
@@ -332,14 +371,41 @@ class BaseUploadEngine:
             bytes_sent=sent[1],
             bytes_resumed=resumed[1],
             seconds=round(time.monotonic() - started, 3),
-            checksum=response.get(checksum_field(algorithm)) if algorithm else None,
+            checksum=checksum,
             checksum_algorithm=algorithm,
             version_id=response.get("VersionId"),
             peak_buffer_bytes=self.buffers.peak,
+            checksum_type=checksum_type if algorithm else None,
         )
 
+    def _fall_back_to_composite(self, operation: str, error: S3UploadError) -> None:
+        """The store refused ChecksumType=FULL_OBJECT: go on with a composite checksum, and say so once."""
+        self.checksum_type = COMPOSITE
+        self.log.warning(
+            "The store refused a full-object (FULL_OBJECT) %s checksum at %s (%s: %s); s3://%s/%s gets a COMPOSITE "
+            "checksum (of the part checksums) instead, which a restore cannot check with a plain CRC tool. Set "
+            "checksum_type='COMPOSITE' for this store to skip the attempt.",
+            self.options.checksum_algorithm,
+            operation,
+            error.code,
+            error,
+            self.bucket,
+            self.key,
+        )
+
+    def _whole_file_checksum(self, parts: list[PartRecord]) -> str | None:
+        """The whole-file CRC combined from the parts' CRCs and sizes (FULL_OBJECT uploads), or None."""
+        algorithm = self.options.checksum_algorithm
+        if self.checksum_type != FULL_OBJECT or not algorithm or not all(p.checksum for p in parts):
+            return None
+        return full_object_checksum(algorithm, [(p.checksum, p.size) for p in parts if p.checksum])
+
     def _complete(self, parts: list[PartRecord], expected_size: int) -> dict[str, Any]:
-        """CompleteMultipartUpload, then prove the object is the source: size, and ETag or checksum."""
+        """CompleteMultipartUpload, then prove the object is the source: size, and ETag or checksum.
+
+        A FULL_OBJECT upload combines the parts' CRCs into the whole file's, which is sent with Complete
+        and compared with what the store reports.
+        """
         assert self.upload is not None
         md5s = [p.md5 for p in parts]
         algorithm = self.options.checksum_algorithm
@@ -350,8 +416,9 @@ class BaseUploadEngine:
         checksums = [p.checksum for p in parts]
         if algorithm and all(checksums):
             expected_checksum = composite_checksum(algorithm, [c for c in checksums if c])
+        whole = self._whole_file_checksum(parts)
         try:
-            response = self._complete_call(parts)
+            response = self._complete_call(parts, whole)
         except S3UploadError as e:
             if e.code in _PRECONDITION_FAILED:
                 return self._object_appeared(e)
@@ -362,7 +429,7 @@ class BaseUploadEngine:
                 head = self._head(with_checksum=True)
             except S3UploadError:
                 raise e from None
-            proof = _completed_object_proof(head, expected_size, expected_etag, algorithm, expected_checksum)
+            proof = _completed_object_proof(head, expected_size, expected_etag, algorithm, expected_checksum, whole)
             if proof is None:
                 raise
             self.log.warning(
@@ -371,7 +438,7 @@ class BaseUploadEngine:
                 proof,
             )
             response = head
-        head = self._head(response.get("VersionId"))
+        head = self._head(response.get("VersionId"), with_checksum=whole is not None)
         # An encrypted object's ETag is no MD5; the Complete and HeadObject answers say so even when
         # no part did (every part resumed) and the operator's arguments could not (bucket-default KMS).
         self.upload.note_encryption(response)
@@ -387,6 +454,9 @@ class BaseUploadEngine:
         reported = response.get(checksum_field(algorithm)) if algorithm else None
         if expected_checksum and reported and "-" in reported and reported != expected_checksum:
             problems.append(f"checksum {algorithm} is {reported}, expected {expected_checksum}")
+        whole_verified = False
+        if whole is not None and algorithm:
+            whole_verified = self._check_whole_file(whole, expected_checksum, response, head, problems)
         if problems:
             raise IntegrityError(
                 f"s3://{self.bucket}/{self.key} (UploadId {self.upload.upload_id}) does not match "
@@ -394,10 +464,13 @@ class BaseUploadEngine:
                 "re-run the task with replace=True."
             )
         checksum_verified = bool(expected_checksum and reported and "-" in reported)
+        if not whole_verified and checksum_verified:
+            self._object_checksum = (reported, COMPOSITE)
         verified = [
             "size",
             *(["ETag"] if expected_etag else []),
             *([f"{algorithm} checksum"] if checksum_verified else []),
+            *([f"{algorithm} full-object checksum"] if whole_verified else []),
         ]
         self.log.info(
             "Completed s3://%s/%s: %s, ETag %s; verified %s.",
@@ -407,7 +480,11 @@ class BaseUploadEngine:
             etag,
             ", ".join(verified),
         )
-        if expected_etag is None and not checksum_verified:
+        if whole is not None and algorithm:
+            self.log.info(
+                "%s%s", describe_whole_file(algorithm, whole), "" if whole_verified else " (computed locally)"
+            )
+        if expected_etag is None and not checksum_verified and not whole_verified:
             self.log.warning(
                 "s3://%s/%s: only the size could be verified; the store gives nothing else to verify the object "
                 "with (%s, and no %s object checksum in its answer).",
@@ -418,28 +495,80 @@ class BaseUploadEngine:
             )
         return response
 
-    def _complete_call(self, parts: list[PartRecord]) -> dict[str, Any]:
-        """CompleteMultipartUpload, conditional on the key being free unless ``overwrite``.
+    def _check_whole_file(
+        self,
+        whole: str,
+        composite: str | None,
+        response: Mapping[str, Any],
+        head: Mapping[str, Any],
+        problems: list[str],
+    ) -> bool:
+        """Compare the whole-file CRC with the store's (Complete's answer, else HeadObject's); True if equal.
+
+        A store that made the object COMPOSITE anyway (it ignored ChecksumType) is the fallback, warned
+        about once; one that reports no object checksum leaves ours unconfirmed (computed locally).
+        """
+        algorithm = self.options.checksum_algorithm
+        assert algorithm is not None
+        value, kind = reported_checksum(response, algorithm)
+        if value is None:
+            value, kind = reported_checksum(head, algorithm)
+        if value is None:
+            self._object_checksum = (whole, FULL_OBJECT)
+            return False
+        if kind is None and value != whole and composite and value == composite.split("-")[0]:
+            kind = COMPOSITE  # a composite value without its "-N" (some stores leave it out)
+        if kind == COMPOSITE:
+            if self.checksum_type == FULL_OBJECT:
+                self.log.warning(
+                    "The store ignored ChecksumType=FULL_OBJECT: s3://%s/%s has a COMPOSITE %s checksum (%s), not the "
+                    "whole-file one. Set checksum_type='COMPOSITE' for this store.",
+                    self.bucket,
+                    self.key,
+                    algorithm,
+                    value,
+                )
+                self.checksum_type = COMPOSITE
+            return False
+        if value != whole:
+            problems.append(f"full-object checksum {algorithm} is {value}, expected {whole} from the parts' CRCs")
+            return False
+        self._object_checksum = (whole, FULL_OBJECT)
+        return True
+
+    def _complete_call(self, parts: list[PartRecord], whole: str | None = None) -> dict[str, Any]:
+        """CompleteMultipartUpload, conditional on the key being free unless ``overwrite``, with the
+        whole-file checksum of a FULL_OBJECT upload.
 
         A store that does not implement the condition (NotImplemented) is completed without it, with
-        a warning: the caller's existence check before the upload started is then the only guard.
+        a warning: the caller's existence check before the upload started is then the only guard. A store
+        that refuses the full-object checksum is completed without it (COMPOSITE), with a warning; that
+        is tried first, as the newer feature is the likelier one to be missing.
         """
         assert self.upload is not None
-        if self.options.overwrite:
-            return self.upload.complete(parts)
-        try:
-            return self.upload.complete(parts, IfNoneMatch="*")
-        except S3UploadError as e:
-            if e.code not in ("NotImplemented", "501"):
-                raise
-            self.log.warning(
-                "The store does not support a conditional CompleteMultipartUpload (%s); completing without it. "
-                "An object another run wrote to s3://%s/%s since the upload started would be replaced.",
-                e.code,
-                self.bucket,
-                self.key,
-            )
-            return self.upload.complete(parts)
+        conditions: dict[str, Any] = {} if self.options.overwrite else {"IfNoneMatch": "*"}
+        algorithm = self.options.checksum_algorithm
+        checksum: dict[str, Any] = {}
+        if whole is not None and algorithm:
+            checksum = {"ChecksumType": FULL_OBJECT, checksum_field(algorithm): whole}
+        while True:
+            try:
+                return self.upload.complete(parts, **conditions, **checksum)
+            except S3UploadError as e:
+                if checksum and complete_refuses_type(e.code, str(e)):
+                    self._fall_back_to_composite("CompleteMultipartUpload", e)
+                    checksum = {}
+                    continue
+                if not conditions or e.code not in ("NotImplemented", "501"):
+                    raise
+                self.log.warning(
+                    "The store does not support a conditional CompleteMultipartUpload (%s); completing without it. "
+                    "An object another run wrote to s3://%s/%s since the upload started would be replaced.",
+                    e.code,
+                    self.bucket,
+                    self.key,
+                )
+                conditions = {}
 
     def _object_appeared(self, error: S3UploadError) -> dict[str, Any]:
         """Complete was refused because an object appeared at the key meanwhile (overwrite=False).
@@ -666,6 +795,9 @@ class FileUploadEngine(BaseUploadEngine):
             self.upload = None  # gone: nothing of ours exists any more
             return self._already_uploaded(upload_id)
         reason = check_plan_fits(stored, self.plan, stored_algorithm, self.options.checksum_algorithm)
+        reason = reason or checksum_type_mismatch(
+            stored_checksum_type(earlier.listed_checksum_type, stored_algorithm), self.checksum_type
+        )
         if reason is not None:
             self.log.warning(
                 "Not resuming upload %s of s3://%s/%s: %s. Aborting it and starting afresh.",
@@ -734,14 +866,21 @@ class FileUploadEngine(BaseUploadEngine):
     ) -> tuple[dict[int, PartRecord], dict[int, str]]:
         """Stored parts that hold the local bytes of their range (as records), and why the others do not."""
         algorithm = self.options.checksum_algorithm
+        # A whole-file CRC needs every part's CRC: where the store lists none, it is computed in the same
+        # read that verifies the part's MD5.
+        crcs_needed = self.checksum_type == FULL_OBJECT
+        local_crcs: dict[int, str] = {}
 
         def digest_local(number: int, with_checksum: bool, with_md5: bool) -> PartDigest:
             self._raise_if_cancelled()
             part = self.plan.part(number)
             with self.buffers.holding(part.length):
                 data = self.source.read(part.offset, part.length)
-                digest = digest_part(number, data, algorithm=algorithm if with_checksum else None, with_md5=with_md5)
+                checksum = algorithm if with_checksum or crcs_needed else None
+                digest = digest_part(number, data, algorithm=checksum, with_md5=with_md5)
                 del data
+            if digest.checksum is not None:
+                local_crcs[number] = digest.checksum
             return digest
 
         etags_are_md5 = upload.etags_are_md5
@@ -757,9 +896,10 @@ class FileUploadEngine(BaseUploadEngine):
             if reason is not None:
                 rejected[number] = reason
                 continue
-            kept[number] = PartRecord.from_listing(
-                by_number[number], upload.checksum_algorithm, etag_is_md5=etags_are_md5
-            )
+            record = PartRecord.from_listing(by_number[number], upload.checksum_algorithm, etag_is_md5=etags_are_md5)
+            if record.checksum is None and number in local_crcs and upload.checksum_algorithm == algorithm:
+                record = replace(record, checksum=local_crcs[number])  # the store lists none
+            kept[number] = record
         return kept, rejected
 
     def _log_resuming(self, kept: dict[int, PartRecord]) -> None:

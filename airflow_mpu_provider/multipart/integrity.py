@@ -38,14 +38,14 @@ _CHECKSUM_CLASSES: dict[str, type[httpchecksum.BaseChecksum]] = {
 }
 if HAS_CRT:
     _CHECKSUM_CLASSES["CRC32C"] = httpchecksum.CrtCrc32cChecksum
-
-#: Algorithms whose multipart object checksum is COMPOSITE (a checksum of the part checksums).
-SUPPORTED_CHECKSUM_ALGORITHMS = tuple(sorted(_CHECKSUM_CLASSES))
-#: Every checksum this package can recompute from local bytes to compare with what S3 reports for an
-#: object: the part algorithms, and CRC64NVME (S3's full-object default for new objects) where botocore has it.
-_READABLE_CHECKSUM_CLASSES = dict(_CHECKSUM_CLASSES)
+# CRC64NVME (S3's default for new objects; full-object only): botocore >= 1.36 with awscrt.
 if HAS_CRT and hasattr(httpchecksum, "CrtCrc64NvmeChecksum"):
-    _READABLE_CHECKSUM_CLASSES["CRC64NVME"] = httpchecksum.CrtCrc64NvmeChecksum
+    _CHECKSUM_CLASSES["CRC64NVME"] = httpchecksum.CrtCrc64NvmeChecksum
+
+#: Algorithms a part can carry (the object checksum's type, COMPOSITE or FULL_OBJECT: ``full_object.py``).
+SUPPORTED_CHECKSUM_ALGORITHMS = tuple(sorted(_CHECKSUM_CLASSES))
+#: Every checksum this package can recompute from local bytes to compare with what S3 reports for an object.
+_READABLE_CHECKSUM_CLASSES = dict(_CHECKSUM_CLASSES)
 #: The default: CRC32C when awscrt is installed (it is a dependency), else zlib's CRC32.
 DEFAULT_CHECKSUM_ALGORITHM = "CRC32C" if HAS_CRT else "CRC32"
 

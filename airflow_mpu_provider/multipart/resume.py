@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow_mpu_provider.multipart.errors import S3UploadError
+from airflow_mpu_provider.multipart.full_object import checksum_type_mismatch, stored_checksum_type
 from airflow_mpu_provider.multipart.integrity import PartDigest, checksum_field, part_matches
 from airflow_mpu_provider.multipart.listing import list_incomplete_uploads
 from airflow_mpu_provider.multipart.plan import PartPlan
@@ -76,20 +77,24 @@ def find_adoptable_upload(
     extra_args: Mapping[str, Any] | None = None,
     log: logging.Logger | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    checksum_type: str | None = None,
 ) -> FoundUpload | None:
     """The newest incomplete upload for exactly ``key`` that is quiet and fits ``plan``, or None.
 
     Every other upload for the key is logged as left alone. Raises S3UploadError when the listing
     itself fails (``LISTING_UNAVAILABLE_CODES``: the caller degrades to a fresh upload).
     Ages are measured with this machine's clock against S3's timestamps: a clock running ahead of
-    S3's by a large part of ``quiet_after`` would shorten the window.
+    S3's by a large part of ``quiet_after`` would shorten the window. ``checksum_type``: the type this
+    upload will ask for (``resolve_checksum_type``); an upload created with another type is left alone.
     """
     log = log or logging.getLogger(__name__)
     listing = list_incomplete_uploads(client, bucket, key, extra_args=extra_args)
     uploads = [u for u in listing if u.get("Key") == key]
     for upload in sorted(uploads, key=lambda u: _utc(u["Initiated"]), reverse=True):
         upload_id = upload["UploadId"]
-        reason = _why_not_adoptable(client, bucket, key, upload, plan, algorithm, quiet_after, extra_args, now)
+        reason = _why_not_adoptable(
+            client, bucket, key, upload, plan, algorithm, quiet_after, extra_args, now, checksum_type
+        )
         if isinstance(reason, FoundUpload):
             return reason
         if reason:
@@ -114,6 +119,7 @@ def _why_not_adoptable(
     quiet_after: timedelta,
     extra_args: Mapping[str, Any] | None,
     now: Callable[[], datetime],
+    checksum_type: str | None = None,
 ) -> FoundUpload | str | None:
     """The FoundUpload if ``upload`` may be adopted, else why not (None: it vanished meanwhile)."""
     initiated = _utc(upload["Initiated"])
@@ -139,6 +145,11 @@ def _why_not_adoptable(
             f"({format_duration(quiet_after)}): it may be live"
         )
     misfit = check_plan_fits(parts, plan, stored_algorithm, algorithm)
+    if not misfit and checksum_type:
+        # ListMultipartUploads says how the upload was created (ListParts may not, as on moto).
+        reported = upload.get("ChecksumType") or found.listed_checksum_type
+        stored_type = stored_checksum_type(reported, upload.get("ChecksumAlgorithm") or stored_algorithm)
+        misfit = checksum_type_mismatch(stored_type, checksum_type)
     if misfit:
         return f"it does not fit this file: {misfit}"
     return FoundUpload(upload["UploadId"], initiated, parts, stored_algorithm)

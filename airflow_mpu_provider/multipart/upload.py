@@ -118,12 +118,18 @@ class MultipartUpload:
         upload_id: str | None = None,
         checksum_algorithm: str | None = DEFAULT_CHECKSUM_ALGORITHM,
         extra_args: Mapping[str, Any] | None = None,
+        checksum_type: str | None = None,
     ) -> None:
+        """``checksum_type``: sent as ChecksumType at creation; None leaves it to the store (S3: COMPOSITE,
+        or FULL_OBJECT for CRC64NVME)."""
         self.client = client
         self.bucket = bucket
         self.key = key
         self.upload_id = upload_id
         self.checksum_algorithm = checksum_algorithm
+        self.checksum_type = checksum_type
+        #: The upload's ChecksumType as ListParts last reported it (None: not reported).
+        self.listed_checksum_type: str | None = None
         self.extra_args = dict(extra_args or {})
         #: The parts the sequential face (``upload_part``) sent, in order, for ``__exit__`` to complete.
         self.parts: list[PartRecord] = []
@@ -154,6 +160,8 @@ class MultipartUpload:
         args = dict(self.extra_args)
         if self.checksum_algorithm:
             args["ChecksumAlgorithm"] = self.checksum_algorithm
+            if self.checksum_type:
+                args["ChecksumType"] = self.checksum_type
         response = self._call("CreateMultipartUpload", self.client.create_multipart_upload, **args)
         self.note_encryption(response)
         self.upload_id = response["UploadId"]
@@ -256,6 +264,7 @@ class MultipartUpload:
             )
             parts.extend(response.get("Parts", []))
             algorithm = response.get("ChecksumAlgorithm") or algorithm
+            self.listed_checksum_type = response.get("ChecksumType") or self.listed_checksum_type
             if not response.get("IsTruncated"):
                 return parts, algorithm
             marker = int(response["NextPartNumberMarker"])

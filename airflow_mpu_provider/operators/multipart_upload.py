@@ -39,6 +39,7 @@ from airflow_mpu_provider.multipart.errors import (
     UploadCancelledError,
     s3_error,
 )
+from airflow_mpu_provider.multipart.full_object import resolve_checksum_type
 from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
 from airflow_mpu_provider.multipart.plan import DEFAULT_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
@@ -157,7 +158,14 @@ class MultipartUploadOperator(BaseOperator):
         write), for files and commands; re-sent bytes count too. None (the default): no cap.
     :param checksum_algorithm: S3 checksum sent with every part and verified end to end: "CRC32C"
         (default), "CRC32", "SHA1", "SHA256". None sends Content-MD5 only and turns botocore's default
-        checksums off, for S3-compatible stores that reject S3 checksums.
+        checksums off, for S3-compatible stores that reject S3 checksums. "CRC64NVME" (S3's default for new
+        objects) is full-object only.
+    :param checksum_type: the object's checksum: "FULL_OBJECT", one CRC of the whole file (CRC32, CRC32C or
+        CRC64NVME) that a restore checks with any CRC tool, whatever the part size; combined from the part
+        CRCs, so resumed uploads get it too. "COMPOSITE": a checksum of the part checksums (``value-N``; the
+        only type for SHA1/SHA256). None (default): FULL_OBJECT for the CRCs, COMPOSITE for SHA1/SHA256. A
+        store that refuses FULL_OBJECT gets COMPOSITE, with a warning. The result's ``checksum`` and
+        ``checksum_type`` say what the object got.
     :param encrypt: server-side encryption with S3-managed keys (SSE-S3, AES256).
     :param sse_kms_key_id: server-side encryption with this KMS key (SSE-KMS). (templated)
     :param storage_class: e.g. "STANDARD_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "DEEP_ARCHIVE". (templated)
@@ -217,6 +225,7 @@ class MultipartUploadOperator(BaseOperator):
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         max_bandwidth: int | None = None,
         checksum_algorithm: str | None = DEFAULT_CHECKSUM_ALGORITHM,
+        checksum_type: str | None = None,
         encrypt: bool = False,
         sse_kms_key_id: str | None = None,
         storage_class: str | None = None,
@@ -246,6 +255,8 @@ class MultipartUploadOperator(BaseOperator):
         self.max_buffer_bytes = validation.max_buffer_bytes(max_buffer_bytes)
         self.max_bandwidth = validation.max_bandwidth(max_bandwidth)
         self.checksum_algorithm = checksum_algorithm
+        self.checksum_type = checksum_type
+        _check_checksum_type(checksum_algorithm, checksum_type)
         self.encrypt = encrypt
         self.sse_kms_key_id = sse_kms_key_id
         self.storage_class = storage_class
@@ -343,6 +354,7 @@ class MultipartUploadOperator(BaseOperator):
             max_buffer_bytes=self.max_buffer_bytes,
             max_bandwidth=self.max_bandwidth,
             checksum_algorithm=checksum_algorithm,
+            checksum_type=self.checksum_type,
             extra_args=self.object_args(),
             progress_interval=self.progress_interval,
             overwrite=self.replace,
@@ -379,6 +391,7 @@ class MultipartUploadOperator(BaseOperator):
             "inode": fp.inode,
             "part_size": plan.part_size,
             "checksum_algorithm": checksum,
+            "checksum_type": resolve_checksum_type(self.checksum_type, checksum),
         }
 
     def take_over_recorded_upload(
@@ -430,6 +443,7 @@ class MultipartUploadOperator(BaseOperator):
                 quiet_after=self.adopt_quiet_after,
                 extra_args=options.extra_args,
                 log=self.log,
+                checksum_type=resolve_checksum_type(options.checksum_type, options.checksum_algorithm),
             )
         except S3UploadError as e:
             if e.code not in LISTING_UNAVAILABLE_CODES:
@@ -507,6 +521,7 @@ class MultipartUploadOperator(BaseOperator):
         self.check_rendered_arguments()
         bucket, key = self.resolve_target()
         checksum = normalize_checksum_algorithm(self.checksum_algorithm)
+        resolve_checksum_type(self.checksum_type, checksum)  # refused here, before any S3 call
         if self.command is not None:
             result = self._upload_command_output(context, bucket, key, checksum)
         else:
@@ -909,3 +924,13 @@ class MultipartUploadOperator(BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         return self.get_openlineage_facets_on_start()
+
+
+def _check_checksum_type(algorithm: str | None, checksum_type: Any) -> None:
+    """Refuse a checksum_type that cannot work with checksum_algorithm when the DAG is parsed; an unknown
+    algorithm is left for execute to report, as before checksum types existed."""
+    try:
+        normalized = normalize_checksum_algorithm(algorithm)
+    except InvalidUploadRequest:
+        return
+    resolve_checksum_type(checksum_type, normalized)
