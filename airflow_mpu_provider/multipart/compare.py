@@ -8,7 +8,9 @@ Nothing is downloaded. The object's size, and one fingerprint S3 keeps for it, a
 the same fingerprint recomputed from the local bytes:
 
 * an S3 checksum read with ``HeadObject(ChecksumMode=ENABLED)``: COMPOSITE (the checksum of the
-  part checksums, ``value-N``) or FULL_OBJECT (e.g. CRC64NVME, S3's default for new objects);
+  part checksums, ``value-N``) or FULL_OBJECT (the CRC of the whole file, whatever the parts: this
+  package's default, and CRC64NVME, S3's default for new objects). A CRC a store reports without
+  saying which it is is compared as both: the whole-file CRC is combined from the part CRCs;
 * otherwise the ETag: a plain MD5 for a single-request object, ``md5(part md5s)-N`` for a multipart
   one (not under SSE-KMS or SSE-C, where the ETag is not an MD5).
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
+from airflow_mpu_provider.multipart.full_object import FULL_OBJECT_ALGORITHMS, full_object_checksum
 from airflow_mpu_provider.multipart.integrity import (
     can_recompute,
     composite_checksum,
@@ -67,7 +70,7 @@ class ObjectComparison:
 class _Fingerprint:
     """One fingerprint S3 reports, and how to recompute it locally."""
 
-    kind: str  # "composite", "full", "etag", "md5"
+    kind: str  # "composite", "full", "either" (a CRC that may be composite or full), "etag", "md5"
     algorithm: str | None
     expected: str
     parts: int
@@ -112,7 +115,11 @@ def compare_object(
     part_size = source.size
     if fingerprint.parts > 1:
         part_size = _first_part_size(client, bucket, key, extra_args, part_size_hint, source.size, fingerprint.parts)
-        if part_size is None:
+        if part_size is None and fingerprint.kind == "either":
+            # Parts of no one size (a stream's growing parts): only the whole-file reading can hold.
+            fingerprint = _Fingerprint("full", fingerprint.algorithm, fingerprint.expected, 1)
+            part_size = source.size
+        elif part_size is None:
             return ObjectComparison(
                 True,
                 False,
@@ -120,11 +127,31 @@ def compare_object(
                 "cannot be compared with the file",
                 head,
             )
+    if fingerprint.kind == "either":
+        return _compare_either(source, fingerprint, part_size, cancel, head)
     actual = _recompute(source, fingerprint, part_size, cancel)
     described = _describe(fingerprint)
     if actual == fingerprint.expected:
         return ObjectComparison(True, True, f"size and {described}", head)
     return ObjectComparison(True, False, f"its {described} differs from the file's", head)
+
+
+def _compare_either(
+    source: Readable, fingerprint: _Fingerprint, part_size: int, cancel: threading.Event | None, head: dict[str, Any]
+) -> ObjectComparison:
+    """An unlabelled CRC of a multipart object: the file's composite or whole-file CRC, from one read."""
+    assert fingerprint.algorithm is not None
+    crcs = _part_checksums(source, fingerprint.algorithm, fingerprint.parts, part_size, cancel)
+    sizes = [min(part_size, source.size - n * part_size) for n in range(fingerprint.parts)]
+    whole = full_object_checksum(fingerprint.algorithm, list(zip(crcs, sizes, strict=True)))
+    composite = composite_checksum(fingerprint.algorithm, crcs).split("-")[0]
+    for value, kind in ((whole, "full"), (composite, "composite")):
+        if value == fingerprint.expected:
+            matched = _Fingerprint(kind, fingerprint.algorithm, value, 1 if kind == "full" else fingerprint.parts)
+            return ObjectComparison(True, True, f"size and {_describe(matched)}", head)
+    return ObjectComparison(
+        True, False, f"its {fingerprint.algorithm} checksum differs from the file's (whole-file and composite)", head
+    )
 
 
 def object_matches(
@@ -170,6 +197,8 @@ def _fingerprint(head: Mapping[str, Any]) -> _Fingerprint | None:
             candidate = _Fingerprint("composite", algorithm, f"{value}-{parts}", parts)
             if kind == "COMPOSITE":
                 return candidate
+            if algorithm in FULL_OBJECT_ALGORITHMS:  # a CRC may be either: both are tried
+                candidate = _Fingerprint("either", algorithm, value, parts)
             ambiguous = ambiguous or candidate
     sse = str(head.get("ServerSideEncryption", ""))
     if not (sse.startswith("aws:kms") or head.get("SSECustomerAlgorithm")):
@@ -211,15 +240,31 @@ def _recompute(source: Readable, fingerprint: _Fingerprint, part_size: int, canc
         whole = new_checksum(fingerprint.algorithm) if fingerprint.algorithm else hashlib.md5(usedforsecurity=False)
         _feed(source, 0, source.size, whole, cancel)
         return whole.b64digest() if fingerprint.algorithm else whole.hexdigest()
+    if fingerprint.algorithm:
+        return composite_checksum(
+            fingerprint.algorithm,
+            _part_checksums(source, fingerprint.algorithm, fingerprint.parts, part_size, cancel),
+        )
     digests: list[Any] = []
     for number in range(fingerprint.parts):
         offset = number * part_size
-        part = new_checksum(fingerprint.algorithm) if fingerprint.algorithm else hashlib.md5(usedforsecurity=False)
+        part = hashlib.md5(usedforsecurity=False)
         _feed(source, offset, min(part_size, source.size - offset), part, cancel)
-        digests.append(part.b64digest() if fingerprint.algorithm else part.digest())
-    if fingerprint.algorithm:
-        return composite_checksum(fingerprint.algorithm, digests)
+        digests.append(part.digest())
     return multipart_etag(digests)
+
+
+def _part_checksums(
+    source: Readable, algorithm: str, parts: int, part_size: int, cancel: threading.Event | None
+) -> list[str]:
+    """Each part's S3 checksum (base64) of the local bytes cut at ``part_size``."""
+    checksums: list[str] = []
+    for number in range(parts):
+        offset = number * part_size
+        part = new_checksum(algorithm)
+        _feed(source, offset, min(part_size, source.size - offset), part, cancel)
+        checksums.append(part.b64digest())
+    return checksums
 
 
 def _feed(source: Readable, offset: int, length: int, hasher: Any, cancel: threading.Event | None) -> None:

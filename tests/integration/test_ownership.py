@@ -476,19 +476,23 @@ def test_execution_timeout_keeps_and_records_for_the_retry_and_on_kill_after_it_
 # -- 5. Complete's lost answer on a store that echoes checksums -----------------------------------
 
 
-@pytest.mark.parametrize("checksum", ["SHA256", "CRC32"])
+@pytest.mark.parametrize(
+    ("checksum", "checksum_type", "proof"),
+    [("SHA256", None, "composite"), ("CRC32", "COMPOSITE", "composite"), ("CRC32", None, "full-object")],
+)
 def test_lost_complete_answer_is_recognised_by_size_and_composite_checksum_when_the_store_echoes_checksums(
-    connection, proxy, s3, tmp_path, monkeypatch, caplog, capsys, checksum
+    connection, proxy, s3, tmp_path, monkeypatch, caplog, capsys, checksum, checksum_type, proof
 ):
     """AWS echoes part checksums, so after the first part no Content-MD5 is sent and no multipart ETag
     can be expected. moto echoes an ``x-amz-checksum-*`` header only when the request also names the
     algorithm (``x-amz-sdk-checksum-algorithm``): the client adds it, and the store answers as AWS does.
     The first Complete succeeds but its answer is lost (a 200 carrying an error, which botocore
     retries); the retry is answered NoSuchUpload, as AWS answers a Complete that already happened.
-    (CRC32C is not used here: moto computes it with zlib's CRC32 unless the crc32c package is there.)"""
-    key = f"own/lost-complete-{checksum}.bin"
+    (CRC32C is not used here: moto computes it with zlib's CRC32 unless the crc32c package is there.)
+    A FULL_OBJECT upload (CRC32's default) is recognised by its whole-file checksum instead."""
+    key = f"own/lost-complete-{checksum}-{checksum_type}.bin"
     path = make_file(tmp_path / "f", 16 * MiB)
-    op = operator(connection(), path, key, checksum_algorithm=checksum)
+    op = operator(connection(), path, key, checksum_algorithm=checksum, checksum_type=checksum_type)
     build_client = op.s3_client
 
     def client_of_an_echoing_store(*args):
@@ -509,7 +513,7 @@ def test_lost_complete_answer_is_recognised_by_size_and_composite_checksum_when_
     without_md5 = [r for r in parts if "content-md5" not in {h.lower() for h in r.headers}]
     assert without_md5, "the store was not taken for one that echoes checksums"
     assert proxy.count("CompleteMultipartUpload") == 2
-    assert f"matches (size and {checksum} composite checksum)" in caplog.text + capsys.readouterr().out
+    assert f"matches (size and {checksum} {proof} checksum)" in caplog.text + capsys.readouterr().out
     assert result["size"] == 16 * MiB
     assert sha256_object(s3, BUCKET, key) == sha256_file(path)
     assert uploads_of(s3, key) == []

@@ -11,11 +11,20 @@ from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 
 def seed_crashed_upload(
-    client: Any, bucket: str, key: str, data: bytes, parts: Iterable[int] = (1,), *, part_size: int = 5 * MiB
+    client: Any,
+    bucket: str,
+    key: str,
+    data: bytes,
+    parts: Iterable[int] = (1,),
+    *,
+    part_size: int = 5 * MiB,
+    checksum_type: str | None = "FULL_OBJECT",
 ) -> str:
     """Create an upload of ``key`` holding ``parts`` of ``data`` (cut in ``part_size`` pieces, CRC32C and MD5
-    as the engine sends them), and leave it incomplete; returns its UploadId. The caller cleans it up."""
-    upload = MultipartUpload(client, bucket, key)
+    as the engine sends them), and leave it incomplete; returns its UploadId. The caller cleans it up.
+    ``checksum_type``: as the engine's default creates it (FULL_OBJECT); None for an upload of an older
+    version (no ChecksumType: COMPOSITE)."""
+    upload = MultipartUpload(client, bucket, key, checksum_type=checksum_type)
     upload.create()
     for number in parts:
         chunk = data[(number - 1) * part_size : number * part_size]
