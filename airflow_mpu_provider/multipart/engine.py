@@ -379,16 +379,24 @@ class BaseUploadEngine:
         )
 
     def _fall_back_to_composite(self, operation: str, error: S3UploadError) -> None:
-        """The store refused ChecksumType=FULL_OBJECT: go on with a composite checksum, and say so once."""
+        """The store refused the full-object checksum: go on without it, and say so once."""
         self.checksum_type = COMPOSITE
+        if operation == "CreateMultipartUpload":
+            outcome = "the upload was created without it and gets a COMPOSITE checksum (of the part checksums)"
+        else:
+            outcome = (
+                "the upload was completed without it; the object's checksum is the one the store computes "
+                "(COMPOSITE where full-object checksums are not supported)"
+            )
         self.log.warning(
-            "The store refused a full-object (FULL_OBJECT) %s checksum at %s (%s: %s); s3://%s/%s gets a COMPOSITE "
-            "checksum (of the part checksums) instead, which a restore cannot check with a plain CRC tool. Set "
-            "checksum_type='COMPOSITE' for this store to skip the attempt.",
+            "The store refused a full-object (FULL_OBJECT) %s checksum at %s (%s: %s): %s, which a restore cannot "
+            "check with a plain CRC tool. s3://%s/%s is still verified. Set checksum_type='COMPOSITE' for this "
+            "store to skip the attempt.",
             self.options.checksum_algorithm,
             operation,
             error.code,
             error,
+            outcome,
             self.bucket,
             self.key,
         )

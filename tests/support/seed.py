@@ -19,15 +19,16 @@ def seed_crashed_upload(
     *,
     part_size: int = 5 * MiB,
     checksum_type: str | None = "FULL_OBJECT",
+    algorithm: str = "CRC32C",
 ) -> str:
     """Create an upload of ``key`` holding ``parts`` of ``data`` (cut in ``part_size`` pieces, CRC32C and MD5
     as the engine sends them), and leave it incomplete; returns its UploadId. The caller cleans it up.
     ``checksum_type``: as the engine's default creates it (FULL_OBJECT); None for an upload of an older
     version (no ChecksumType: COMPOSITE)."""
-    upload = MultipartUpload(client, bucket, key, checksum_type=checksum_type)
+    upload = MultipartUpload(client, bucket, key, checksum_algorithm=algorithm, checksum_type=checksum_type)
     upload.create()
     for number in parts:
         chunk = data[(number - 1) * part_size : number * part_size]
-        upload.put_part(number, chunk, digest_part(number, chunk, algorithm="CRC32C", with_md5=True))
+        upload.put_part(number, chunk, digest_part(number, chunk, algorithm=algorithm, with_md5=True))
     assert upload.upload_id is not None
     return upload.upload_id
