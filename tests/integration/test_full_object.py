@@ -256,3 +256,65 @@ def test_impossible_checksum_types_are_refused_before_any_request(
     with pytest.raises(InvalidUploadRequest, match=message):
         upload_file(s3_client(proxy.url), path, BUCKET, "full/refused.bin", options=options)
     assert proxy.requests() == []
+
+
+def test_a_command_stream_gets_the_whole_file_crc_of_its_output(connection, s3, tmp_path):
+    """The operator's stream path: the last part is short, and the combine takes each part's own size."""
+    path = make_file(tmp_path / "f", 23 * MiB + 11)
+    key = "full/stream.bin"
+    op = MultipartUploadOperator(
+        task_id="stream",
+        command=f"cat {path}",
+        key=f"s3://{BUCKET}/{key}",
+        aws_conn_id=connection(),
+        part_size=5 * MiB,
+        progress_interval=0,
+    )
+    result = op.execute({})
+    expected = independent_crc("CRC32C", path)
+    assert stored_checksum(s3, key, "CRC32C") == (expected, "FULL_OBJECT")
+    assert (result["checksum"], result["checksum_type"]) == (expected, "FULL_OBJECT")
+
+
+def test_our_upload_listed_with_another_checksum_type_is_aborted_not_continued(proxy, s3, tmp_path, caplog):
+    """AWS's ListParts names the upload's ChecksumType (moto's does not: the listing is made to say it)."""
+    path = make_file(tmp_path / "f", 12 * MiB)
+    key = "full/listed-other-type.bin"
+    earlier = seed_crashed_upload(s3, BUCKET, key, path.read_bytes(), (1,))
+    client = s3_client(proxy.url)
+
+    def as_aws_lists_it(parsed, **_):
+        parsed.setdefault("ChecksumAlgorithm", "CRC32C")
+        parsed.setdefault("ChecksumType", "FULL_OBJECT")
+
+    client.meta.events.register("after-call.s3.ListParts", as_aws_lists_it)
+    options = UploadOptions(checksum_type="COMPOSITE", progress_interval=0)
+    with caplog.at_level(logging.INFO):
+        result = upload_file(client, path, BUCKET, key, part_size=5 * MiB, options=options, resume_upload_id=earlier)
+    assert "the earlier upload used checksum type FULL_OBJECT, this one uses COMPOSITE" in caplog.text
+    assert result.upload_id != earlier and result.parts_resumed == 0
+    assert uploads_of(s3, key) == []
+
+
+def test_growing_stream_parts_combine_into_the_whole_file_crc(proxy, s3, tmp_path):
+    """Parts of 5, 5, 10 and 3 MiB (the size doubles every 2 parts here): no single part size exists."""
+    from airflow_mpu_provider.multipart.command import CommandSource
+    from airflow_mpu_provider.multipart.stream import StreamUploadEngine
+
+    path = make_file(tmp_path / "f", 23 * MiB)
+    key = "full/growing.bin"
+    with CommandSource(f"cat {path}") as source:
+        result = StreamUploadEngine(
+            s3_client(proxy.url),
+            bucket=BUCKET,
+            key=key,
+            stream=source,
+            first_part_size=5 * MiB,
+            parts_per_size=2,
+            options=UploadOptions(checksum_algorithm="CRC64NVME", progress_interval=0),
+        ).run()
+    sizes = sorted({r.body_bytes for r in proxy.requests() if r.kind == "UploadPart"})
+    assert result.parts == 4 and sizes == [3 * MiB, 5 * MiB, 10 * MiB]
+    expected = independent_crc("CRC64NVME", path)
+    assert stored_checksum(s3, key, "CRC64NVME") == (expected, "FULL_OBJECT")
+    assert (result.checksum, result.checksum_type) == (expected, "FULL_OBJECT")
