@@ -175,8 +175,50 @@ MULTIPART_ETAG = '"' + "a" * 32 + '-3"'
         ({"ETag": '"' + "a" * 32 + '"', "ChecksumSHA256": "x"}, ("full", "SHA256", 1)),
         ({"ETag": '"' + "a" * 32 + '"'}, ("md5", None, 1)),
         ({"ETag": MULTIPART_ETAG, "SSECustomerAlgorithm": "AES256"}, None),
+        # No MD5 ETag to prefer (SSE-C), an unlabelled CRC: both its readings are tried.
+        ({"ETag": MULTIPART_ETAG, "SSECustomerAlgorithm": "AES256", "ChecksumCRC32C": "x"}, ("either", "CRC32C", 3)),
+        ({"ETag": MULTIPART_ETAG, "SSECustomerAlgorithm": "AES256", "ChecksumSHA256": "x"}, ("composite", "SHA256", 3)),
     ],
 )
 def test_the_fingerprint_chosen_from_a_head_answer(head, expected):
     found = _fingerprint(head)
     assert (found and (found.kind, found.algorithm, found.parts)) == expected
+
+
+def _crc32c_b64(data: bytes) -> str:
+    return checksum_b64("CRC32C", data)
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["ChecksumType", "no-type"])
+def test_a_whole_file_crc_is_recognised_labelled_or_not_under_kms(tmp_path, labelled):
+    """Under SSE-KMS the ETag proves nothing; a store may report the whole-file CRC without ChecksumType."""
+    path = make_file(tmp_path / "f", 12 * MiB)
+    data = path.read_bytes()
+    head = {
+        "ContentLength": len(data),
+        "ETag": '"' + "f" * 32 + '-3"',
+        "ServerSideEncryption": "aws:kms",
+        "ChecksumCRC32C": _crc32c_b64(data),
+        **({"ChecksumType": "FULL_OBJECT"} if labelled else {}),
+    }
+    with FileSource(path) as source:
+        comparison = compare_object(_Head(head, {"ContentLength": 5 * MiB}), BUCKET, "k", source)
+        assert comparison.matches and comparison.detail == "size and CRC32C full-object checksum"
+        other = make_file(tmp_path / "g", 12 * MiB, seed=9)
+        with FileSource(other) as different:
+            assert not compare_object(_Head(head, {"ContentLength": 5 * MiB}), BUCKET, "k", different).matches
+
+
+def test_an_unlabelled_composite_crc_is_still_recognised_and_parts_of_no_one_size_fall_back_to_the_whole(tmp_path):
+    path = make_file(tmp_path / "f", 12 * MiB)
+    data = path.read_bytes()
+    composite = composite_checksum("CRC32C", [_crc32c_b64(p) for p in _parts(data, 5 * MiB)]).split("-")[0]
+    kms = {"ContentLength": len(data), "ETag": '"' + "f" * 32 + '-3"', "ServerSideEncryption": "aws:kms"}
+    with FileSource(path) as source:
+        found = compare_object(
+            _Head({**kms, "ChecksumCRC32C": composite}, {"ContentLength": 5 * MiB}), BUCKET, "k", source
+        )
+        assert found.detail == "size and CRC32C composite checksum of 3 parts"
+        # Parts of growing sizes (a stream): no part size reproduces 3 parts, but the whole-file CRC needs none.
+        whole = {**kms, "ETag": '"' + "f" * 32 + '-2"', "ChecksumCRC32C": _crc32c_b64(data)}
+        assert compare_object(_Head(whole, {"ContentLength": 5 * MiB}), BUCKET, "k", source).matches
