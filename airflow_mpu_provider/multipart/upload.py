@@ -41,6 +41,7 @@ from airflow_mpu_provider.multipart.integrity import (
 from airflow_mpu_provider.multipart.part_body import PartBody, never_retry_cancelled_parts
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.request_args import request_args
+from airflow_mpu_provider.multipart.signing import sign_payload_only_when_needed
 
 if TYPE_CHECKING:
     from airflow_mpu_provider.multipart.bandwidth import BandwidthLimit
@@ -82,30 +83,6 @@ OBJECT_ARGS = frozenset(
 )
 
 
-def sign_payload_only_when_needed(client: Any) -> None:
-    """Let botocore skip SHA-256 payload signing over HTTPS when a part carries our own checksum.
-
-    botocore already skips it (TLS + a checksum is enough) when it computed the checksum itself or
-    Content-MD5 is present, but not for a checksum header the caller precomputed, as we do to hash
-    each byte once. This tells its S3 signer which header holds the checksum. Over plain HTTP the
-    payload is still signed (botocore's rule, unchanged).
-    """
-
-    def declare_checksum_header(request: Any, **_: Any) -> None:
-        for header in request.headers:
-            name = header.lower()
-            if name.startswith("x-amz-checksum-") and name != "x-amz-checksum-algorithm":
-                checksum = request.context.setdefault("checksum", {})
-                checksum.setdefault(
-                    "request_algorithm", {"algorithm": name[len("x-amz-checksum-") :], "in": "header", "name": header}
-                )
-                return
-
-    client.meta.events.register(
-        "before-sign.s3.UploadPart", declare_checksum_header, unique_id="airflow-mpu-checksum-header"
-    )
-
-
 class MultipartUpload:
     """The S3 calls of one multipart upload to ``bucket``/``key``; thread-safe for parallel parts."""
 
@@ -142,8 +119,7 @@ class MultipartUpload:
         self._said_unverifiable = False
         #: Set once ``abort`` succeeded (and, unless ``confirm=False``, made sure the upload is gone).
         self.aborted = False
-        if self.checksum_algorithm:
-            sign_payload_only_when_needed(client)
+        sign_payload_only_when_needed(client)
         never_retry_cancelled_parts(client)
 
     # -- the S3 calls -------------------------------------------------------------------------
