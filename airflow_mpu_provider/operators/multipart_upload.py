@@ -1,9 +1,9 @@
 """MultipartUploadOperator: the Airflow glue around the upload engine.
 
-The operator owns what only Airflow knows: templating, the connection (through the amazon
-provider's S3Hook, so every connection extra keeps working), XCom, the task_state_store that lets a
-retry resume, whether a retry will follow, ``on_kill`` and lineage. Everything S3 is in
-``airflow_mpu_provider.multipart``.
+The operator owns what only Airflow knows: templating, argument validation, XCom, the
+task_state_store that lets a retry resume, whether a retry will follow, ``on_kill``, lineage and
+metrics. Every S3 call goes through ``S3MultipartHook`` (which builds the clients from the connection,
+so every connection extra keeps working) and the engine it runs (``airflow_mpu_provider.multipart``).
 """
 
 from __future__ import annotations
@@ -13,15 +13,18 @@ import os
 import shlex
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow_mpu_provider.hooks.multipart import S3MultipartHook
+from airflow_mpu_provider.hooks.multipart import (
+    FileUpload,
+    S3MultipartHook,
+    check_object_arguments,
+    object_arguments,
+)
 from airflow_mpu_provider.multipart import validation
-from airflow_mpu_provider.multipart.command import CommandSource, find_bash
-from airflow_mpu_provider.multipart.compare import NOT_FOUND_CODES, ObjectComparison, compare_object
+from airflow_mpu_provider.multipart.command import find_bash
 from airflow_mpu_provider.multipart.engine import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BUFFER_BYTES,
@@ -29,31 +32,22 @@ from airflow_mpu_provider.multipart.engine import (
     FileUploadEngine,
     UploadOptions,
     UploadResult,
-    result_for_existing_object,
     upload_stays_usable,
 )
 from airflow_mpu_provider.multipart.errors import (
     InvalidUploadRequest,
     MultipartUploadError,
-    S3UploadError,
     UploadCancelledError,
-    s3_error,
 )
 from airflow_mpu_provider.multipart.full_object import resolve_checksum_type
 from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
 from airflow_mpu_provider.multipart.plan import DEFAULT_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
-from airflow_mpu_provider.multipart.request_args import request_args
-from airflow_mpu_provider.multipart.resume import (
-    DEFAULT_ADOPT_QUIET_AFTER,
-    LISTING_UNAVAILABLE_CODES,
-    FoundUpload,
-    find_adoptable_upload,
-)
+from airflow_mpu_provider.multipart.resume import DEFAULT_ADOPT_QUIET_AFTER, FoundUpload
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.stream import StreamUploadEngine
-from airflow_mpu_provider.multipart.upload import OBJECT_ARGS, MultipartUpload, head_object
-from airflow_mpu_provider.operators.s3_target import bucket_and_path
+from airflow_mpu_provider.multipart.upload import MultipartUpload
+from airflow_mpu_provider.operators.s3_target import MAX_KEY_BYTES, object_target  # noqa: F401 (MAX_KEY_BYTES: importable here)
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
 if TYPE_CHECKING:
@@ -73,46 +67,8 @@ STATE_KEY = "multipart_upload"
 #: task_state_store key of a command's stream upload: {bucket, key, upload_id}. A stream is never
 #: resumed; the record lets the next try abort the upload of a try that died (SIGKILL, OOM).
 STREAM_STATE_KEY = "multipart_stream_upload"
-#: S3's limit on key length, in UTF-8 bytes.
-MAX_KEY_BYTES = 1024
 #: Prefix of every metric the operator sends through Airflow's Stats (README: "Metrics").
 METRICS_PREFIX = "mpu"
-#: HeadObject codes that mean "forbidden": for a missing key, the answer to a role without s3:ListBucket.
-_FORBIDDEN_CODES = frozenset({"403", "AccessDenied", "Forbidden"})
-
-
-def _explain_forbidden_head(
-    client: Any, bucket: str, key: str, error: S3UploadError, extra_args: Mapping[str, Any]
-) -> S3UploadError | None:
-    """Why the existence check's HeadObject was answered 403, as an error to raise (None: the key is free).
-
-    A HEAD answer has no body, so a 403 does not say whether the credentials are wrong or a permission
-    is missing. A one-byte GetObject of the key does: AccessDenied there is, on AWS, what a missing key
-    looks like to a role without s3:ListBucket.
-    """
-    from botocore.exceptions import ClientError
-
-    try:
-        client.get_object(Bucket=bucket, Key=key, Range="bytes=0-0", **request_args(client, "GetObject", extra_args))
-    except ClientError as e:
-        probe = s3_error(e, operation="GetObject", bucket=bucket, key=key, upload_id=None)
-        if probe.code in NOT_FOUND_CODES:
-            return None
-        if probe.code not in _FORBIDDEN_CODES:
-            return probe  # e.g. SignatureDoesNotMatch, InvalidAccessKeyId: with their own hints
-    else:
-        return error
-    return S3UploadError(
-        f"HeadObject on s3://{bucket}/{key} was refused ({error.code}), so replace=False cannot check whether "
-        "the key already holds an object. S3 answers 403 rather than 404 for a missing key when the role "
-        f"lacks s3:ListBucket: grant s3:ListBucket on arn:aws:s3:::{bucket} (and s3:GetObject on its objects), "
-        "or set replace=True to upload without the check.",
-        code="AccessDenied",
-        operation="HeadObject",
-        bucket=bucket,
-        key=key,
-        upload_id=None,
-    )
 
 
 class MultipartUploadOperator(BaseOperator):
@@ -274,19 +230,9 @@ class MultipartUploadOperator(BaseOperator):
             raise ValueError(
                 "give exactly one of file=... (a local file) or command=... (a command whose output to upload)"
             )
-        if encrypt and sse_kms_key_id:
-            raise ValueError("use either encrypt=True (SSE-S3) or sse_kms_key_id (SSE-KMS), not both")
-        unknown = set(self.extra_args) - OBJECT_ARGS
-        if unknown:
-            raise ValueError(
-                f"extra_args {sorted(unknown)} are not CreateMultipartUpload arguments; allowed: {sorted(OBJECT_ARGS)}"
-            )
+        check_object_arguments(encrypt=encrypt, sse_kms_key_id=sse_kms_key_id, extra_args=self.extra_args)
         self._engine: BaseUploadEngine | None = None
-        self._command: CommandSource | None = None
         self._killed = False
-        #: Set by on_kill: stops work the engine does not own (comparing the file with an existing object).
-        #: Made per execute(): an operator is copied by Airflow, and an Event cannot be deep-copied.
-        self._cancel: threading.Event | None = None
         #: Whether execute() is running: on_kill after it ended must not touch what it left (see on_kill).
         self._executing = False
         #: The upload an earlier try recorded: ours from the first moment, aborted if this try ends it.
@@ -312,41 +258,20 @@ class MultipartUploadOperator(BaseOperator):
 
         The key is kept exactly as written (``?``, ``#``, ``%``, spaces, unicode): see ``s3_target``.
         """
-        if not self.key:
-            raise InvalidUploadRequest("key is empty; give the object key (or a full s3://bucket/key URL).")
-        bucket, key = bucket_and_path(self.bucket, self.key, "key")
-        if not key:
-            raise InvalidUploadRequest(f"key {self.key!r} names no object; add the object path after the bucket.")
-        try:
-            encoded = key.encode()
-        except UnicodeEncodeError as e:
-            raise InvalidUploadRequest(f"key {key!r} is not valid UTF-8 ({e.reason}); S3 keys are UTF-8.") from None
-        if len(encoded) > MAX_KEY_BYTES:
-            raise InvalidUploadRequest(
-                f"key is {len(key.encode()):,} bytes in UTF-8; S3 allows at most {MAX_KEY_BYTES:,}. Shorten it."
-            )
-        return bucket, key
+        return object_target(self.bucket, self.key)
 
     def object_args(self) -> dict[str, Any]:
         """CreateMultipartUpload arguments from the operator's arguments (``extra_args`` wins)."""
-        args: dict[str, Any] = {}
-        if self.encrypt:
-            args["ServerSideEncryption"] = "AES256"
-        if self.sse_kms_key_id:
-            args["ServerSideEncryption"] = "aws:kms"
-            args["SSEKMSKeyId"] = self.sse_kms_key_id
-        if self.storage_class:
-            args["StorageClass"] = self.storage_class
-        if self.content_type:
-            args["ContentType"] = self.content_type
-        if self.metadata:
-            args["Metadata"] = {str(k): str(v) for k, v in self.metadata.items()}
-        if self.tags:
-            args["Tagging"] = urllib.parse.urlencode({str(k): str(v) for k, v in self.tags.items()})
-        if self.acl_policy:
-            args["ACL"] = self.acl_policy
-        args.update(self.extra_args)
-        return args
+        return object_arguments(
+            encrypt=self.encrypt,
+            sse_kms_key_id=self.sse_kms_key_id,
+            storage_class=self.storage_class,
+            content_type=self.content_type,
+            metadata=self.metadata,
+            tags=self.tags,
+            acl_policy=self.acl_policy,
+            extra_args=self.extra_args,
+        )
 
     def upload_options(self, checksum_algorithm: str | None) -> UploadOptions:
         return UploadOptions(
@@ -394,9 +319,7 @@ class MultipartUploadOperator(BaseOperator):
             "checksum_type": resolve_checksum_type(self.checksum_type, checksum),
         }
 
-    def take_over_recorded_upload(
-        self, store: Any, client: Any, bucket: str, key: str, record: dict, options: UploadOptions
-    ) -> str | None:
+    def take_over_recorded_upload(self, store: Any, upload: FileUpload, record: dict) -> str | None:
         """The UploadId an earlier try recorded in task_state_store, if this try can continue it.
 
         A recorded upload is ours from the moment it is read (``_ours``): whatever happens next, this
@@ -407,12 +330,8 @@ class MultipartUploadOperator(BaseOperator):
         if not (isinstance(stored, dict) and stored.get("upload_id")):
             return None
         upload_id = str(stored["upload_id"])
-        self._ours = MultipartUpload(
-            client,
-            stored.get("bucket", bucket),
-            stored.get("key", key),
-            upload_id=upload_id,
-            extra_args=options.extra_args,
+        self._ours = upload.recorded_upload(
+            stored.get("bucket", upload.bucket), stored.get("key", upload.key), upload_id
         )
         changed = sorted(k for k in record if stored.get(k) != record[k])
         if not changed and self.resume:
@@ -420,55 +339,19 @@ class MultipartUploadOperator(BaseOperator):
             return upload_id
         why = f"it was for another version of the source ({', '.join(changed)} differ)" if changed else "resume=False"
         self.log.warning("The earlier try's upload %s cannot be continued (%s); aborting it.", upload_id, why)
-        self._ours.abort()
+        self.hook.abort_upload(self._ours)
         self._ours = None
         store.delete(STATE_KEY)
         return None
 
-    def find_upload_to_adopt(
-        self, client: Any, bucket: str, key: str, plan: PartPlan, options: UploadOptions, *, has_store: bool
-    ) -> FoundUpload | None:
-        """A found upload (ListMultipartUploads, no record) quiet long enough to adopt, or None.
-
-        A store or role without ListMultipartUploads degrades: one warning, no resume across runs,
-        and the upload goes on afresh.
-        """
-        try:
-            found = find_adoptable_upload(
-                client,
-                bucket,
-                key,
-                plan,
-                options.checksum_algorithm,
-                quiet_after=self.adopt_quiet_after,
-                extra_args=options.extra_args,
-                log=self.log,
-                checksum_type=resolve_checksum_type(options.checksum_type, options.checksum_algorithm),
-            )
-        except S3UploadError as e:
-            if e.code not in LISTING_UNAVAILABLE_CODES:
-                raise
-            self._listing_available = False
-            self.log.warning(
-                "ListMultipartUploads is not available on s3://%s (%s): resume across runs is off, so an upload an "
-                "earlier run left is not continued%s. Uploading afresh. To turn it on, grant "
-                "s3:ListBucketMultipartUploads on arn:aws:s3:::%s (a store without the API cannot).",
-                bucket,
-                e.code,
-                "" if has_store else " and a failed try's upload is aborted rather than kept",
-                bucket,
-            )
-            return None
-        self._listing_available = True
-        if found is not None:
-            self.log.info(
-                "Found incomplete upload %s for s3://%s/%s with ListMultipartUploads, quiet for at least %s; its "
-                "parts will be verified against the local file before it is adopted.",
-                found.upload_id,
-                bucket,
-                key,
-                self.adopt_quiet_after,
-            )
+    def find_upload_to_adopt(self, upload: FileUpload, *, has_store: bool) -> FoundUpload | None:
+        """A found upload (ListMultipartUploads, no record) quiet for ``adopt_quiet_after``, or None;
+        whether the listing worked decides, on Airflow < 3.3, whether a failed try may keep its upload."""
+        found = upload.find_upload_to_adopt(
+            self.adopt_quiet_after,
+            when_unlisted="" if has_store else " and a failed try's upload is aborted rather than kept",
+        )
+        self._listing_available = upload.listing_available
         return found
 
     def keep_for_retry(self, context: Context) -> bool:
@@ -510,7 +393,6 @@ class MultipartUploadOperator(BaseOperator):
     # -- run ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        self._cancel = threading.Event()
         self._executing = True
         try:
             return self._execute(context)
@@ -553,6 +435,7 @@ class MultipartUploadOperator(BaseOperator):
             store.set(STATE_KEY, {**resume_record, "upload_id": upload_id})
 
     def _run(self, engine: BaseUploadEngine, run: Callable[[], UploadResult]) -> UploadResult:
+        """Run ``engine`` where ``on_kill`` can stop it (``_killed`` is set before ``_engine`` is read)."""
         self._engine = engine
         try:
             if self._killed:
@@ -576,42 +459,31 @@ class MultipartUploadOperator(BaseOperator):
             raise InvalidUploadRequest("give either file=... or command=...")
         started = time.monotonic()
         store = self._state_store(context)
-        engine: FileUploadEngine | None = None
         with FileSource(self.file) as source:
             plan = plan_parts(source.size, self.part_size)
             options = self.upload_options(checksum)
-            client = self.s3_client(options, plan.part_size)
+            upload = self.hook.file_upload(
+                source, plan, bucket, key, options, client=self.s3_client(options, plan.part_size)
+            )
             record = self._resume_record(bucket, key, source, plan, checksum)
             try:
-                resume_id = self.take_over_recorded_upload(store, client, bucket, key, record, options)
+                resume_id = self.take_over_recorded_upload(store, upload, record)
                 self._stop_if_killed()
                 if not self.replace:
-                    existing = self._existing_object(client, bucket, key, source, plan, options)
+                    existing = upload.existing_object()
                     if existing is not None:
                         self._end_ours("the object already holds the file", store)
-                        return result_for_existing_object(
-                            existing, bucket=bucket, key=key, plan=plan, checksum_algorithm=checksum, started=started
-                        )
+                        return upload.result_for_existing(existing, started)
                 found = None
                 if self.resume and resume_id is None:
-                    found = self.find_upload_to_adopt(client, bucket, key, plan, options, has_store=store is not None)
+                    found = self.find_upload_to_adopt(upload, has_store=store is not None)
                 self._stop_if_killed()
-                engine = FileUploadEngine(
-                    client,
-                    bucket=bucket,
-                    key=key,
-                    source=source,
-                    plan=plan,
-                    options=options,
-                    log=self.log,
-                    on_upload_started=functools.partial(self._announce, context, bucket, key, record),
-                    abort_client=self.abort_client(),
-                )
+                engine = upload.make_engine(functools.partial(self._announce, context, bucket, key, record))
                 keep = self.keep_for_retry(context)
                 run = functools.partial(engine.run, resume_upload_id=resume_id, adopt=found, keep_on_failure=keep)
                 result = self._run(engine, run)
             except BaseException as error:
-                self._after_failure(error, context, store, engine)
+                self._after_failure(error, context, store, upload.engine)
                 raise
         if self._killed:
             # Completed, but killed meanwhile: the task fails. The record stays, so that the retry finds
@@ -625,51 +497,6 @@ class MultipartUploadOperator(BaseOperator):
     def _stop_if_killed(self) -> None:
         if self._killed:
             raise UploadCancelledError("the task was killed before the upload started")
-
-    def _existing_object(
-        self, client: Any, bucket: str, key: str, source: FileSource, plan: PartPlan, options: UploadOptions
-    ) -> ObjectComparison | None:
-        """For replace=False: None if the key is free; the comparison if it already holds exactly the
-        file (the try then succeeds without uploading); otherwise the task fails here, before anything
-        is created."""
-        try:
-            comparison = compare_object(
-                client,
-                bucket,
-                key,
-                source,
-                extra_args=options.extra_args,
-                part_size_hint=plan.part_size,
-                cancel=self._cancel,
-            )
-        except S3UploadError as e:
-            if e.code not in _FORBIDDEN_CODES:
-                raise
-            explained = _explain_forbidden_head(client, bucket, key, e, options.extra_args)
-            if explained is not None:
-                raise explained from e
-            return None
-        if not comparison.exists:
-            return None
-        if comparison.matches:
-            self.log.info(
-                "s3://%s/%s already holds exactly %s (%s compared): nothing to upload. The task succeeds without "
-                "sending anything (replace=False).",
-                bucket,
-                key,
-                source.description,
-                comparison.detail,
-            )
-            return comparison
-        raise S3UploadError(
-            f"s3://{bucket}/{key} already exists; set replace=True to overwrite it, or use another key. "
-            f"It is not this file: {comparison.detail}.",
-            code="ObjectExists",
-            operation="HeadObject",
-            bucket=bucket,
-            key=key,
-            upload_id=None,
-        )
 
     def _after_failure(
         self, error: BaseException, context: Context, store: Any, engine: FileUploadEngine | None
@@ -703,7 +530,7 @@ class MultipartUploadOperator(BaseOperator):
         if ours is not None:
             self.log.warning("Aborting upload %s of s3://%s/%s: %s.", ours.upload_id, ours.bucket, ours.key, why)
             try:
-                ours.abort()
+                self.hook.abort_upload(ours)
             except Exception as abort_error:  # the original error matters more; say what is left behind
                 self.log.error(
                     "Could not abort multipart upload %s of s3://%s/%s (%s); abort it by hand or let "
@@ -732,29 +559,24 @@ class MultipartUploadOperator(BaseOperator):
         store = self._state_store(context)
         self._abort_dead_stream_try(store, client, options)
         if not self.replace:
-            self._refuse_existing(client, bucket, key, options)
-        with CommandSource(self.command, timeout=self.command_timeout, log=self.log) as source:
-            engine = StreamUploadEngine(
-                client,
-                bucket=bucket,
-                key=key,
-                stream=source,
+            self.hook.check_key_free(client, bucket, key, options.extra_args)
+        with self.hook.command_source(self.command, timeout=self.command_timeout) as source:
+            engine = self.hook.stream_engine(
+                source,
+                bucket,
+                key,
+                options,
                 first_part_size=first_part_size,
                 growing=not self.equal_parts,
-                options=options,
-                log=self.log,
                 on_upload_started=functools.partial(self._record_stream_upload, context, bucket, key),
-                abort_client=self.abort_client(),
+                client=client,
             )
-            self._command = source
             try:
                 result = self._run(engine, engine.run)
             except BaseException:
                 if store is not None and self._stream_upload_gone(engine):
                     self._forget_stream_upload(store)  # aborted: nothing for the next try to clean up
                 raise
-            finally:
-                self._command = None
         if store is not None:
             self._forget_stream_upload(store)
         return result
@@ -795,9 +617,11 @@ class MultipartUploadOperator(BaseOperator):
             "An earlier try's stream upload %s to %s was left behind (that try died); aborting it.", upload_id, where
         )
         try:
-            MultipartUpload(
-                client, str(stored["bucket"]), str(stored["key"]), upload_id=upload_id, extra_args=options.extra_args
-            ).abort()
+            self.hook.abort_upload(
+                self.hook.upload_handle(
+                    str(stored["bucket"]), str(stored["key"]), upload_id, extra_args=options.extra_args, client=client
+                )
+            )
         except MultipartUploadError as e:
             self.log.warning(
                 "Could not abort the earlier try's stream upload %s to %s (%s); it needs s3:AbortMultipartUpload. "
@@ -815,28 +639,6 @@ class MultipartUploadOperator(BaseOperator):
         """
         upload = engine.upload
         return upload is None or not upload.upload_id or upload.aborted
-
-    def _refuse_existing(self, client: Any, bucket: str, key: str, options: UploadOptions) -> None:
-        """For a stream (nothing to compare with): replace=False refuses any existing object."""
-        try:
-            head_object(client, bucket, key, extra_args=options.extra_args)
-        except S3UploadError as e:
-            if e.code in NOT_FOUND_CODES:
-                return
-            if e.code not in _FORBIDDEN_CODES:
-                raise
-            explained = _explain_forbidden_head(client, bucket, key, e, options.extra_args)
-            if explained is not None:
-                raise explained from e
-            return
-        raise S3UploadError(
-            f"s3://{bucket}/{key} already exists; set replace=True to overwrite it, or use another key.",
-            code="ObjectExists",
-            operation="HeadObject",
-            bucket=bucket,
-            key=key,
-            upload_id=None,
-        )
 
     def _emit_metrics(self, result: UploadResult | None) -> None:
         """Send the upload's figures to Airflow's metrics (StatsD or OpenTelemetry, whichever the
@@ -877,31 +679,28 @@ class MultipartUploadOperator(BaseOperator):
         recorded if Airflow will retry, else aborted), and nothing is touched here.
         """
         self._killed = True
-        if self._cancel is not None:
-            self._cancel.set()
         if not self._executing:
             self.log.info(
                 "on_kill after execute() ended: its upload was already completed, aborted or kept for the retry."
             )
             return
-        engine, command, ours = self._engine, self._command, self._ours
-        if command is not None:
-            command.kill()
+        hook: S3MultipartHook | None = self.__dict__.get("hook")  # never built here, in a signal handler
+        if hook is not None:
+            hook.cancel()  # the command's pipeline, the existence check, and whatever else the hook runs
+        engine, ours = self._engine, self._ours
         if engine is not None:
             self.log.warning("Task killed: aborting the multipart upload.")
             engine.cancel()
-        if ours is not None and (engine is None or engine.upload is None):
+        if hook is not None and ours is not None and (engine is None or engine.upload is None):
             # The engine has not taken the recorded upload over yet: abort it here, off the signal
             # handler's thread (execute() aborts it again, harmlessly, when it sees the kill).
             self.log.warning("Task killed: aborting multipart upload %s.", ours.upload_id)
-            threading.Thread(target=self._abort_quietly, args=(ours,), name="mpu-kill-abort", daemon=True).start()
+            threading.Thread(target=self._abort_quietly, args=(hook, ours), name="mpu-kill-abort", daemon=True).start()
 
-    def _abort_quietly(self, upload: MultipartUpload) -> None:
-        """Abort ``upload`` through a client of its own (the main one may be mid-request on this thread)."""
+    def _abort_quietly(self, hook: S3MultipartHook, upload: MultipartUpload) -> None:
+        """Abort ``upload`` through the hook's abort client (the main one may be mid-request on this thread)."""
         try:
-            MultipartUpload(
-                self.abort_client(), upload.bucket, upload.key, upload_id=upload.upload_id, extra_args=upload.extra_args
-            ).abort()
+            hook.abort_upload(upload, quick=True)
         except Exception as e:  # execute() aborts again and reports what is left
             self.log.warning("Abort of %s during on_kill failed, execute() will retry it: %s", upload.upload_id, e)
 

@@ -66,3 +66,26 @@ def bucket_and_path(bucket: str | None, path: str | None, path_name: str) -> tup
     if not bucket:
         raise InvalidUploadRequest(f"no bucket: pass bucket=..., or {example} ({path_name}={path!r}).")
     return _check_bucket(bucket, "bucket"), path
+
+
+#: S3's limit on key length, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
+
+
+def object_target(bucket: str | None, key: str | None) -> tuple[str, str]:
+    """(bucket, key) of one object from ``bucket`` + ``key`` or an ``s3://`` key, checked against S3's rules
+    (a key naming an object, valid UTF-8, at most ``MAX_KEY_BYTES``) before any request is made."""
+    if not key:
+        raise InvalidUploadRequest("key is empty; give the object key (or a full s3://bucket/key URL).")
+    bucket, path = bucket_and_path(bucket, key, "key")
+    if not path:
+        raise InvalidUploadRequest(f"key {key!r} names no object; add the object path after the bucket.")
+    try:
+        encoded = path.encode()
+    except UnicodeEncodeError as e:
+        raise InvalidUploadRequest(f"key {path!r} is not valid UTF-8 ({e.reason}); S3 keys are UTF-8.") from None
+    if len(encoded) > MAX_KEY_BYTES:
+        raise InvalidUploadRequest(
+            f"key is {len(encoded):,} bytes in UTF-8; S3 allows at most {MAX_KEY_BYTES:,}. Shorten it."
+        )
+    return bucket, path
