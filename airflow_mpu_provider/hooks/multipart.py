@@ -388,6 +388,7 @@ class S3MultipartHook(S3Hook):
         ``adopt_quiet_after`` and its stored parts verify against the file (else it is left alone).
         On failure, the upload this call created or adopted is aborted.
         """
+        self._raise_if_cancelled()
         bucket, key = object_target(bucket, key)
         quiet_after = validation.duration("adopt_quiet_after", adopt_quiet_after)
         settings = upload_options(replace=replace, **options)

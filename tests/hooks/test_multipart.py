@@ -82,3 +82,40 @@ def test_cancel_stops_a_running_sweep_before_its_next_upload(mock_s3, monkeypatc
     assert len(incomplete_uploads(mock_s3, "test-bucket", "old/")) == 1
     for upload in incomplete_uploads(mock_s3, "test-bucket", "old/"):
         original(Bucket="test-bucket", Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+def test_upload_options_forward_any_field_the_engine_grows_and_check_the_known_ones(monkeypatch):
+    """Fields added to UploadOptions later (max_bandwidth, checksum_type...) reach the engine without
+    a change here; known fields are checked; anything else is refused by name."""
+    import dataclasses
+
+    from airflow_mpu_provider.hooks import multipart as hook_module
+    from airflow_mpu_provider.multipart.engine import UploadOptions
+
+    @dataclasses.dataclass(frozen=True)
+    class Grown(UploadOptions):
+        max_bandwidth: int | None = None
+
+    monkeypatch.setattr(hook_module, "UploadOptions", Grown)
+    options = hook_module.upload_options(replace=False, max_bandwidth=5, checksum_algorithm="crc32", tags={"a": "b"})
+    assert (options.max_bandwidth, options.checksum_algorithm, options.overwrite) == (5, "CRC32", False)
+    assert options.extra_args == {"Tagging": "a=b"}
+    with pytest.raises(ValueError, match="concurrency"):
+        hook_module.upload_options(replace=True, concurrency=0)
+    with pytest.raises(TypeError, match="unknown upload options \\['overwrite'\\]"):
+        hook_module.upload_options(replace=True, overwrite=False)  # that is replace=
+
+
+def test_the_operators_make_no_s3_call_of_their_own():
+    """Operators are Airflow glue: every S3 call goes through the hook (or the engine it runs)."""
+    import re
+    from pathlib import Path
+
+    import airflow_mpu_provider.operators as operators
+
+    calls = re.compile(
+        r"client\.|head_object|list_parts|get_object|\.abort\(|MultipartUpload\(|compare_object|find_adoptable"
+    )
+    for source in Path(operators.__file__).parent.glob("*.py"):
+        found = [line for line in source.read_text().splitlines() if calls.search(line)]
+        assert found == [], f"{source.name} calls S3 itself: {found}"
