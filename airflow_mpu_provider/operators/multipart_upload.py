@@ -47,7 +47,7 @@ from airflow_mpu_provider.multipart.resume import DEFAULT_ADOPT_QUIET_AFTER, Fou
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.stream import StreamUploadEngine
 from airflow_mpu_provider.multipart.upload import MultipartUpload
-from airflow_mpu_provider.operators.s3_target import MAX_KEY_BYTES, object_target  # noqa: F401 (MAX_KEY_BYTES: importable here)
+from airflow_mpu_provider.operators.s3_target import object_target
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
 if TYPE_CHECKING:
@@ -295,10 +295,6 @@ class MultipartUploadOperator(BaseOperator):
         return self.hook.get_upload_client(
             workers=options.workers_for(part_size), checksum_algorithm=options.checksum_algorithm
         )
-
-    def abort_client(self) -> Any:
-        """A second client for the abort ``on_kill`` starts in a thread (see ``S3MultipartHook.get_abort_client``)."""
-        return self.hook.get_abort_client()
 
     # -- resume -------------------------------------------------------------------------------
 

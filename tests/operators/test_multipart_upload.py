@@ -111,7 +111,7 @@ def test_abort_client_has_its_own_pool_the_same_connection_and_gives_up_quickly(
     )
     operator = op()
     client = operator.s3_client(operator.upload_options("CRC32C"), 16 * MiB)
-    abort = operator.abort_client()
+    abort = operator.hook.get_abort_client()
     assert abort._endpoint.http_session is not client._endpoint.http_session  # its own connection pool
     assert (abort.meta.endpoint_url, abort.meta.region_name) == ("http://127.0.0.1:9", "eu-west-1")
     assert abort.meta.config.s3 == {"addressing_style": "path"}  # the connection's settings...
