@@ -167,6 +167,13 @@ def _as_is(value: Any) -> Any:
     return value
 
 
+def first_stream_part_size(part_size: Any) -> int:
+    """A stream's first part size: ``part_size`` (checked as a file's is) or the default 16 MiB."""
+    first = validation.part_size(part_size) or DEFAULT_PART_SIZE
+    plan_parts(first, first)  # the same part-size checks as for a file
+    return first
+
+
 def explain_forbidden_head(
     client: Any, bucket: str, key: str, error: S3UploadError, extra_args: Mapping[str, Any]
 ) -> S3UploadError | None:
@@ -423,15 +430,10 @@ class S3MultipartHook(S3Hook):
         ``replace=False`` refuses any existing object (there is nothing to compare it with).
         """
         bucket, key = object_target(bucket, key)
-        return self.run_stream(
-            as_stream(stream),
-            bucket,
-            key,
-            replace=replace,
-            part_size=part_size,
-            equal_parts=equal_parts,
-            options=upload_options(replace=replace, **options),
-        )
+        settings = upload_options(replace=replace, **options)
+        first_part_size = first_stream_part_size(part_size)
+        client = self._ready_for_stream(bucket, key, settings, first_part_size, replace=replace)
+        return self.run_stream(as_stream(stream), bucket, key, settings, first_part_size, equal_parts, client)
 
     def upload_command(
         self,
@@ -452,11 +454,11 @@ class S3MultipartHook(S3Hook):
         """
         bucket, key = object_target(bucket, key)
         settings = upload_options(replace=replace, **options)
+        first_part_size = first_stream_part_size(part_size)
         find_bash()  # before any request: without bash there is no pipefail, and nothing may be created
+        client = self._ready_for_stream(bucket, key, settings, first_part_size, replace=replace)
         with self.command_source(command, timeout=command_timeout) as source:
-            return self.run_stream(
-                source, bucket, key, replace=replace, part_size=part_size, equal_parts=equal_parts, options=settings
-            )
+            return self.run_stream(source, bucket, key, settings, first_part_size, equal_parts, client)
 
     def object_matches(
         self,
@@ -570,26 +572,33 @@ class S3MultipartHook(S3Hook):
             abort_client=self.get_abort_client(),
         )
 
+    def _ready_for_stream(
+        self, bucket: str, key: str, options: UploadOptions, first_part_size: int, *, replace: bool
+    ) -> Any:
+        """The client for a stream's parts, once ``replace=False`` found the key free: both before the
+        stream is read or the command started, so that a refusal costs nothing."""
+        self._raise_if_cancelled()
+        client = self.get_upload_client(
+            workers=options.workers_for(first_part_size), checksum_algorithm=options.checksum_algorithm
+        )
+        if not replace:
+            self.check_key_free(client, bucket, key, options.extra_args)
+        return client
+
     def run_stream(
         self,
         stream: Stream,
         bucket: str,
         key: str,
-        *,
-        replace: bool,
-        part_size: int | None,
-        equal_parts: bool,
         options: UploadOptions,
+        first_part_size: int,
+        equal_parts: bool,
+        client: Any,
     ) -> dict[str, Any]:
-        """Check the key (``replace=False``), then upload ``stream``; ``cancel`` stops it from any thread."""
-        first_part_size = validation.part_size(part_size) or DEFAULT_PART_SIZE
-        plan_parts(first_part_size, first_part_size)  # the same part-size checks as for a file
+        """Upload ``stream`` (no resume: any failure aborts); ``cancel`` stops it from any thread."""
         engine = self.stream_engine(
-            stream, bucket, key, options, first_part_size=first_part_size, growing=not equal_parts
+            stream, bucket, key, options, first_part_size=first_part_size, growing=not equal_parts, client=client
         )
-        self._raise_if_cancelled()
-        if not replace:
-            self.check_key_free(engine.client, bucket, key, options.extra_args)
         with self.cancelling(engine.cancel):
             return engine.run().to_dict()
 

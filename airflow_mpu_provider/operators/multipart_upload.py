@@ -21,6 +21,7 @@ from airflow_mpu_provider.hooks.multipart import (
     FileUpload,
     S3MultipartHook,
     check_object_arguments,
+    first_stream_part_size,
     object_arguments,
 )
 from airflow_mpu_provider.multipart import validation
@@ -41,7 +42,7 @@ from airflow_mpu_provider.multipart.errors import (
 )
 from airflow_mpu_provider.multipart.full_object import resolve_checksum_type
 from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
-from airflow_mpu_provider.multipart.plan import DEFAULT_PART_SIZE, PartPlan, plan_parts
+from airflow_mpu_provider.multipart.plan import PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
 from airflow_mpu_provider.multipart.resume import DEFAULT_ADOPT_QUIET_AFTER, FoundUpload
 from airflow_mpu_provider.multipart.sources import FileSource
@@ -548,8 +549,7 @@ class MultipartUploadOperator(BaseOperator):
         """
         assert self.command is not None
         find_bash()  # before any request: without bash there is no pipefail, and nothing may be created
-        first_part_size = self.part_size or DEFAULT_PART_SIZE
-        plan_parts(first_part_size, first_part_size)  # the same part-size checks as for a file
+        first_part_size = first_stream_part_size(self.part_size)
         options = self.upload_options(checksum)
         client = self.s3_client(options, first_part_size)
         store = self._state_store(context)

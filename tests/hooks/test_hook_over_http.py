@@ -275,3 +275,16 @@ def test_timedelta_adopt_quiet_after_is_accepted(hook, s3, tmp_path):
     path = make_file(tmp_path / "f", 6 * MiB, seed=10)
     result = hook.upload_file(path, "hook/quiet.bin", BUCKET, adopt_quiet_after=timedelta(minutes=1))
     assert result["size"] == 6 * MiB
+
+
+def test_a_refused_key_never_starts_the_command(hook, proxy, s3, tmp_path):
+    """replace=False and a bad part size are checked before the command runs: nothing is produced for nothing."""
+    key = "hook/command-taken.bin"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    marker = tmp_path / "ran"
+    with pytest.raises(S3UploadError, match="already exists"):
+        hook.upload_command(f"touch '{marker}'", key, BUCKET)
+    with pytest.raises(ValueError, match="part_size"):
+        hook.upload_command(f"touch '{marker}'", "hook/command-small-parts.bin", BUCKET, part_size=1024)
+    assert not marker.exists()
+    assert proxy.count("CreateMultipartUpload") == 0
