@@ -288,3 +288,44 @@ def test_a_refused_key_never_starts_the_command(hook, proxy, s3, tmp_path):
         hook.upload_command(f"touch '{marker}'", "hook/command-small-parts.bin", BUCKET, part_size=1024)
     assert not marker.exists()
     assert proxy.count("CreateMultipartUpload") == 0
+
+
+def test_a_sigkilled_scripts_upload_is_resumed_by_the_next_run(connection, proxy, s3, tmp_path):
+    """A script calling ``upload_file`` is SIGKILLed after its first part was stored (nothing in it can
+    run); the next run finds the upload with ListMultipartUploads and, once it is quiet, sends only the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    conn_id = connection()
+    path = make_file(tmp_path / "f", 20 * MiB, seed=11)
+    key = "hook/killed-script.bin"
+    script = (
+        "import sys\n"
+        "from airflow_mpu_provider.hooks.multipart import S3MultipartHook\n"
+        f"S3MultipartHook(aws_conn_id={conn_id!r}).upload_file({str(path)!r}, {key!r}, {BUCKET!r}, "
+        f"part_size={PART}, concurrency=1)\n"
+    )
+    proxy.add_fault(Fault("UploadPart", "throttle", rate=1024 * 1024))  # 5 s a part: killed mid-upload
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        assert wait_for(lambda: proxy.count("UploadPart", status=200) >= 1, timeout=120), "no part was stored"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    proxy.clear_faults()
+    [left] = incomplete_uploads(s3, BUCKET, key)  # the killed run could not abort it
+    try:
+        result = hook_for(conn_id).upload_file(path, key, BUCKET, part_size=PART, adopt_quiet_after=0)
+        assert result["upload_id"] == left["UploadId"]
+        assert result["parts_resumed"] >= 1 and result["parts_resumed"] + result["parts_sent"] == 4
+        assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+    finally:
+        abort_all(s3, key)
+
+
+def hook_for(conn_id: str) -> S3MultipartHook:
+    return S3MultipartHook(aws_conn_id=conn_id)
