@@ -491,9 +491,7 @@ class S3MultipartHook(S3Hook):
     ) -> FileUpload:
         """The steps of one file upload (``FileUpload``), on ``client`` or a tuned one for the plan's parts."""
         if client is None:
-            client = self.get_upload_client(
-                workers=options.workers_for(plan.part_size), checksum_algorithm=options.checksum_algorithm
-            )
+            client = self.upload_client_for(options, plan.part_size)
         return FileUpload(self, client, bucket=bucket, key=key, source=source, plan=plan, options=options)
 
     def compare(
@@ -551,14 +549,11 @@ class S3MultipartHook(S3Hook):
         *,
         first_part_size: int,
         growing: bool,
+        client: Any,
         on_upload_started: Callable[[str], None] | None = None,
-        client: Any | None = None,
     ) -> StreamUploadEngine:
-        """The engine for a stream (run it inside ``cancelling(engine.cancel)``)."""
-        if client is None:
-            client = self.get_upload_client(
-                workers=options.workers_for(first_part_size), checksum_algorithm=options.checksum_algorithm
-            )
+        """The engine for a stream, on ``client`` (``upload_client_for(options, first_part_size)``); run it
+        inside ``cancelling(engine.cancel)`` for ``cancel`` to reach it."""
         return StreamUploadEngine(
             client,
             bucket=bucket,
@@ -578,9 +573,7 @@ class S3MultipartHook(S3Hook):
         """The client for a stream's parts, once ``replace=False`` found the key free: both before the
         stream is read or the command started, so that a refusal costs nothing."""
         self._raise_if_cancelled()
-        client = self.get_upload_client(
-            workers=options.workers_for(first_part_size), checksum_algorithm=options.checksum_algorithm
-        )
+        client = self.upload_client_for(options, first_part_size)
         if not replace:
             self.check_key_free(client, bucket, key, options.extra_args)
         return client
@@ -661,6 +654,12 @@ class S3MultipartHook(S3Hook):
                 Config(request_checksum_calculation="when_required", response_checksum_validation="when_required")
             )
         return self.get_client_type(config=config)
+
+    def upload_client_for(self, options: UploadOptions, part_size: int) -> Any:
+        """The upload client sized for the parts of ``part_size`` that ``options`` lets fly at once."""
+        return self.get_upload_client(
+            workers=options.workers_for(part_size), checksum_algorithm=options.checksum_algorithm
+        )
 
     def get_abort_client(self) -> Any:
         """A second client from the same connection, for the abort a cancel starts in a thread.

@@ -293,9 +293,7 @@ class MultipartUploadOperator(BaseOperator):
 
     def s3_client(self, options: UploadOptions, part_size: int) -> Any:
         """The client for the parts: the hook's tuned client, sized for the workers this part size allows."""
-        return self.hook.get_upload_client(
-            workers=options.workers_for(part_size), checksum_algorithm=options.checksum_algorithm
-        )
+        return self.hook.upload_client_for(options, part_size)
 
     # -- resume -------------------------------------------------------------------------------
 
