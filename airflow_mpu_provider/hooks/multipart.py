@@ -368,7 +368,8 @@ class S3MultipartHook(S3Hook):
         super().__init__(aws_conn_id=aws_conn_id, verify=verify, **kwargs)
         self._cancelled = threading.Event()
         self._stoppers: list[Callable[[], None]] = []
-        self._stoppers_lock = threading.Lock()
+        #: Reentrant: ``cancel`` may run in a signal handler on a thread that is registering a stopper.
+        self._stoppers_lock = threading.RLock()
 
     # -- uploads ----------------------------------------------------------------------------------
 

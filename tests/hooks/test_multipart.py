@@ -119,3 +119,19 @@ def test_the_operators_make_no_s3_call_of_their_own():
     for source in Path(operators.__file__).parent.glob("*.py"):
         found = [line for line in source.read_text().splitlines() if calls.search(line)]
         assert found == [], f"{source.name} calls S3 itself: {found}"
+
+
+def test_cancel_from_a_signal_handler_never_deadlocks_on_the_thread_it_interrupts(hook):
+    """A signal handler runs on the main thread, possibly while that thread registers a stopper (holding
+    the hook's lock): cancel must still get through."""
+    stopped = threading.Event()
+
+    def interrupted_while_registering() -> None:
+        with hook.cancelling(stopped.set), hook._stoppers_lock:  # the handler lands inside the lock
+            hook.cancel()
+
+    thread = threading.Thread(target=interrupted_while_registering, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "cancel deadlocked on the lock its own thread held"
+    assert stopped.is_set() and hook.cancelled
