@@ -85,8 +85,8 @@ def test_cancel_stops_a_running_sweep_before_its_next_upload(mock_s3, monkeypatc
 
 
 def test_upload_options_forward_any_field_the_engine_grows_and_check_the_known_ones(monkeypatch):
-    """Fields added to UploadOptions later (max_bandwidth, checksum_type...) reach the engine without
-    a change here; known fields are checked; anything else is refused by name."""
+    """Fields added to UploadOptions later reach the engine without a change here; known fields
+    (max_bandwidth and checksum_type among them) are checked; anything else is refused by name."""
     import dataclasses
 
     from airflow_mpu_provider.hooks import multipart as hook_module
@@ -94,14 +94,26 @@ def test_upload_options_forward_any_field_the_engine_grows_and_check_the_known_o
 
     @dataclasses.dataclass(frozen=True)
     class Grown(UploadOptions):
-        max_bandwidth: int | None = None
+        future_knob: int | None = None
 
     monkeypatch.setattr(hook_module, "UploadOptions", Grown)
-    options = hook_module.upload_options(replace=False, max_bandwidth=5, checksum_algorithm="crc32", tags={"a": "b"})
-    assert (options.max_bandwidth, options.checksum_algorithm, options.overwrite) == (5, "CRC32", False)
+    options = hook_module.upload_options(
+        replace=False,
+        future_knob=5,
+        max_bandwidth=1024,
+        checksum_type="composite",
+        checksum_algorithm="crc32",
+        tags={"a": "b"},
+    )
+    assert (options.future_knob, options.max_bandwidth, options.checksum_algorithm) == (5, 1024, "CRC32")
+    assert (options.checksum_type, options.overwrite) == ("composite", False)
     assert options.extra_args == {"Tagging": "a=b"}
     with pytest.raises(ValueError, match="concurrency"):
         hook_module.upload_options(replace=True, concurrency=0)
+    with pytest.raises(ValueError, match="max_bandwidth"):
+        hook_module.upload_options(replace=True, max_bandwidth="32MiB")
+    with pytest.raises(ValueError, match="checksum_type"):
+        hook_module.upload_options(replace=True, checksum_algorithm="SHA256", checksum_type="FULL_OBJECT")
     with pytest.raises(TypeError, match="unknown upload options \\['overwrite'\\]"):
         hook_module.upload_options(replace=True, overwrite=False)  # that is replace=
 
