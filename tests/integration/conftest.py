@@ -74,3 +74,14 @@ class FakeStateStore:
 
     def delete(self, key: str) -> None:
         self.data.pop(key, None)
+
+
+def upload_operator(conn_id: str, path, key: str, **kwargs: Any):
+    """The operator as the integration tests build it: 5 MiB parts, no progress lines, the key in
+    ``BUCKET`` unless given as an s3:// URL or with ``bucket=``; ``kwargs`` override or add arguments."""
+    from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
+
+    kwargs.setdefault("part_size", 5 * 1024 * 1024)
+    kwargs.setdefault("progress_interval", 0)
+    target = key if key.startswith("s3://") or "bucket" in kwargs else f"s3://{BUCKET}/{key}"
+    return MultipartUploadOperator(task_id="upload", file=str(path), key=target, aws_conn_id=conn_id, **kwargs)

@@ -10,9 +10,9 @@ against the same independent value in the recorded request headers.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import zlib
-from typing import Any
 
 import crc32c
 import pytest
@@ -23,7 +23,7 @@ from airflow_mpu_provider.multipart.errors import InvalidUploadRequest, S3Upload
 from airflow_mpu_provider.operators.multipart_upload import STATE_KEY, MultipartUploadOperator
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
-from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance
+from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance, upload_operator
 from tests.support.local_airflow import s3_client
 from tests.support.s3_proxy import Fault
 from tests.support.seed import seed_crashed_upload
@@ -49,13 +49,7 @@ def independent_composite(path, part_size: int = 5 * MiB) -> str:
     return base64.b64encode(REFERENCES["CRC32C"](crcs)).decode()
 
 
-def operator(conn_id: str, path, key: str, **kwargs: Any) -> MultipartUploadOperator:
-    kwargs.setdefault("part_size", 5 * MiB)
-    kwargs.setdefault("progress_interval", 0)
-    kwargs.setdefault("concurrency", 2)
-    return MultipartUploadOperator(
-        task_id="upload", file=str(path), key=f"s3://{BUCKET}/{key}", aws_conn_id=conn_id, **kwargs
-    )
+operator = functools.partial(upload_operator, concurrency=2)
 
 
 def stored_checksum(s3, key: str, algorithm: str) -> tuple[str | None, str | None]:

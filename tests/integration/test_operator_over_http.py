@@ -11,17 +11,14 @@ from airflow_mpu_provider.multipart.errors import InvalidUploadRequest, S3Upload
 from airflow_mpu_provider.operators.multipart_upload import STATE_KEY, MultipartUploadOperator
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
-from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance
+from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance, upload_operator
 from tests.support.local_airflow import SECRET_KEY
 from tests.support.s3_proxy import Fault
 
 pytestmark = pytest.mark.integration
 
 
-def operator(conn_id: str, path, key: str, **kwargs) -> MultipartUploadOperator:
-    kwargs.setdefault("part_size", 5 * MiB)
-    kwargs.setdefault("progress_interval", 0)
-    return MultipartUploadOperator(task_id="upload", file=str(path), key=key, aws_conn_id=conn_id, **kwargs)
+operator = upload_operator
 
 
 def test_uploads_through_the_connection_and_pushes_the_upload_id_before_any_part(connection, proxy, s3, tmp_path):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelled
 from airflow_mpu_provider.operators.multipart_upload import STATE_KEY, MultipartUploadOperator
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
-from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance
+from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance, upload_operator
 from tests.support.s3_proxy import Fault
 from tests.support.seed import seed_crashed_upload
 
@@ -30,13 +31,7 @@ pytestmark = pytest.mark.integration
 needs_task_state_store = pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="task_state_store needs Airflow >= 3.3")
 
 
-def operator(conn_id: str, path, key: str, **kwargs: Any) -> MultipartUploadOperator:
-    kwargs.setdefault("part_size", 5 * MiB)
-    kwargs.setdefault("progress_interval", 0)
-    kwargs.setdefault("concurrency", 1)
-    return MultipartUploadOperator(
-        task_id="upload", file=str(path), key=f"s3://{BUCKET}/{key}", aws_conn_id=conn_id, **kwargs
-    )
+operator = functools.partial(upload_operator, concurrency=1)
 
 
 def no_retries(connection) -> str:
