@@ -60,12 +60,12 @@ from airflow_mpu_provider.multipart.resume import (
     FoundUpload,
     find_adoptable_upload,
 )
+from airflow_mpu_provider.multipart.s3_target import object_target
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.stale import DEFAULT_OLDER_THAN, StaleUploadSweep
 from airflow_mpu_provider.multipart.stream import Stream, StreamUploadEngine
 from airflow_mpu_provider.multipart.stream_sources import as_stream
 from airflow_mpu_provider.multipart.upload import OBJECT_ARGS, MultipartUpload, head_object
-from airflow_mpu_provider.operators.s3_target import object_target
 
 #: Seconds the abort started by a cancel waits on the network: it races a kill's grace period, and the
 #: upload's own thread aborts again through the main client once its parts have stopped.

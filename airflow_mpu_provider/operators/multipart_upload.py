@@ -45,10 +45,10 @@ from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM,
 from airflow_mpu_provider.multipart.plan import PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
 from airflow_mpu_provider.multipart.resume import DEFAULT_ADOPT_QUIET_AFTER, FoundUpload
+from airflow_mpu_provider.multipart.s3_target import object_target
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.stream import StreamUploadEngine
 from airflow_mpu_provider.multipart.upload import MultipartUpload
-from airflow_mpu_provider.operators.s3_target import object_target
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
-from airflow_mpu_provider.operators.s3_target import bucket_and_path, split_s3_url
+from airflow_mpu_provider.multipart.s3_target import bucket_and_path, split_s3_url
 
 #: Valid S3 keys a URL parser would mangle (query, fragment, percent-escapes) or a strict parser refuse.
 AWKWARD_KEYS = [
