@@ -139,6 +139,8 @@ def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str,
     chosen: dict[str, Any] = {"concurrency": args.concurrency_value, "max_bandwidth": args.max_bandwidth}
     if args.checksum_algorithm != "default":
         chosen["checksum_algorithm"] = args.checksum_algorithm
+    if args.checksum_type != "default":
+        chosen["checksum_type"] = args.checksum_type
     options = UploadOptions(**chosen)
     with FileSource(args.file) as src:
         plan = plan_parts(src.size, args.part_size_value)
@@ -508,6 +510,7 @@ def worker_command(args: argparse.Namespace, v: Variant, file: Path, endpoint: s
         sys.executable, os.path.abspath(__file__), "--worker", v.contender, "--file", str(file),
         "--endpoint", endpoint, "--bucket", args.bucket, "--part-size", str(v.part_size),
         "--concurrency", str(v.concurrency), "--checksum", args.checksum, "--payload-signing", args.payload_signing,
+        "--checksum-type", args.checksum_type,
     ]
     if args.https:
         cmd.append("--https")
@@ -754,6 +757,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checksum", default="default",
                    help="engine checksum_algorithm: default (UploadOptions' default: CRC32C with awscrt), "
                         "CRC32C, CRC32, SHA256, ... or none (Content-MD5 only)")
+    p.add_argument("--checksum-type", default="default", choices=("default", "FULL_OBJECT", "COMPOSITE"),
+                   help="engine checksum_type: default (UploadOptions' default), FULL_OBJECT or COMPOSITE")
     p.add_argument("--payload-signing", choices=("auto", "off"), default="auto",
                    help="auto: botocore decides (SHA-256 of every body over plain HTTP); off: "
                         "s3.payload_signing_enabled=False for every contender (experiment)")
