@@ -109,24 +109,21 @@ def make_client(args: argparse.Namespace, concurrency: int, *, default_config: b
     )
 
 
-def ask_store_to_echo_checksums(client: Any) -> None:
-    """Make moto answer like AWS: echo each part's ``x-amz-checksum-*`` in the UploadPart response.
+def store_echoes_no_checksums(client: Any) -> None:
+    """Make moto answer like a store without checksum support: ETags only, no ``x-amz-checksum-*`` echo.
 
-    AWS always echoes the checksum a part carries; moto only when the request also names the algorithm
-    in ``x-amz-sdk-checksum-algorithm`` (as boto3's own checksums do). The engine sends a checksum it
-    computed itself, without that header; adding it makes moto echo, so the engine sees a store that
-    echoes on its first part and, as against AWS, verifies the later parts by their echoed checksum
-    with no Content-MD5 (nothing in the engine is patched).
+    AWS always echoes the checksum a part carries; moto echoes only when the request also names the
+    algorithm in ``x-amz-sdk-checksum-algorithm``, which the engine sends (as boto3 and CRT do). Dropping
+    that header from the engine's parts makes moto a store that echoes nothing, as on-prem stores without
+    checksums are: every part then carries Content-MD5 and is verified by its ETag (nothing in the engine
+    is patched).
     """
 
-    def name_the_algorithm(request: Any, **_: Any) -> None:
-        for header in list(request.headers):
-            name = header.lower()
-            if name.startswith("x-amz-checksum-") and name != "x-amz-checksum-algorithm":
-                request.headers["x-amz-sdk-checksum-algorithm"] = name[len("x-amz-checksum-") :].upper()
-                return
+    def unname_the_algorithm(request: Any, **_: Any) -> None:
+        for header in [h for h in request.headers if h.lower() == "x-amz-sdk-checksum-algorithm"]:
+            del request.headers[header]
 
-    client.meta.events.register("before-sign.s3.UploadPart", name_the_algorithm, unique_id="bench-checksum-echo")
+    client.meta.events.register("before-sign.s3.UploadPart", unname_the_algorithm, unique_id="bench-no-echo")
 
 
 def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str, Any]:
@@ -134,8 +131,8 @@ def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str,
     from airflow_mpu_provider.multipart.plan import plan_parts
     from airflow_mpu_provider.multipart.sources import FileSource
 
-    if args.assume_checksum_echo:
-        ask_store_to_echo_checksums(client)
+    if args.no_checksum_echo:
+        store_echoes_no_checksums(client)
     chosen: dict[str, Any] = {"concurrency": args.concurrency_value, "max_bandwidth": args.max_bandwidth}
     if args.checksum_algorithm != "default":
         chosen["checksum_algorithm"] = args.checksum_algorithm
@@ -514,8 +511,8 @@ def worker_command(args: argparse.Namespace, v: Variant, file: Path, endpoint: s
     ]
     if args.https:
         cmd.append("--https")
-    if args.assume_checksum_echo:
-        cmd.append("--assume-checksum-echo")
+    if args.no_checksum_echo:
+        cmd.append("--no-checksum-echo")
     if args.verify_tls:
         cmd.append("--verify-tls")
     if args.max_bandwidth:
@@ -714,7 +711,7 @@ def run_parent(args: argparse.Namespace) -> int:
         print(f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians; checksum for engine: {args.checksum}; "
               f"{'HTTPS' if args.https or endpoint.startswith('https') else 'plain HTTP'}; "
               f"payload signing {args.payload_signing}{'; BOTO_DISABLE_CRT' if args.no_crt else ''}"
-              f"{'; store echoes checksums (moto asked to)' if args.assume_checksum_echo else ''}"
+              f"; {'store echoes no checksums' if args.no_checksum_echo else 'store echoes checksums when asked'}"
               f"{f'; max_bandwidth {format_size(args.max_bandwidth)}/s' if args.max_bandwidth else ''}; "
               f"took {elapsed:.0f} s")
         print(table(results, vs))
@@ -765,11 +762,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-crt", action="store_true",
                    help="workers run with BOTO_DISABLE_CRT=true: botocore's Python SigV4 signer, no CRC32C "
                         "(the engine then defaults to CRC32)")
+    p.add_argument("--no-checksum-echo", action="store_true",
+                   help="a store that echoes no part checksums (on-prem stores without checksum support): "
+                        "the engine's parts lose x-amz-sdk-checksum-algorithm before signing, so moto "
+                        "answers with the ETag alone and the engine sends and verifies an MD5 with every "
+                        "part. Without it moto echoes, as AWS does")
     p.add_argument("--assume-checksum-echo", action="store_true",
-                   help="a store that echoes part checksums, as AWS does: the engine's parts also carry "
-                        "x-amz-sdk-checksum-algorithm, on which moto echoes them, so the engine sends no "
-                        "Content-MD5 after the first part and verifies parts by their echoed checksum "
-                        "(boto3 and CRT send that header themselves)")
+                   help="kept for old command lines: echo is now the default (the engine names the "
+                        "algorithm, as boto3 and CRT do, and moto echoes)")
     p.add_argument("--max-bandwidth", type=parse_size, default=None,
                    help="cap in bytes per second, e.g. 32MiB: the engine's max_bandwidth and s3transfer's "
                         "TransferConfig.max_bandwidth; the report compares each measured rate with it")

@@ -15,7 +15,7 @@ from airflow_mpu_provider.multipart.errors import (
 from airflow_mpu_provider.multipart.plan import plan_parts
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.units import GiB, MiB
-from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object
+from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object, store_echoes_no_checksums
 from tests.support.seed import seed_crashed_upload
 
 BUCKET = "test-bucket"
@@ -285,7 +285,8 @@ def test_missing_bucket_is_a_clear_error(mock_s3, tmp_path):
 
 def test_progress_lines_reach_the_log(mock_s3, tmp_path, caplog):
     path = make_file(tmp_path / "f", 11 * MiB)
-    engine, source = engine_for(mock_s3, path, concurrency=1)  # sequential: later parts must still carry MD5s
+    store_echoes_no_checksums(mock_s3)  # every part then carries its MD5, and the ETag is verified too
+    engine, source = engine_for(mock_s3, path, concurrency=1)
     engine.log = logging.getLogger("test.engine")
     with caplog.at_level(logging.INFO, logger="test.engine"), source:
         engine.run()
@@ -298,6 +299,7 @@ def test_complete_whose_first_attempt_succeeded_is_recognised_by_its_etag(mock_s
     """Real S3 answers a retried Complete with NoSuchUpload when the lost first attempt succeeded."""
     from botocore.exceptions import ClientError
 
+    store_echoes_no_checksums(mock_s3)  # by its ETag: every part's MD5 is known
     path = make_file(tmp_path / "f", 11 * MiB)
     engine, source = engine_for(mock_s3, path, concurrency=1)
     real = mock_s3.complete_multipart_upload

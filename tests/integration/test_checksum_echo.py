@@ -1,0 +1,117 @@
+"""Parts name their checksum algorithm, as every AWS SDK does, so stores that echo on request echo.
+
+Over plain HTTP through the proxy, which records what crosses the wire. moto echoes a part's
+``x-amz-checksum-*`` only when the request carries ``x-amz-sdk-checksum-algorithm``; AWS always does. Once
+a store has echoed, later parts are verified by their echo and carry no Content-MD5 (the hashing pass
+the engine saves); against a store that echoes nothing every part keeps its MD5 and the object's ETag is
+verified. moto echoes without checking, so the corruption test below shows what still catches a part
+whose bytes differ from its checksum: the whole-file CRC that moto computes from the bytes it stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+
+import crc32c
+import pytest
+
+from airflow_mpu_provider.multipart import UploadOptions, upload_file
+from airflow_mpu_provider.multipart.errors import IntegrityError
+from airflow_mpu_provider.multipart.upload import MultipartUpload
+from tests.conftest import MiB, make_file, sha256_file, sha256_object, store_echoes_no_checksums
+from tests.integration.conftest import BUCKET, FakeTaskInstance, upload_operator
+from tests.support.local_airflow import s3_client
+
+pytestmark = pytest.mark.integration
+
+SIZE = 16 * MiB + 5  # parts of 5, 5, 5 and 1 MiB + 5 bytes
+PART = 5 * MiB
+
+
+def sent_parts(proxy) -> list[tuple[int, dict[str, str]]]:
+    """(part number, lower-cased request headers) of each UploadPart the store accepted, in part order."""
+    parts = [r for r in proxy.requests() if r.kind == "UploadPart" and r.status == 200]
+    return sorted((r.part_number, {k.lower(): v for k, v in r.headers.items()}) for r in parts)
+
+
+def part_bytes(path, number: int) -> bytes:
+    data = path.read_bytes()
+    return data[(number - 1) * PART : number * PART]
+
+
+def b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def test_parts_name_the_algorithm_and_drop_md5_once_the_store_has_echoed(connection, proxy, s3, tmp_path):
+    path = make_file(tmp_path / "f", SIZE)
+    key = "echo/operator.bin"
+    proxy.reset_counts()
+    result = upload_operator(connection(), path, key, concurrency=1).execute({"ti": FakeTaskInstance()})
+    parts = sent_parts(proxy)
+    assert [n for n, _ in parts] == [1, 2, 3, 4] == list(range(1, result["parts_sent"] + 1))
+    for number, headers in parts:
+        body = part_bytes(path, number)
+        assert headers["x-amz-sdk-checksum-algorithm"] == "CRC32C"
+        assert headers["x-amz-checksum-crc32c"] == b64(crc32c.crc32c(body).to_bytes(4, "big"))
+        if number == 1:  # before the store's first answer: MD5 too, and (plain HTTP) an unsigned payload
+            assert headers["content-md5"] == b64(hashlib.md5(body).digest())
+            assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        else:  # verified by the echo; only a CRC binds the body, so over HTTP it is SHA-256-signed
+            assert "content-md5" not in headers
+            assert headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
+    whole = b64(crc32c.crc32c(path.read_bytes()).to_bytes(4, "big"))
+    assert (result["checksum"], result["checksum_type"]) == (whole, "FULL_OBJECT")
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32C", None])
+def test_a_store_that_echoes_nothing_gets_an_md5_with_every_part_and_the_etag_is_verified(
+    proxy, s3, tmp_path, caplog, algorithm
+):
+    path = make_file(tmp_path / "f", SIZE)
+    key = f"echo/silent-{algorithm}.bin"
+    client = s3_client(proxy.url)
+    store_echoes_no_checksums(client)
+    proxy.reset_counts()
+    options = UploadOptions(concurrency=1, progress_interval=0, checksum_algorithm=algorithm)
+    with caplog.at_level(logging.INFO):
+        result = upload_file(client, path, BUCKET, key, part_size=PART, options=options)
+    parts = sent_parts(proxy)
+    assert len(parts) == 4
+    for number, headers in parts:
+        assert headers["content-md5"] == b64(hashlib.md5(part_bytes(path, number)).digest())
+        assert "x-amz-sdk-checksum-algorithm" not in headers
+        assert ("x-amz-checksum-crc32c" in headers) is (algorithm is not None)
+    assert result.etag.endswith("-4")
+    assert "verified size, ETag" in caplog.text
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+
+
+def test_a_part_whose_bytes_differ_from_its_checksum_after_md5_was_dropped_fails_the_upload(
+    proxy, s3, tmp_path, monkeypatch
+):
+    """A byte flipped between hashing and sending (bad RAM, a buggy proxy) in a part sent without MD5.
+
+    AWS would refuse the part (its CRC does not match); moto stores it and echoes the CRC it was given,
+    so the part passes, and the whole-file CRC moto computes at Complete is what must catch it.
+    """
+    path = make_file(tmp_path / "f", SIZE)
+    key = "echo/corrupt.bin"
+    real_put = MultipartUpload.put_part
+    corrupted = []
+
+    def flip_a_byte_of_part_3(self, number, data, digest, **kwargs):
+        if number == 3:
+            assert digest.md5 is None, "part 3 was expected to go without Content-MD5"
+            data = bytes([data[0] ^ 0x01]) + data[1:]
+            corrupted.append(number)
+        return real_put(self, number, data, digest, **kwargs)
+
+    monkeypatch.setattr(MultipartUpload, "put_part", flip_a_byte_of_part_3)
+    options = UploadOptions(concurrency=1, progress_interval=0)
+    with pytest.raises(IntegrityError, match="full-object checksum CRC32C is .*The object is corrupt"):
+        upload_file(s3_client(proxy.url), path, BUCKET, key, part_size=PART, options=options)
+    assert corrupted == [3]
