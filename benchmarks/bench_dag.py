@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,7 +56,14 @@ KEY = os.environ.get("BENCH_KEY", "bench/object")
 START = datetime(2026, 1, 1)
 
 with DAG("bench_mpu", schedule=None, start_date=START, catchup=False):
-    MultipartUploadOperator(task_id="upload", file=FILE, key=KEY, bucket=BUCKET, replace=True)
+    MultipartUploadOperator(
+        task_id="upload",
+        file=FILE,
+        key=KEY,
+        bucket=BUCKET,
+        replace=True,
+        **({"checksum_type": os.environ["BENCH_CHECKSUM_TYPE"]} if os.environ.get("BENCH_CHECKSUM_TYPE") else {}),
+    )
 
 with DAG("bench_local_to_s3", schedule=None, start_date=START, catchup=False):
     LocalFilesystemToS3Operator(task_id="upload", filename=FILE, dest_key=KEY, dest_bucket=BUCKET, replace=True)
@@ -65,7 +73,9 @@ with DAG("bench_idle", schedule=None, start_date=START, catchup=False):
 '''
 
 
-def airflow_env(home: Path, endpoint: str, file: Path, bucket: str, key: str) -> dict[str, str]:
+def airflow_env(
+    home: Path, endpoint: str, file: Path, bucket: str, key: str, checksum_type: str | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in child_env().items() if not k.startswith("AIRFLOW")}
     env.update(
         {
@@ -85,6 +95,7 @@ def airflow_env(home: Path, endpoint: str, file: Path, bucket: str, key: str) ->
             "BENCH_FILE": str(file),
             "BENCH_BUCKET": bucket,
             "BENCH_KEY": key,
+            "BENCH_CHECKSUM_TYPE": checksum_type or "",
         }
     )
     return env
@@ -94,10 +105,12 @@ def airflow_bin() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
 
-def run_dag(home: Path, endpoint: str, file: Path, bucket: str, contender: str, log: Path) -> dict[str, Any]:
+def run_dag(
+    home: Path, endpoint: str, file: Path, bucket: str, contender: str, log: Path, checksum_type: str | None = None
+) -> dict[str, Any]:
     """One ``airflow dags test`` in a fresh process; its own rusage (and its descendants') from wait4."""
     key = f"bench-dag/{contender}/{uuid.uuid4().hex}"
-    env = airflow_env(home, endpoint, file, bucket, key)
+    env = airflow_env(home, endpoint, file, bucket, key, checksum_type)
     with log.open("a") as sink:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
@@ -168,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--https", action="store_true", help="moto over HTTPS with a self-signed certificate")
     p.add_argument("--bucket", default="mpu-bench")
     p.add_argument("--tmpdir", default=os.path.join(tempfile.gettempdir(), "mpu-bench"))
+    p.add_argument("--checksum-type", choices=("FULL_OBJECT", "COMPOSITE"),
+                   help="the operator's checksum_type (default: the operator's default, FULL_OBJECT)")
     p.add_argument("--json", help="save raw results to this file")
+    p.add_argument("--keep-log", help="copy the task logs of every run (airflow dags test output) to this file")
     args = p.parse_args(argv)
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine().items()))
@@ -198,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"endpoint: {endpoint}, file: {file} ({format_size(args.size)}), AIRFLOW_HOME: {home}")
             for round_no in range(1, args.rounds + 1):
                 for contender in CONTENDERS:
-                    record = run_dag(home, endpoint, file, args.bucket, contender, log)
+                    record = run_dag(home, endpoint, file, args.bucket, contender, log, args.checksum_type)
                     if "error" not in record and contender != "idle":
                         check_and_delete(endpoint, args.bucket, record, args.size)
                     record["round"] = round_no
@@ -207,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if server is not None:
                 server.__exit__()
-    print(f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians, net of the idle DAG")
+            if args.keep_log and log.exists():
+                shutil.copyfile(log, args.keep_log)
+    print(f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians, net of the idle DAG"
+          f"{f'; operator checksum_type {args.checksum_type}' if args.checksum_type else ''}")
     print(table(results, args.size))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -115,3 +115,26 @@ def test_a_part_whose_bytes_differ_from_its_checksum_after_md5_was_dropped_fails
     with pytest.raises(IntegrityError, match="full-object checksum CRC32C is .*The object is corrupt"):
         upload_file(s3_client(proxy.url), path, BUCKET, key, part_size=PART, options=options)
     assert corrupted == [3]
+
+
+def test_a_composite_upload_whose_complete_answer_has_no_checksum_is_verified_by_head_object(
+    proxy, s3, tmp_path, caplog
+):
+    """Parts after the store's first echo carry no MD5, so the ETag cannot be predicted; moto answers
+    Complete without the object's checksum, so the composite checksum must come from HeadObject, or only
+    the size would be verified."""
+    path = make_file(tmp_path / "f", SIZE)
+    key = "echo/composite.bin"
+    proxy.reset_counts()
+    options = UploadOptions(concurrency=1, progress_interval=0, checksum_type="COMPOSITE")
+    with caplog.at_level(logging.INFO):
+        result = upload_file(s3_client(proxy.url), path, BUCKET, key, part_size=PART, options=options)
+    data = path.read_bytes()
+    part_crcs = b"".join(crc32c.crc32c(data[i : i + PART]).to_bytes(4, "big") for i in range(0, len(data), PART))
+    expected = f"{b64(crc32c.crc32c(part_crcs).to_bytes(4, 'big'))}-4"
+    assert (result.checksum, result.checksum_type) == (expected, "COMPOSITE")
+    assert "verified size, CRC32C checksum." in caplog.text
+    assert "only the size could be verified" not in caplog.text
+    heads = [r for r in proxy.requests() if r.kind == "HeadObject"]
+    assert heads and all(r.headers.get("x-amz-checksum-mode") == "ENABLED" for r in heads[-1:])
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)

@@ -10,6 +10,7 @@ from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
 from airflow_mpu_provider.multipart.integrity import (
     checksum_b64,
     composite_checksum,
+    composite_matches,
     digest_part,
     md5_from_etag,
     multipart_etag,
@@ -66,3 +67,18 @@ def test_part_matches_prefers_checksum_then_etag_and_refuses_to_guess():
     no_md5 = digest_part(1, b"data", algorithm="CRC32C", with_md5=False)
     assert part_matches(no_md5, {"ETag": etag}, "CRC32C") is None
     assert part_matches(digest, {"ETag": '"kms-opaque"'}, "CRC32C") is None
+
+
+@pytest.mark.parametrize(
+    ("reported", "expected", "matches"),
+    [
+        ("abc=-3", "abc=-3", True),  # AWS: value-N
+        ("abc=", "abc=-3", True),  # moto's HeadObject leaves out -N
+        ("abc=-2", "abc=-3", False),  # another part count is another object
+        ("xyz=", "abc=-3", False),
+        (None, "abc=-3", False),
+        ("abc=-3", None, False),  # nothing expected: nothing can be verified
+    ],
+)
+def test_composite_matches_takes_the_value_with_or_without_the_part_count(reported, expected, matches):
+    assert composite_matches(reported, expected) is matches
