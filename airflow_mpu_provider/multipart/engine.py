@@ -35,6 +35,7 @@ from airflow_mpu_provider.multipart.errors import (
 from airflow_mpu_provider.multipart.full_object import (
     COMPOSITE,
     FULL_OBJECT,
+    FULL_OBJECT_ALGORITHMS,
     checksum_type_mismatch,
     complete_refuses_type,
     create_may_refuse_type,
@@ -400,10 +401,13 @@ class BaseUploadEngine:
             self.key,
         )
 
-    def _whole_file_checksum(self, parts: list[PartRecord]) -> str | None:
-        """The whole-file CRC combined from the parts' CRCs and sizes (FULL_OBJECT uploads), or None."""
+    def _whole_file_checksum(self, parts: list[PartRecord], *, of_any_type: bool = False) -> str | None:
+        """The whole-file CRC combined from the parts' CRCs and sizes (FULL_OBJECT uploads, or any upload
+        with ``of_any_type``), or None where there is none (SHA algorithms, parts without checksums)."""
         algorithm = self.options.checksum_algorithm
-        if self.checksum_type != FULL_OBJECT or not algorithm or not all(p.checksum for p in parts):
+        if not of_any_type and self.checksum_type != FULL_OBJECT:
+            return None
+        if algorithm not in FULL_OBJECT_ALGORITHMS or not all(p.checksum for p in parts):
             return None
         return full_object_checksum(algorithm, [(p.checksum, p.size) for p in parts if p.checksum])
 
@@ -463,9 +467,21 @@ class BaseUploadEngine:
         if expected_etag is not None and etag != expected_etag:
             problems.append(f"ETag is {etag}, expected {expected_etag} from the parts' MD5s")
         reported = answered or (head.get(checksum_field(algorithm)) if algorithm else None)
-        if expected_checksum and reported and "-" in reported and reported != expected_checksum:
-            problems.append(f"checksum {algorithm} is {reported}, expected {expected_checksum}")
         whole_verified = False
+        if expected_checksum and reported and not composite_matches(reported, expected_checksum):
+            if "-" in reported:
+                problems.append(f"checksum {algorithm} is {reported}, expected {expected_checksum}")
+            elif whole is None:
+                # A store reporting the value without "-N" (moto): the composite's value, or the whole file's
+                # CRC if the store made the object FULL_OBJECT unasked; anything else is not these bytes.
+                whole_verified = reported == self._whole_file_checksum(parts, of_any_type=True)
+                if whole_verified:
+                    self._object_checksum = (reported, FULL_OBJECT)
+                else:
+                    problems.append(
+                        f"checksum {algorithm} is {reported}, expected the composite {expected_checksum} "
+                        "(or the value without its -N)"
+                    )
         if whole is not None and algorithm:
             whole_verified = self._check_whole_file(whole, expected_checksum, response, head, problems)
         if problems:

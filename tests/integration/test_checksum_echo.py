@@ -90,16 +90,25 @@ def test_a_store_that_echoes_nothing_gets_an_md5_with_every_part_and_the_etag_is
     assert sha256_object(s3, BUCKET, key) == sha256_file(path)
 
 
+@pytest.mark.parametrize(
+    ("checksum_type", "message"),
+    [
+        ("FULL_OBJECT", "full-object checksum CRC32C is .*The object is corrupt"),
+        ("COMPOSITE", "checksum CRC32C is .*, expected the composite .*The object is corrupt"),
+    ],
+)
 def test_a_part_whose_bytes_differ_from_its_checksum_after_md5_was_dropped_fails_the_upload(
-    proxy, s3, tmp_path, monkeypatch
+    proxy, s3, tmp_path, monkeypatch, checksum_type, message
 ):
     """A byte flipped between hashing and sending (bad RAM, a buggy proxy) in a part sent without MD5.
 
     AWS would refuse the part (its CRC does not match); moto stores it and echoes the CRC it was given,
-    so the part passes, and the whole-file CRC moto computes at Complete is what must catch it.
+    so the part passes, and the object checksum moto computes at Complete from the bytes it stored (the
+    whole file's CRC, or the composite of the parts' CRCs, which its HeadObject reports without "-N")
+    is what must catch it.
     """
     path = make_file(tmp_path / "f", SIZE)
-    key = "echo/corrupt.bin"
+    key = f"echo/corrupt-{checksum_type}.bin"
     real_put = MultipartUpload.put_part
     corrupted = []
 
@@ -111,8 +120,8 @@ def test_a_part_whose_bytes_differ_from_its_checksum_after_md5_was_dropped_fails
         return real_put(self, number, data, digest, **kwargs)
 
     monkeypatch.setattr(MultipartUpload, "put_part", flip_a_byte_of_part_3)
-    options = UploadOptions(concurrency=1, progress_interval=0)
-    with pytest.raises(IntegrityError, match="full-object checksum CRC32C is .*The object is corrupt"):
+    options = UploadOptions(concurrency=1, progress_interval=0, checksum_type=checksum_type)
+    with pytest.raises(IntegrityError, match=message):
         upload_file(s3_client(proxy.url), path, BUCKET, key, part_size=PART, options=options)
     assert corrupted == [3]
 

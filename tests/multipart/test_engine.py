@@ -369,3 +369,50 @@ def test_file_parts_in_memory_stay_within_max_buffer_bytes(mock_s3, tmp_path, ma
     assert engine.options.workers_for(5 * MiB) == workers
     assert most[0] <= result.peak_buffer_bytes <= bound
     assert result.to_dict()["peak_buffer_bytes"] == result.peak_buffer_bytes
+
+
+@pytest.mark.parametrize(
+    ("reported", "outcome"),
+    [
+        ("whole", "FULL_OBJECT"),  # the store made the object FULL_OBJECT unasked: its CRC is the file's
+        ("composite-value", "COMPOSITE"),  # the composite's value without "-N"
+        ("AAAAAA==", "corrupt"),  # neither: not these bytes
+    ],
+)
+def test_an_unqualified_object_checksum_of_a_composite_upload_is_checked_not_ignored(
+    mock_s3, tmp_path, monkeypatch, reported, outcome
+):
+    import base64
+
+    import crc32c
+
+    path = make_file(tmp_path / "f", 11 * MiB)
+    data = path.read_bytes()
+    crcs = b"".join(crc32c.crc32c(data[i : i + 5 * MiB]).to_bytes(4, "big") for i in range(0, len(data), 5 * MiB))
+    values = {
+        "whole": base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode(),
+        "composite-value": base64.b64encode(crc32c.crc32c(crcs).to_bytes(4, "big")).decode(),
+    }
+    value = values.get(reported, reported)
+    engine, source = engine_for(mock_s3, path, concurrency=1, checksum_type="COMPOSITE")
+    real_complete, real_head = mock_s3.complete_multipart_upload, mock_s3.head_object
+
+    def complete_without_checksum(**kwargs):
+        return {k: v for k, v in real_complete(**kwargs).items() if not k.startswith("Checksum")}
+
+    def head_reporting(**kwargs):
+        head = {k: v for k, v in real_head(**kwargs).items() if not k.startswith("Checksum")}
+        return {**head, "ChecksumCRC32C": value} if kwargs.get("ChecksumMode") == "ENABLED" else head
+
+    monkeypatch.setattr(mock_s3, "complete_multipart_upload", complete_without_checksum)
+    monkeypatch.setattr(mock_s3, "head_object", head_reporting)
+    with source:
+        if outcome == "corrupt":
+            with pytest.raises(IntegrityError, match="expected the composite .*-3"):
+                engine.run()
+            return
+        result = engine.run()
+    assert (result.checksum_type, result.checksum) == (
+        outcome,
+        value if outcome == "FULL_OBJECT" else f"{value}-3",
+    )
