@@ -163,19 +163,49 @@ def run_dag(airflow_home, proxy, tmp_path, request) -> Callable[..., DagRunResul
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-            # Executor workers end on their own once the run is over; stragglers (a retry the executor
-            # still runs after dags test gave up on the run) are killed, so no try of this run
-            # overlaps the next run. Once dags test has exited its children are re-parented, so they
-            # are found by the session they were started in and by what was seen while it ran.
-            descendants.update((p.pid, p) for p in _in_session(process.pid))
-            _gone, alive = psutil.wait_procs(list(descendants.values()), timeout=15)
-            for straggler in alive:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    straggler.kill()
-            psutil.wait_procs(alive, timeout=15)
+            _end_stragglers(process.pid, descendants)
         return DagRunResult(process.returncode, out.read_text(errors="replace"), logs)
 
     return run
+
+
+def _end_stragglers(sid: int, seen: dict[int, psutil.Process], grace: float = 15.0) -> None:
+    """Let what ``dags test`` (leader of session ``sid``) left behind end, then kill what is left.
+
+    Executor workers end on their own once the run is over; stragglers (a retry the executor still runs
+    after dags test gave up on the run) must not overlap the next run. Once dags test has exited its
+    children are re-parented, so they are found by their session, by what was seen while it ran, and by
+    their own children, rescanned until none is left: a worker may start a task's processes (which may
+    leave the session) while it is being waited for, and killing the worker does not end them.
+    """
+    deadline = time.monotonic() + grace
+    for _ in range(100):
+        alive = _alive_tree(sid, seen)
+        if not alive:
+            return
+        if time.monotonic() < deadline:
+            psutil.wait_procs(alive, timeout=0.5)
+            continue
+        for straggler in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                straggler.kill()
+        psutil.wait_procs(alive, timeout=5)
+    raise RuntimeError(f"processes of the dags test run (session {sid}) would not end: {_alive_tree(sid, seen)}")
+
+
+def _alive_tree(sid: int, seen: dict[int, psutil.Process]) -> list[psutil.Process]:
+    """The run's processes still alive (zombies are dead): remembered, in the session, or their children."""
+    seen.update((p.pid, p) for p in _in_session(sid))
+    for process in list(seen.values()):
+        with contextlib.suppress(psutil.Error):
+            if process.is_running():  # the same process, not a later one that got its pid
+                seen.update((p.pid, p) for p in process.children(recursive=True))
+    alive = []
+    for process in seen.values():
+        with contextlib.suppress(psutil.Error):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+    return alive
 
 
 def _children(pid: int) -> list[psutil.Process]:
