@@ -122,6 +122,7 @@ class Fault:
     delay: float = 0.0
     after_bytes: int = 65536
     rate: int = 0  # throttle: request body bytes per second read from the client (per request)
+    skip: int = 0  # let this many requests of ``kind`` through (in order of arrival) before the fault applies
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -132,8 +133,8 @@ class Fault:
             raise ValueError("probability must be within [0, 1]")
         if self.times is not None and self.times < 0:
             raise ValueError("times must be >= 0 or None")
-        if self.delay < 0 or self.after_bytes < 0:
-            raise ValueError("delay and after_bytes must be >= 0")
+        if self.delay < 0 or self.after_bytes < 0 or self.skip < 0:
+            raise ValueError("delay, after_bytes and skip must be >= 0")
         if not 100 <= self.status <= 599:
             raise ValueError("status must be an HTTP status code")
         if (self.action == "throttle") != (self.rate > 0):
@@ -522,7 +523,7 @@ class S3Proxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
-        self._faults: list[list] = []  # [fault, injections_so_far]
+        self._faults: list[list] = []  # [fault, injections so far, requests skipped]
         self._in_flight: dict[str, int] = {}
         self._in_flight_changed = threading.Condition(self._lock)
         self._down = False
@@ -599,7 +600,7 @@ class S3Proxy:
     # -- fault control -----------------------------------------------------------------
     def add_fault(self, fault: Fault) -> None:
         with self._lock:
-            self._faults.append([fault, 0])
+            self._faults.append([fault, 0, 0])  # fault, times applied, requests skipped
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -607,19 +608,14 @@ class S3Proxy:
 
     def fail_nth(self, kind: str, number: int, *, status: int = 500) -> None:
         """Answer the ``number``-th request of ``kind`` from now on with ``status`` (the connection
-        "breaks" there); the ones before and after it go through. Uses ``on_request``."""
-        before = self.count(kind)
-
-        def hook(record: RequestRecord) -> None:
-            if record.kind == kind and self.count(kind) - before == number - 1:
-                self.add_fault(Fault(kind=kind, action="error", status=status, times=1))
-
-        self.on_request = hook
+        "breaks" there); the ones before and after it go through. Decided as each request arrives, so
+        no request can slip past while an earlier one is still being recorded."""
+        self.add_fault(Fault(kind=kind, action="error", status=status, times=1, skip=number - 1))
 
     def injections(self, fault: Fault) -> int:
         """How many times ``fault`` (the very object passed to add_fault) has fired."""
         with self._lock:
-            return sum(n for f, n in self._faults if f is fault)
+            return sum(n for f, n, _ in self._faults if f is fault)
 
     def set_down(self, down: bool) -> None:
         with self._lock:
@@ -640,8 +636,11 @@ class S3Proxy:
     def _pick_fault(self, kind: str) -> list | None:
         with self._lock:
             for entry in self._faults:
-                fault, used = entry
+                fault, used, _ = entry
                 if fault.kind != kind or (fault.times is not None and used >= fault.times):
+                    continue
+                if entry[2] < fault.skip:
+                    entry[2] += 1
                     continue
                 if self._rng.random() < fault.probability:
                     entry[1] += 1
