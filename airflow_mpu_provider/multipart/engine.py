@@ -401,12 +401,11 @@ class BaseUploadEngine:
             self.key,
         )
 
-    def _whole_file_checksum(self, parts: list[PartRecord], *, of_any_type: bool = False) -> str | None:
-        """The whole-file CRC combined from the parts' CRCs and sizes (FULL_OBJECT uploads, or any upload
-        with ``of_any_type``), or None where there is none (SHA algorithms, parts without checksums)."""
+    def _combined_crc(self, parts: list[PartRecord]) -> str | None:
+        """The whole-file CRC combined from the parts' CRCs and sizes, or None where there is none (SHA
+        algorithms, parts without checksums). Sent with a FULL_OBJECT Complete; for a COMPOSITE upload it
+        is what a store that made the object FULL_OBJECT unasked reports."""
         algorithm = self.options.checksum_algorithm
-        if not of_any_type and self.checksum_type != FULL_OBJECT:
-            return None
         if algorithm not in FULL_OBJECT_ALGORITHMS or not all(p.checksum for p in parts):
             return None
         return full_object_checksum(algorithm, [(p.checksum, p.size) for p in parts if p.checksum])
@@ -427,7 +426,7 @@ class BaseUploadEngine:
         checksums = [p.checksum for p in parts]
         if algorithm and all(checksums):
             expected_checksum = composite_checksum(algorithm, [c for c in checksums if c])
-        whole = self._whole_file_checksum(parts)
+        whole = self._combined_crc(parts) if self.checksum_type == FULL_OBJECT else None
         try:
             response = self._complete_call(parts, whole)
         except S3UploadError as e:
@@ -467,14 +466,15 @@ class BaseUploadEngine:
         if expected_etag is not None and etag != expected_etag:
             problems.append(f"ETag is {etag}, expected {expected_etag} from the parts' MD5s")
         reported = answered or (head.get(checksum_field(algorithm)) if algorithm else None)
+        checksum_verified = composite_matches(reported, expected_checksum)
         whole_verified = False
-        if expected_checksum and reported and not composite_matches(reported, expected_checksum):
+        if expected_checksum and reported and not checksum_verified:
             if "-" in reported:
                 problems.append(f"checksum {algorithm} is {reported}, expected {expected_checksum}")
             elif whole is None:
                 # A store reporting the value without "-N" (moto): the composite's value, or the whole file's
                 # CRC if the store made the object FULL_OBJECT unasked; anything else is not these bytes.
-                whole_verified = reported == self._whole_file_checksum(parts, of_any_type=True)
+                whole_verified = reported == self._combined_crc(parts)
                 if whole_verified:
                     self._object_checksum = (reported, FULL_OBJECT)
                 else:
@@ -490,7 +490,6 @@ class BaseUploadEngine:
                 f"{self.description}: {'; '.join(problems)}. The object is corrupt: do not use it; "
                 "re-run the task with replace=True."
             )
-        checksum_verified = composite_matches(reported, expected_checksum)
         if not whole_verified and checksum_verified:
             self._object_checksum = (expected_checksum, COMPOSITE)
         verified = [
