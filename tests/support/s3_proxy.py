@@ -141,6 +141,15 @@ class Fault:
             raise ValueError("rate (bytes/s, > 0) is required by throttle faults and only by them")
 
 
+@dataclass(eq=False)
+class _ArmedFault:
+    """A fault added to the proxy, with what it has done so far (guarded by the proxy's lock)."""
+
+    fault: Fault
+    applied: int = 0  # times it fired (an error_200 that upstream failed by itself gives its turn back)
+    skipped: int = 0  # requests of its kind let through before it applies (``Fault.skip``)
+
+
 @dataclass
 class RequestRecord:
     """One request seen (and answered, or reset) by the proxy."""
@@ -523,7 +532,7 @@ class S3Proxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
-        self._faults: list[list] = []  # [fault, injections so far, requests skipped]
+        self._faults: list[_ArmedFault] = []
         self._in_flight: dict[str, int] = {}
         self._in_flight_changed = threading.Condition(self._lock)
         self._down = False
@@ -600,7 +609,7 @@ class S3Proxy:
     # -- fault control -----------------------------------------------------------------
     def add_fault(self, fault: Fault) -> None:
         with self._lock:
-            self._faults.append([fault, 0, 0])  # fault, times applied, requests skipped
+            self._faults.append(_ArmedFault(fault))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -615,7 +624,7 @@ class S3Proxy:
     def injections(self, fault: Fault) -> int:
         """How many times ``fault`` (the very object passed to add_fault) has fired."""
         with self._lock:
-            return sum(n for f, n, _ in self._faults if f is fault)
+            return sum(armed.applied for armed in self._faults if armed.fault is fault)
 
     def set_down(self, down: bool) -> None:
         with self._lock:
@@ -633,23 +642,23 @@ class S3Proxy:
             else:
                 self.accepted_connections += 1
 
-    def _pick_fault(self, kind: str) -> list | None:
+    def _pick_fault(self, kind: str) -> _ArmedFault | None:
         with self._lock:
-            for entry in self._faults:
-                fault, used, _ = entry
-                if fault.kind != kind or (fault.times is not None and used >= fault.times):
+            for armed in self._faults:
+                fault = armed.fault
+                if fault.kind != kind or (fault.times is not None and armed.applied >= fault.times):
                     continue
-                if entry[2] < fault.skip:
-                    entry[2] += 1
+                if armed.skipped < fault.skip:
+                    armed.skipped += 1
                     continue
                 if self._rng.random() < fault.probability:
-                    entry[1] += 1
-                    return entry
+                    armed.applied += 1
+                    return armed
         return None
 
-    def _unpick(self, entry: list) -> None:
+    def _unpick(self, armed: _ArmedFault) -> None:
         with self._lock:
-            entry[1] -= 1
+            armed.applied -= 1
 
     def _record(self, rec: RequestRecord) -> None:
         with self._lock:
@@ -695,8 +704,8 @@ class S3Proxy:
             headers=dict(headers.items()),
         )
         ex = _Exchange(self, h, _BodyReader(h.rfile, content_length, chunked), rec)
-        entry = self._pick_fault(kind)
-        fault: Fault | None = entry[0] if entry else None
+        armed = self._pick_fault(kind)
+        fault = armed.fault if armed else None
         self._count_in_flight(kind, +1)
         try:
             if fault is None:
@@ -720,7 +729,7 @@ class S3Proxy:
                 rec.injected = "throttle"
                 self._forward(ex, rate=fault.rate)
             else:  # error_200; if upstream fails by itself nothing is replaced and the budget is kept
-                ex.release_fault = lambda: self._unpick(entry)
+                ex.release_fault = lambda: self._unpick(armed)
                 self._forward(ex, error_200=fault)
         except _ClientGone:
             h.close_connection = True
