@@ -109,29 +109,15 @@ def make_client(args: argparse.Namespace, concurrency: int, *, default_config: b
     )
 
 
-def store_echoes_no_checksums(client: Any) -> None:
-    """Make moto answer like a store without checksum support: ETags only, no ``x-amz-checksum-*`` echo.
-
-    AWS always echoes the checksum a part carries; moto echoes only when the request also names the
-    algorithm in ``x-amz-sdk-checksum-algorithm``, which the engine sends (as boto3 and CRT do). Dropping
-    that header from the engine's parts makes moto a store that echoes nothing, as on-prem stores without
-    checksums are: every part then carries Content-MD5 and is verified by its ETag (nothing in the engine
-    is patched).
-    """
-
-    def unname_the_algorithm(request: Any, **_: Any) -> None:
-        for header in [h for h in request.headers if h.lower() == "x-amz-sdk-checksum-algorithm"]:
-            del request.headers[header]
-
-    client.meta.events.register("before-sign.s3.UploadPart", unname_the_algorithm, unique_id="bench-no-echo")
-
-
 def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str, Any]:
     from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
     from airflow_mpu_provider.multipart.plan import plan_parts
     from airflow_mpu_provider.multipart.sources import FileSource
 
-    if args.no_checksum_echo:
+    if args.no_checksum_echo:  # a store without checksum support: the engine's parts lose the algorithm name
+        _checkout_on_path()
+        from tests.support.local_airflow import store_echoes_no_checksums
+
         store_echoes_no_checksums(client)
     chosen: dict[str, Any] = {"concurrency": args.concurrency_value, "max_bandwidth": args.max_bandwidth}
     if args.checksum_algorithm != "default":
@@ -803,11 +789,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _engine_defaults() -> dict[str, int]:
-    """The engine's defaults (plan.DEFAULT_PART_SIZE, engine.DEFAULT_CONCURRENCY), from this checkout."""
+def _checkout_on_path() -> None:
+    """This checkout first on sys.path (a worker runs this file as a script, from benchmarks/)."""
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
+
+
+def _engine_defaults() -> dict[str, int]:
+    """The engine's defaults (plan.DEFAULT_PART_SIZE, engine.DEFAULT_CONCURRENCY), from this checkout."""
+    _checkout_on_path()
     from airflow_mpu_provider.multipart.engine import DEFAULT_CONCURRENCY
     from airflow_mpu_provider.multipart.plan import DEFAULT_PART_SIZE
 

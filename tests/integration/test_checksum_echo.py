@@ -20,9 +20,9 @@ import pytest
 from airflow_mpu_provider.multipart import UploadOptions, upload_file
 from airflow_mpu_provider.multipart.errors import IntegrityError
 from airflow_mpu_provider.multipart.upload import MultipartUpload
-from tests.conftest import MiB, make_file, sha256_file, sha256_object, store_echoes_no_checksums
+from tests.conftest import MiB, make_file, sha256_file, sha256_object
 from tests.integration.conftest import BUCKET, FakeTaskInstance, upload_operator
-from tests.support.local_airflow import s3_client
+from tests.support.local_airflow import s3_client, store_echoes_no_checksums
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ from airflow_mpu_provider.multipart.errors import (
 from airflow_mpu_provider.multipart.plan import plan_parts
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.units import GiB, MiB
-from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object, store_echoes_no_checksums
+from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object
+from tests.support.local_airflow import store_echoes_no_checksums
 from tests.support.seed import seed_crashed_upload
 
 BUCKET = "test-bucket"

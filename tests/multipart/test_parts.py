@@ -14,7 +14,8 @@ from airflow_mpu_provider.multipart.plan import plan_parts
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import MultipartUpload
-from tests.conftest import incomplete_uploads, make_file, store_echoes_no_checksums
+from tests.conftest import incomplete_uploads, make_file
+from tests.support.local_airflow import store_echoes_no_checksums
 
 BUCKET = "test-bucket"
 MD5 = hashlib.md5(b"part").digest()

@@ -88,6 +88,21 @@ def s3_client(endpoint: str, **config: object):
     )
 
 
+def store_echoes_no_checksums(client) -> None:
+    """Make ``client``'s store one that echoes no part checksum, as on-prem stores without checksum support.
+
+    moto (like AWS SDK-aware stores) echoes a part's ``x-amz-checksum-*`` only when the request names the
+    algorithm in ``x-amz-sdk-checksum-algorithm``, which the engine sends; dropping that header before
+    signing makes moto answer with the ETag alone, so every part must carry (and be verified by) its MD5.
+    """
+
+    def unname_the_algorithm(request, **_):
+        for name in [h for h in request.headers if h.lower() == "x-amz-sdk-checksum-algorithm"]:
+            del request.headers[name]
+
+    client.meta.events.register("before-sign.s3.UploadPart", unname_the_algorithm, unique_id="store-echoes-nothing")
+
+
 def aws_connection(endpoint: str, **extra: object) -> str:
     """The JSON form of an Airflow AWS connection to ``endpoint``, for an ``AIRFLOW_CONN_*`` variable."""
     return json.dumps(
