@@ -123,6 +123,11 @@ ERROR_HINTS: dict[str, str] = {
         "the store rejected the request; for an S3-compatible store that rejects CRC checksums, "
         "set checksum_algorithm=None. " + KEPT_FOR_RETRY
     ),
+    "NotImplemented": (
+        "the store does not implement a header this request carries (S3's answer to a header it does not "
+        "support); for an S3-compatible store without checksum support, set checksum_algorithm=None; else "
+        "leave out the argument it does not support (storage_class, tags, acl, encryption). " + KEPT_FOR_RETRY
+    ),
     "KMS.NotFoundException": ("the KMS key was not found; check sse_kms_key_id and its region. " + KEPT_FOR_RETRY),
     "SlowDown": (
         "S3 throttled the requests past the retry budget; lower concurrency or raise the connection's retries. "

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
         ("UploadPart", 400, "EntityTooSmall", False),
         ("UploadPart", 400, "BadDigest", True),
         ("UploadPart", 403, "AccessDenied", True),
+        ("UploadPart", 501, "NotImplemented", True),  # a store refusing a checksum header
     ],
 )
 def test_the_hint_tells_what_the_engine_then_does(connection, proxy, s3, tmp_path, kind, status, code, kept):
