@@ -188,10 +188,14 @@ def test_sigterm_aborts_the_upload_and_fails_the_task(run_dag, proxy, s3, tmp_pa
 def test_execution_timeout_keeps_the_upload_for_airflows_retry_which_resumes_it(run_dag, proxy, s3, tmp_path):
     """Airflow raises AirflowTaskTimeout inside execute() and calls on_kill() only after it: a timeout
     is a failure like any other. With a retry to come the upload is kept (and recorded), on_kill does
-    not abort it, and the retry sends only the missing parts into the same upload."""
-    path = make_file(tmp_path / "dump.sql", 100 * MiB)
+    not abort it, and the retry sends only the missing parts into the same upload.
+
+    The retry runs under the same execution_timeout, so what it has left must be small against it on a
+    busy machine: the first try's parts are slowed (2 s each, 8 parts: ~16 s, twice the timeout) and the
+    retry, fast again, has at most 5 parts (25 MiB) to send in its 8 s."""
+    path = make_file(tmp_path / "dump.sql", 40 * MiB)
     key = "e2e/timeout.bin"
-    proxy.add_fault(Fault(kind="UploadPart", action="delay", delay=0.5))  # 20 parts: ~10 s, over the timeout
+    proxy.add_fault(Fault(kind="UploadPart", action="delay", delay=2.0))
 
     def fast_again_for_the_retry(record) -> None:  # the retry starts by looking for the upload
         if record.kind in ("ListParts", "ListMultipartUploads") and proxy.count("UploadPart", status=200):
@@ -206,7 +210,7 @@ def test_execution_timeout_keeps_the_upload_for_airflows_retry_which_resumes_it(
         retries=1,
         retry_delay=1,
         adopt_quiet_after=1,  # Airflow < 3.3: the retry finds it by listing, once quiet for 1 s
-        execution_timeout=4,
+        execution_timeout=8,
     )
     assert result.succeeded, result.log[-5000:]
     assert result.shows("Timeout") and result.shows("keeping multipart upload")
