@@ -115,6 +115,20 @@ def swift_endpoint(swift) -> str:
     return swift.endpoint
 
 
+#: The bucket the Swift tests use (tests/swift, tests/e2e/test_swift_dag.py).
+SWIFT_BUCKET = "swift-bucket"
+
+
+@pytest.fixture(scope="session")
+def swift_s3(swift_endpoint):
+    """A client straight to Swift (not through a proxy), for setting up and checking; ``SWIFT_BUCKET`` exists."""
+    from tests.support.swift_server import s3_client
+
+    client = s3_client(swift_endpoint)
+    client.create_bucket(Bucket=SWIFT_BUCKET)
+    return client
+
+
 @pytest.fixture
 def proxy(moto_endpoint) -> Iterator[object]:
     """A counting, fault-injecting proxy in front of the server: what crosses the wire, measured."""

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SWIFT_BUCKET
 from tests.support import swift_server
 
-BUCKET = "swift-bucket"
+BUCKET = SWIFT_BUCKET
 CONN_ID = "mpu_swift"
 
 #: For tests of what the engine does at its defaults (CRC32C, FULL_OBJECT) on a store that keeps no
@@ -30,14 +31,6 @@ CHECKSUMS = [
     pytest.param({}, id="defaults", marks=NEEDS_FALLBACK),
     pytest.param({"checksum_algorithm": None}, id="md5-only"),
 ]
-
-
-@pytest.fixture(scope="session")
-def swift_s3(swift_endpoint):
-    """A client straight to Swift (not through the proxy), for setting up and checking; the bucket exists."""
-    client = swift_server.s3_client(swift_endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    return client
 
 
 @pytest.fixture

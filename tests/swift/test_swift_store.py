@@ -152,9 +152,9 @@ def put_multipart(s3, key: str, path: Path, part_size: int = PART) -> str:
             number = len(parts) + 1
             etag = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk)["ETag"]
             parts.append({"PartNumber": number, "ETag": etag})
-    return s3.complete_multipart_upload(
-        Bucket=BUCKET, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-    )["ETag"].strip('"')
+    return s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})[
+        "ETag"
+    ].strip('"')
 
 
 def test_replace_false_with_the_files_bytes_already_there_sends_nothing(
@@ -169,6 +169,19 @@ def test_replace_false_with_the_files_bytes_already_there_sends_nothing(
     assert swift_proxy.count("CreateMultipartUpload") == 0 and swift_proxy.count("UploadPart") == 0
     # Swift cannot tell a part's size (HeadObject with PartNumber: 405): the caller's part size is used.
     assert hook.object_matches(path, key, BUCKET, part_size=PART)
+
+
+def test_object_matches_an_upload_file_object_without_being_told_its_part_size(hook, swift_s3, clean_key, tmp_path):
+    """Swift answers HeadObject with PartNumber with 405, so the object's part size is unknown: the hook
+    assumes the one upload_file picks for the file (16 MiB here), and says False for other bytes."""
+    path = make_file(tmp_path / "f", 40 * MiB + 3, seed=12)
+    key = clean_key("matches/auto-parts.bin")
+    result = hook.upload_file(path, key, BUCKET, checksum_algorithm=None)
+    assert (result["part_size"], result["parts"]) == (16 * MiB, 3)
+    assert hook.object_matches(path, key, BUCKET)
+    assert hook.object_matches(path, f"s3://{BUCKET}/{key}", part_size=16 * MiB)
+    assert not hook.object_matches(path, key, BUCKET, part_size=PART)  # cut in 5 MiB parts: 9, not 3
+    assert not hook.object_matches(make_file(tmp_path / "g", 40 * MiB + 3, seed=13), key, BUCKET)
 
 
 def test_replace_false_refuses_other_bytes_before_anything_is_created(hook, swift_proxy, swift_s3, clean_key, tmp_path):
