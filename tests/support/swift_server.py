@@ -307,7 +307,7 @@ def _stop(processes: dict[str, subprocess.Popen]) -> None:
 
 
 @contextlib.contextmanager
-def swift_server(root: Path, *, workers: int = 0, start_timeout: float = 60) -> Iterator[SwiftServer]:
+def swift_server(root: Path, *, workers: int | str = 0, start_timeout: float = 60) -> Iterator[SwiftServer]:
     """Start an all-in-one Swift with s3api under ``root`` (created; kept afterwards, with the logs).
 
     ``workers=0`` runs each server in one process (the tests); the benchmark may ask for more, as a
