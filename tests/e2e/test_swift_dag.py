@@ -12,7 +12,7 @@ from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha2
 from tests.support.s3_proxy import S3Proxy
 from tests.support.seed import seed_crashed_upload
 from tests.support.swift_server import aws_connection
-from tests.swift.conftest import BUCKET, NEEDS_FALLBACK
+from tests.swift.conftest import BUCKET, NEEDS_FALLBACK, wait_until_swift_shows_it_past
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swift]
 
@@ -37,6 +37,7 @@ def test_a_dag_run_at_the_defaults_resumes_a_crashed_upload_and_verifies_it_on_s
     path = make_file(tmp_path / "dump.sql", 30 * MiB, seed=18)
     key = "e2e/swift-defaults.bin"
     seed_crashed_upload(swift_s3, BUCKET, key, path.read_bytes(), (1, 2, 3))
+    wait_until_swift_shows_it_past(swift_s3, key)  # adopt_quiet_after=0 needs it
     try:
         result = run_dag(
             file=path,

@@ -8,7 +8,9 @@ test shows what the Swift daemons logged while it ran.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,25 @@ def clean_key(swift_s3) -> Iterator[Callable[[str], str]]:
             if upload["Key"] == key:
                 swift_s3.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload["UploadId"])
         swift_s3.delete_object(Bucket=BUCKET, Key=key)
+
+
+def wait_until_swift_shows_it_past(s3, key: str, timeout: float = 30) -> None:
+    """Swift's s3api reports an upload's ``Initiated`` and its parts' ``LastModified`` rounded *up* to the
+    next whole second, so for up to a second a new upload looks initiated in the future: not yet older
+    than ``adopt_quiet_after=0`` or the janitor's ``older_than=0``. Poll Swift (bounded) until every
+    upload of ``key`` and its parts are reported in the past."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stamps = []
+        for upload in s3.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", []):
+            if upload["Key"] == key:
+                stamps.append(upload["Initiated"])
+                parts = s3.list_parts(Bucket=BUCKET, Key=key, UploadId=upload["UploadId"]).get("Parts", [])
+                stamps.extend(part["LastModified"] for part in parts)
+        if stamps and max(stamps) < datetime.now(UTC):
+            return
+        assert time.monotonic() < deadline, f"Swift still shows an upload of {key} in the future: {stamps}"
+        time.sleep(0.1)
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha2
 from tests.integration.conftest import FakeTaskInstance
 from tests.support.s3_proxy import Fault
 from tests.support.seed import seed_crashed_upload
-from tests.swift.conftest import BUCKET, CHECKSUMS, NEEDS_FALLBACK
+from tests.swift.conftest import BUCKET, CHECKSUMS, NEEDS_FALLBACK, wait_until_swift_shows_it_past
 
 pytestmark = pytest.mark.swift
 
@@ -88,6 +88,7 @@ def test_operator_resumes_an_upload_found_with_list_multipart_uploads(
     path = make_file(tmp_path / "dump", 26 * MiB, seed=2)
     key = clean_key("op/found.bin")
     crashed = seed_crashed_upload(swift_s3, BUCKET, key, path.read_bytes(), parts=(1, 2, 4), part_size=PART)
+    wait_until_swift_shows_it_past(swift_s3, key)
     result = upload_operator(swift_connection, path, key, adopt_quiet_after=0).execute({})
     assert result["upload_id"] == crashed
     assert (result["parts_resumed"], result["parts_sent"]) == (3, 3)
@@ -125,6 +126,7 @@ def test_a_sigkilled_scripts_upload_is_resumed_and_only_missing_parts_are_sent(
     [left] = incomplete_uploads(swift_s3, BUCKET, key)  # the killed run could not abort it
     before = stored_parts(swift_s3, key, left["UploadId"])
     assert 2 <= len(before) < total, before
+    wait_until_swift_shows_it_past(swift_s3, key)
     swift_proxy.reset_counts()
     from airflow_mpu_provider.hooks.multipart import S3MultipartHook
 
@@ -241,6 +243,7 @@ def test_the_janitor_reports_then_aborts_stale_uploads_and_leaves_other_prefixes
     kept = clean_key("elsewhere/kept.bin")
     for key in (*stale, kept):
         seed_crashed_upload(swift_s3, BUCKET, key, data, parts=(1, 2), part_size=PART)
+        wait_until_swift_shows_it_past(swift_s3, key)
 
     def janitor(**kwargs: Any) -> dict:
         return S3AbortStaleUploadsOperator(
