@@ -10,7 +10,11 @@ groups. Each daemon logs to its own file there (``<name>.log``); a start-up fail
 S3 credentials are tempauth's user ``test:tester`` with the key ``testing`` (access key
 ``test:tester``, secret ``testing``); requests are path-style SigV4 in ``us-east-1``.
 
-Standard library only: ``dev.py`` and the benchmarks use it without the test dependencies.
+Swift reads its hash path prefix and storage policies from ``/etc/swift/swift.conf`` (installed by the
+``swift`` package) whatever ``swift_dir`` says; the rings written here serve its default policy 0
+(``object.ring.gz``), as the package's file declares it.
+
+Standard library only (boto3 where a client is asked for): ``dev.py`` and the benchmarks use it too.
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ class SwiftServer:
         return "\n".join(parts)
 
 
-def _write_configs(root: Path, ports: dict[str, int], *, workers: int) -> None:
+def _write_configs(root: Path, ports: dict[str, int], *, workers: int | str) -> None:
     user = getpass.getuser()
     devices = root / "node"
     (devices / "d1").mkdir(parents=True, exist_ok=True)
