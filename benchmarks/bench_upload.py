@@ -428,6 +428,50 @@ class LocalServer:
         self._log.close()
 
 
+class SwiftStore:
+    """OpenStack Swift with s3api on 127.0.0.1 (tests/support/swift_server.py), for ``--store swift``.
+
+    Its server CPU is the sum over the Swift daemons (account, container, object, proxy and their worker
+    processes) and memcached, read with psutil.
+    """
+
+    def __init__(self, root: Path, workers: str) -> None:
+        self.root = root
+        self.workers = workers
+        self.endpoint = ""
+        self._context: Any = None
+        self._processes: list[Any] = []
+
+    def __enter__(self) -> SwiftStore:
+        _checkout_on_path()
+        from tests.support.swift_server import swift_server
+
+        workers: int | str = int(self.workers) if self.workers.isdigit() else self.workers
+        self._context = swift_server(self.root, workers=workers)
+        server = self._context.__enter__()
+        self.endpoint = server.endpoint
+        self._daemons = list(server.processes.values())
+        return self
+
+    def cpu_seconds(self) -> float | None:
+        import psutil
+
+        total = 0.0
+        for daemon in self._daemons:
+            try:
+                parent = psutil.Process(daemon.pid)
+                for process in [parent, *parent.children(recursive=True)]:
+                    times = process.cpu_times()
+                    total += times.user + times.system
+            except psutil.Error:
+                continue
+        return total
+
+    def __exit__(self, *exc: object) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+
+
 # -- the parent: rounds, table ---------------------------------------------------------------
 
 
@@ -562,7 +606,9 @@ def table(results: list[dict[str, Any]], vs: list[Variant]) -> str:
     for v in vs:
         rs = by_label[v.label]
         if not rs:
-            lines.append(f"{v.label:<{width}} {0:>4}  (all runs failed)")
+            errors = [r["error"] for r in results if r.get("label") == v.label and "error" in r]
+            why = errors[-1].strip().splitlines()[-1][:300] if errors else ""
+            lines.append(f"{v.label:<{width}} {0:>4}  (all runs failed{': ' + why if why else ''})")
             continue
         mib, cpu, rss = median(rs, "mib_s"), median(rs, "cpu_s_per_gib"), median(rs, "peak_rss_mb")
         r_mib = f"{mib / base_mib:.2f}x" if base_mib else "-"
@@ -639,6 +685,12 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def store_kind(args: argparse.Namespace) -> str:
+    if args.store == "swift" and not args.endpoint:
+        return "store: Swift s3api (keeps no checksums)"
+    return "store echoes no checksums" if args.no_checksum_echo else "store echoes checksums when asked"
+
+
 def run_parent(args: argparse.Namespace) -> int:
     command = shlex.join([sys.executable, *sys.argv])
     info = machine()
@@ -649,15 +701,26 @@ def run_parent(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mpu-bench-") as scratch:
-        server: LocalServer | None = None
+        server: LocalServer | SwiftStore | None = None
         if args.endpoint:
             endpoint = args.endpoint
+        elif args.store == "swift":
+            _checkout_on_path()
+            from tests.support import swift_server
+
+            # Swift's tempauth user, for this process and every worker (child_env copies os.environ).
+            os.environ.update({"AWS_ACCESS_KEY_ID": swift_server.ACCESS_KEY,
+                               "AWS_SECRET_ACCESS_KEY": swift_server.SECRET_KEY,
+                               "AWS_DEFAULT_REGION": swift_server.REGION})
+            server = SwiftStore(Path(scratch) / "swift", args.swift_workers).__enter__()
+            endpoint = server.endpoint
         else:
             server = LocalServer(args.https, Path(scratch) / "moto.log").__enter__()
             endpoint = server.endpoint
+        where = "existing" if args.endpoint else (
+            f"OpenStack Swift s3api, workers={args.swift_workers}" if args.store == "swift" else "moto, own process")
         try:
-            print(f"endpoint: {endpoint} ({'existing' if args.endpoint else 'moto, own process'}), "
-                  f"bucket: {args.bucket}, file: {file} ({format_size(args.size)})")
+            print(f"endpoint: {endpoint} ({where}), bucket: {args.bucket}, file: {file} ({format_size(args.size)})")
             ensure_bucket(args, endpoint)
             for _ in range(args.warmup):  # the first upload into a fresh moto is slower: not counted
                 warm = run_one(args, vs[0], file, endpoint)
@@ -697,7 +760,7 @@ def run_parent(args: argparse.Namespace) -> int:
         print(f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians; checksum for engine: {args.checksum}; "
               f"{'HTTPS' if args.https or endpoint.startswith('https') else 'plain HTTP'}; "
               f"payload signing {args.payload_signing}{'; BOTO_DISABLE_CRT' if args.no_crt else ''}"
-              f"; {'store echoes no checksums' if args.no_checksum_echo else 'store echoes checksums when asked'}"
+              f"; {store_kind(args)}"
               f"{f'; max_bandwidth {format_size(args.max_bandwidth)}/s' if args.max_bandwidth else ''}; "
               f"took {elapsed:.0f} s")
         print(table(results, vs))
@@ -729,6 +792,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated subset of {', '.join(CONTENDERS)} (default: all)")
     p.add_argument("--endpoint", help="use this S3 endpoint (MinIO, real S3...) instead of starting moto")
     p.add_argument("--bucket", default="mpu-bench", help="bucket (created if missing; default mpu-bench)")
+    p.add_argument("--store", choices=("moto", "swift"), default="moto",
+                   help="the local store to start: moto (default) or OpenStack Swift with s3api (needs the Debian "
+                        "swift packages, see tests/support/swift_server.py); ignored with --endpoint")
+    p.add_argument("--swift-workers", default="auto",
+                   help="with --store swift: worker processes per Swift server ('auto': one per core; 0: none)")
     p.add_argument("--https", action="store_true", help="moto over HTTPS with a self-signed certificate")
     p.add_argument("--verify-tls", action="store_true", help="verify the endpoint's certificate (default: not)")
     p.add_argument("--part-size", default=format_size(from_engine["part_size"]),
@@ -784,6 +852,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.checksum_algorithm = None if lowered in ("none", "md5", "") else "default" if lowered == "default" else (
         args.checksum.upper()
     )
+    if args.store == "swift" and args.https:
+        p.error("--store swift serves plain HTTP only")
     if args.worker and not (args.file and args.endpoint):
         p.error("--worker needs --file and --endpoint")
     return args

@@ -83,6 +83,52 @@ def moto_endpoint() -> Iterator[str]:
         assert not left, f"incomplete multipart uploads left on the test server after the suite: {left}"
 
 
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.fixture(scope="session")
+def swift(tmp_path_factory) -> Iterator[object]:
+    """An all-in-one OpenStack Swift with s3api on loopback (``tests/support/swift_server.py``): the
+    second real S3 store the suite runs against. Missing packages skip its tests, or fail them under CI."""
+    from tests.support.swift_server import missing_message, missing_programs, s3_client, swift_server
+
+    missing = missing_programs()
+    if missing:
+        if _in_ci():
+            pytest.fail(f"{missing_message(missing)}; CI must run the Swift tests", pytrace=False)
+        pytest.skip(missing_message(missing))
+    with swift_server(tmp_path_factory.mktemp("swift")) as server:
+        yield server
+        client = s3_client(server.endpoint)
+        left = {
+            bucket["Name"]: [u["Key"] for u in incomplete_uploads(client, bucket["Name"])]
+            for bucket in client.list_buckets()["Buckets"]
+        }
+        left = {bucket: keys for bucket, keys in left.items() if keys}
+        assert not left, f"incomplete multipart uploads left on Swift after the suite: {left}"
+
+
+@pytest.fixture(scope="session")
+def swift_endpoint(swift) -> str:
+    """The S3 endpoint of the session's Swift (credentials: ``tests.support.swift_server``)."""
+    return swift.endpoint
+
+
+#: The bucket the Swift tests use (tests/swift, tests/e2e/test_swift_dag.py).
+SWIFT_BUCKET = "swift-bucket"
+
+
+@pytest.fixture(scope="session")
+def swift_s3(swift_endpoint):
+    """A client straight to Swift (not through a proxy), for setting up and checking; ``SWIFT_BUCKET`` exists."""
+    from tests.support.swift_server import s3_client
+
+    client = s3_client(swift_endpoint)
+    client.create_bucket(Bucket=SWIFT_BUCKET)
+    return client
+
+
 @pytest.fixture
 def proxy(moto_endpoint) -> Iterator[object]:
     """A counting, fault-injecting proxy in front of the server: what crosses the wire, measured."""

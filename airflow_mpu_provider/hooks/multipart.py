@@ -46,6 +46,7 @@ from airflow_mpu_provider.multipart.engine import (
     result_for_existing_object,
 )
 from airflow_mpu_provider.multipart.errors import (
+    InvalidUploadRequest,
     S3UploadError,
     UploadCancelledError,
     s3_error,
@@ -468,14 +469,22 @@ class S3MultipartHook(S3Hook):
         bucket: str | None = None,
         *,
         extra_args: Mapping[str, Any] | None = None,
+        part_size: int | None = None,
     ) -> bool:
         """Whether the object at ``key`` exists and holds exactly ``file``'s bytes (nothing is downloaded:
         its size and its checksum or multipart ETag are recomputed from the file). An object that carries
         nothing comparable (SSE-KMS without checksums, growing stream parts) does not match.
-        ``extra_args``: SSE-C key, RequestPayer, ExpectedBucketOwner, repeated on the HeadObject."""
+        ``extra_args``: SSE-C key, RequestPayer, ExpectedBucketOwner, repeated on the HeadObject.
+        ``part_size``: the part size the object was uploaded with, for a store that cannot tell it
+        (no ``HeadObject`` with ``PartNumber``, e.g. Swift); by default the one ``upload_file`` picks."""
         bucket, key = object_target(bucket, key)
         with FileSource(file) as source:
-            comparison = self.compare(self.get_conn(), bucket, key, source, dict(extra_args or {}))
+            hint = validation.part_size(part_size)
+            try:
+                plan: PartPlan | None = plan_parts(source.size, hint)
+            except InvalidUploadRequest:  # a part size the file could not be uploaded with: no guess
+                plan = None
+            comparison = self.compare(self.get_conn(), bucket, key, source, dict(extra_args or {}), plan)
         return comparison is not None and comparison.matches
 
     # -- the steps the operators share --------------------------------------------------------------
