@@ -243,8 +243,9 @@ def test_a_whole_file_value_other_than_the_parts_make_is_judged_by_what_else_pro
         assert "verified size, ETag" in caplog.text  # every part's MD5 known, or the file read again for them
         assert "expected AAAAAA== from the parts' CRCs), but the object's ETag proves every part's bytes" in caplog.text
         return
-    with CommandSource(f"cat {path}") as stream, pytest.raises(
-        IntegrityError, match="full-object checksum CRC32C is .*, expected AAAAAA=="
+    with (
+        CommandSource(f"cat {path}") as stream,
+        pytest.raises(IntegrityError, match="full-object checksum CRC32C is .*, expected AAAAAA=="),
     ):
         StreamUploadEngine(
             s3_client(proxy.url), bucket=BUCKET, key=key, stream=stream, first_part_size=5 * MiB, options=options
