@@ -112,6 +112,20 @@ def test_a_store_refusing_checksums_at_complete_is_completed_once_without_them(p
     assert incomplete_uploads(s3, BUCKET, key) == []
 
 
+def test_a_store_that_shows_no_checksums_but_wants_them_back_gets_them_on_the_second_complete(
+    proxy, s3, tmp_path, caplog
+):
+    proxy.store = store = ChecksumlessStore(requires_checksums=True)
+    path = make_file(tmp_path / "f", 2 * PART)
+    key = "stores/wants-checksums.bin"
+    with caplog.at_level(logging.INFO):
+        result = upload_file(s3_client(proxy.url), path, BUCKET, key, part_size=PART, options=options())
+    assert store.refused == 1 and [r.status for r in completes(proxy)] == [400, 200]
+    assert caplog.text.count("The store wants the parts' checksums at Complete") == 1
+    assert result.checksum is None  # the store's answers show no object checksum
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+
+
 # -- #18: a failed precondition is a 412, whatever the code -------------------------------------------
 
 

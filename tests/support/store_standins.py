@@ -19,17 +19,29 @@ class ChecksumlessStore:
     answered 400 MalformedXML. (Checksum headers it is sent are ignored, as Swift ignores them.)
 
     ``echo=True`` makes the other kind: a store that echoes part checksums and names the algorithm (moto's
-    answers pass unchanged), yet refuses them in Complete's XML all the same.
+    answers pass unchanged), yet refuses them in Complete's XML all the same. ``requires_checksums=True``
+    turns the refusal around: a store that shows no checksum but wants each part's back at Complete, as
+    AWS words it (400 InvalidRequest "... must include the checksum for each part").
     """
 
-    def __init__(self, *, echo: bool = False) -> None:
+    def __init__(self, *, echo: bool = False, requires_checksums: bool = False) -> None:
         self.echo = echo
+        self.requires_checksums = requires_checksums
         self.refused = 0
         self._lock = threading.Lock()
 
     def refuse(self, kind: str, body: bytes) -> tuple[int, str, str] | None:
-        if kind != "CompleteMultipartUpload" or b"<Checksum" not in body:
+        if kind != "CompleteMultipartUpload" or (b"<Checksum" in body) is self.requires_checksums:
             return None
+        if self.requires_checksums:
+            with self._lock:
+                self.refused += 1
+            return (
+                400,
+                "InvalidRequest",
+                "The upload was created using a crc32c checksum. The complete request must include the checksum "
+                "for each part. It was missing for part 1 in the request.",
+            )
         with self._lock:
             self.refused += 1
         return (
