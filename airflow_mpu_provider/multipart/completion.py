@@ -46,6 +46,8 @@ from airflow_mpu_provider.multipart.verify import (
     store_defect_hint,
 )
 
+#: HeadObject errors of a store that does not take IfMatch there (the ETags are then compared by hand).
+_NO_IF_MATCH = frozenset({"NotImplemented", "501", "InvalidArgument", "InvalidRequest", "400"})
 #: Checksum algorithms by the length of their raw value: what a reported value of that length may be.
 _BY_LENGTH = {4: ("CRC32C", "CRC32"), 8: ("CRC64NVME",), 20: ("SHA1",), 32: ("SHA256",)}
 
@@ -298,7 +300,12 @@ class CompleteAndVerify:
         with_checksum = bool(algorithm) and all(p.checksum for p in parts)
         with_checksum = with_checksum and reported_checksum(response, algorithm)[0] is None
         try:
-            head = self._head(version, with_checksum=with_checksum, if_match=etag)
+            try:
+                head = self._head(version, with_checksum=with_checksum, if_match=etag)
+            except S3UploadError as e:
+                if is_precondition_failure(e) or e.code not in _NO_IF_MATCH:
+                    raise
+                head = self._head(version, with_checksum=with_checksum)  # compared by hand below
         except S3UploadError as e:
             if not (is_precondition_failure(e) or e.code in NOT_FOUND_CODES):
                 raise

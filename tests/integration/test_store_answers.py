@@ -224,6 +224,18 @@ def test_another_writer_completing_the_key_after_us_is_a_race_not_corruption(pro
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"run B's newer object"
 
 
+def test_a_store_refusing_if_match_on_head_object_is_checked_by_comparing_the_etags(proxy, s3, tmp_path):
+    path = make_file(tmp_path / "f", 2 * PART)
+    key = "stores/no-if-match.bin"
+    proxy.add_fault(Fault(kind="HeadObject", action="error", status=501, code="NotImplemented", times=1))
+    result = upload_file(s3_client(proxy.url), path, BUCKET, key, part_size=PART, options=options())
+    heads = [r for r in proxy.requests() if r.kind == "HeadObject"]
+    assert [r.status for r in heads] == [501, 200]
+    assert {k.lower(): v for k, v in heads[0].headers.items()}["if-match"] == f'"{result.etag}"'
+    assert "if-match" not in {k.lower() for k in heads[1].headers}
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+
+
 # -- #19.6: a store that ignores FULL_OBJECT, leaves out -N, and stored a flipped byte ----------------
 
 
