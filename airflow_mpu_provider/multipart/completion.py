@@ -393,12 +393,18 @@ class CompleteAndVerify:
         )
         self._log_whole_file(whole, verdict)
         if not verdict.proved:
+            if not self.upload.etags_are_md5:
+                why = "its ETag is not an MD5 under SSE-KMS/SSE-C"
+            elif expected.etag is None:
+                why = "the ETag cannot be predicted: parts sent after the store's first checksum echo carry no MD5"
+            else:
+                why = "no MD5 ETag"
             self.log.warning(
-                "s3://%s/%s: only the size could be verified; the store gives nothing else to verify the object "
-                "with (%s, and no %s object checksum in its answer).",
+                "s3://%s/%s: only the size could be verified; nothing else verifies the object (%s, and no %s object "
+                "checksum in the store's answer).",
                 self.bucket,
                 self.key,
-                "its ETag is not an MD5 under SSE-KMS/SSE-C" if not self.upload.etags_are_md5 else "no MD5 ETag",
+                why,
                 self.options.checksum_algorithm or "S3",
             )
 

@@ -317,3 +317,28 @@ def test_crc32_labelled_crc32c_is_called_the_stores_defect_and_the_object_judged
     # (The test's own read must not validate the mislabelled CRC botocore would check it against.)
     reader = s3_client(proxy.url, response_checksum_validation="when_required")
     assert reader.get_object(Bucket=BUCKET, Key=key)["Body"].read() == data
+
+
+# -- #19 also seen: a resume across a change of algorithm on a store whose ListParts names none ------
+
+
+def test_a_resume_across_a_change_of_algorithm_never_reports_a_checksum_the_object_does_not_have(proxy, s3, tmp_path):
+    """The earlier try used CRC32; this one uses CRC32C; ListParts (as on some stores) names no algorithm, so the
+    change goes unnoticed. The object keeps whatever checksum its upload was created with: the result may
+    report only that, verified, never a CRC32C computed here that the store does not keep."""
+    path = make_file(tmp_path / "f", 3 * PART)
+    key = "stores/resume-other-algorithm.bin"
+    earlier = seed_crashed_upload(s3, BUCKET, key, path.read_bytes(), (1, 2), algorithm="CRC32")
+    client = s3_client(proxy.url)
+
+    def names_no_algorithm(parsed, **_):
+        parsed.pop("ChecksumAlgorithm", None)
+        parsed.pop("ChecksumType", None)
+
+    client.meta.events.register("after-call.s3.ListParts", names_no_algorithm)
+    result = upload_file(client, path, BUCKET, key, part_size=PART, options=options(), resume_upload_id=earlier)
+    head = s3.head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
+    if result.checksum is not None:
+        assert head.get(f"Checksum{result.checksum_algorithm}", "").split("-")[0] == result.checksum.split("-")[0]
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+    assert incomplete_uploads(s3, BUCKET, key) == []
