@@ -236,6 +236,30 @@ def test_a_store_refusing_if_match_on_head_object_is_checked_by_comparing_the_et
     assert sha256_object(s3, BUCKET, key) == sha256_file(path)
 
 
+def test_on_a_versioned_bucket_the_version_complete_made_is_the_one_verified(proxy, s3, tmp_path, caplog):
+    """Complete returned a VersionId: HeadObject asks for that version, so a newer one written meanwhile
+    neither fails the upload nor stands in for it."""
+    bucket = "it-versioned"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    path = make_file(tmp_path / "f", 2 * PART)
+    key = "stores/versioned.bin"
+
+    def run_b_writes(record):
+        if record.kind == "CompleteMultipartUpload" and record.status == 200:
+            s3.put_object(Bucket=bucket, Key=key, Body=b"a newer version")
+
+    proxy.on_request = run_b_writes
+    with caplog.at_level(logging.INFO):
+        result = upload_file(s3_client(proxy.url), path, bucket, key, part_size=PART, options=options())
+    assert result.version_id and result.checksum
+    (head,) = [r for r in proxy.requests() if r.kind == "HeadObject"]
+    assert head.query.get("versionId") == result.version_id and head.status == 200
+    assert "Another writer" not in caplog.text
+    version = s3.get_object(Bucket=bucket, Key=key, VersionId=result.version_id)["Body"].read()
+    assert version == path.read_bytes()
+
+
 # -- #19.6: a store that ignores FULL_OBJECT, leaves out -N, and stored a flipped byte ----------------
 
 
