@@ -14,6 +14,8 @@ never overwrites the newer object.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -246,7 +248,7 @@ class CompleteAndVerify:
                 self.bucket,
                 self.key,
                 error.code,
-                error,
+                error.reason or error,
             )
             return True
         wanted = not (ask.part_checksums or ask.refused or ask.asked_again) and all(p.checksum for p in parts)
@@ -283,7 +285,7 @@ class CompleteAndVerify:
             self.options.checksum_algorithm,
             operation,
             error.code,
-            error,
+            error.reason or error,
             outcome,
             self.bucket,
             self.key,
@@ -504,9 +506,7 @@ class CompleteAndVerify:
 
 
 def _raw_length(value: str) -> int:
-    import base64
-    import binascii
-
+    """Bytes of a base64 checksum value (its "-N" left out), 0 if it is not base64."""
     try:
         return len(base64.b64decode(value.split("-")[0], validate=True))
     except (binascii.Error, ValueError):

@@ -42,11 +42,14 @@ class S3UploadError(MultipartUploadError):
         key: str,
         upload_id: str | None,
         status: int | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         #: The HTTP status of S3's answer (None where the package raised it itself).
         self.status = status
+        #: The store's own message (None where the package raised it itself).
+        self.reason = reason
         self.operation = operation
         self.bucket = bucket
         self.key = key
@@ -212,7 +215,14 @@ def s3_error(
     if hint:
         message += f". {hint[0].upper()}{hint[1:]}"
     return S3UploadError(
-        message, code=code, operation=operation, bucket=bucket, key=key, upload_id=upload_id, status=status
+        message,
+        code=code,
+        operation=operation,
+        bucket=bucket,
+        key=key,
+        upload_id=upload_id,
+        status=status,
+        reason=reason,
     )
 
 
