@@ -256,7 +256,8 @@ class CompleteAndVerify:
             ask.part_checksums = ask.asked_again = True
             self.log.warning("The store wants the parts' checksums at Complete (%s): sending them.", error)
             return True
-        if ask.conditions and error.code in ("NotImplemented", "501") and not is_precondition_failure(error):
+        not_implemented = error.code in ("NotImplemented", "501") or error.status == 501
+        if ask.conditions and not_implemented and not is_precondition_failure(error):
             self.log.warning(
                 "The store does not support a conditional CompleteMultipartUpload (%s); completing without it. "
                 "An object another run wrote to s3://%s/%s since the upload started would be replaced.",
@@ -305,7 +306,7 @@ class CompleteAndVerify:
             try:
                 head = self._head(version, with_checksum=with_checksum, if_match=etag)
             except S3UploadError as e:
-                if is_precondition_failure(e) or e.code not in _NO_IF_MATCH:
+                if is_precondition_failure(e) or (e.code not in _NO_IF_MATCH and e.status not in (400, 501)):
                     raise
                 head = self._head(version, with_checksum=with_checksum)  # compared by hand below
         except S3UploadError as e:
