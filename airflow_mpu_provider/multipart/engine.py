@@ -12,10 +12,11 @@ are counted as they are read and released, and the peak is reported as ``peak_bu
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from airflow_mpu_provider.multipart.bandwidth import BandwidthLimit, bandwidth_limit, meter_only_what_is_sent
 from airflow_mpu_provider.multipart.buffers import BufferBudget
 from airflow_mpu_provider.multipart.compare import ObjectComparison, compare_object
+from airflow_mpu_provider.multipart.completion import CompleteAndVerify, _Local
 from airflow_mpu_provider.multipart.errors import (
     NOT_RESUMABLE_CODES,
     IntegrityError,
@@ -33,14 +35,9 @@ from airflow_mpu_provider.multipart.errors import (
     error_code,
 )
 from airflow_mpu_provider.multipart.full_object import (
-    COMPOSITE,
     FULL_OBJECT,
-    FULL_OBJECT_ALGORITHMS,
     checksum_type_mismatch,
-    complete_refuses_type,
     create_may_refuse_type,
-    describe_whole_file,
-    full_object_checksum,
     reported_checksum,
     resolve_checksum_type,
     stored_checksum_type,
@@ -48,12 +45,10 @@ from airflow_mpu_provider.multipart.full_object import (
 from airflow_mpu_provider.multipart.integrity import (
     DEFAULT_CHECKSUM_ALGORITHM,
     PartDigest,
+    checksum_b64,
     checksum_field,
-    composite_checksum,
-    composite_matches,
     digest_part,
     etag_is_md5_for_args,
-    multipart_etag,
 )
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.plan import Part, PartPlan
@@ -67,9 +62,6 @@ from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object
 DEFAULT_CONCURRENCY = 8
 #: Upper bound on part bytes held in memory at once (workers are reduced for very large parts).
 DEFAULT_MAX_BUFFER_BYTES = 1 * GiB
-
-#: CompleteMultipartUpload's answers when IfNoneMatch="*" finds an object at the key.
-_PRECONDITION_FAILED = frozenset({"PreconditionFailed", "412"})
 
 #: Errors after which keeping the upload for a retry makes no sense: the retry could not use it.
 _NOT_RESUMABLE = (SourceChangedError, IntegrityError, UploadCancelledError, InvalidUploadRequest)
@@ -179,33 +171,7 @@ def result_for_existing_object(
     )
 
 
-def _completed_object_proof(
-    head: Mapping[str, Any],
-    size: int,
-    expected_etag: str | None,
-    algorithm: str | None,
-    expected_checksum: str | None,
-    expected_whole: str | None = None,
-) -> str | None:
-    """What shows that the object at the key is the one our parts make (None: nothing does).
-
-    The size must agree, and then the multipart ETag (parts sent with their MD5s), the whole-file
-    checksum (FULL_OBJECT) or the composite checksum (stores that echo checksums, AWS among them:
-    later parts then carry no MD5).
-    """
-    if head.get("ContentLength") != size:
-        return None
-    if expected_etag is not None and head.get("ETag") == expected_etag:
-        return "size and ETag"
-    reported = str(head.get(checksum_field(algorithm)) or "") if algorithm else ""
-    if expected_whole and reported == expected_whole:
-        return f"size and {algorithm} full-object checksum"
-    if composite_matches(reported, expected_checksum):
-        return f"size and {algorithm} composite checksum"
-    return None
-
-
-class BaseUploadEngine:
+class BaseUploadEngine(CompleteAndVerify):
     """What every upload shares, whatever the bytes come from: create, send a part, complete and
     verify, abort, cancel. ``run`` once per instance, ``cancel`` from any thread."""
 
@@ -355,9 +321,8 @@ class BaseUploadEngine:
     ) -> UploadResult:
         algorithm = self.options.checksum_algorithm
         assert self.upload is not None
+        # Only a checksum the store keeps and that was verified (never one computed here alone).
         checksum, checksum_type = self._object_checksum
-        if checksum is None and algorithm:
-            checksum, checksum_type = reported_checksum(response, algorithm)
         return UploadResult(
             bucket=self.bucket,
             key=self.key,
@@ -377,257 +342,6 @@ class BaseUploadEngine:
             peak_buffer_bytes=self.buffers.peak,
             checksum_type=checksum_type if algorithm else None,
         )
-
-    def _fall_back_to_composite(self, operation: str, error: S3UploadError) -> None:
-        """The store refused the full-object checksum: go on without it, and say so once."""
-        self.checksum_type = COMPOSITE
-        if operation == "CreateMultipartUpload":
-            outcome = "the upload was created without it and gets a COMPOSITE checksum (of the part checksums)"
-        else:
-            outcome = (
-                "the upload was completed without it; the object's checksum is the one the store computes "
-                "(COMPOSITE where full-object checksums are not supported)"
-            )
-        self.log.warning(
-            "The store refused a full-object (FULL_OBJECT) %s checksum at %s (%s: %s): %s, which a restore cannot "
-            "check with a plain CRC tool. s3://%s/%s is still verified. Set checksum_type='COMPOSITE' for this "
-            "store to skip the attempt.",
-            self.options.checksum_algorithm,
-            operation,
-            error.code,
-            error,
-            outcome,
-            self.bucket,
-            self.key,
-        )
-
-    def _combined_crc(self, parts: list[PartRecord]) -> str | None:
-        """The whole-file CRC combined from the parts' CRCs and sizes, or None where there is none (SHA
-        algorithms, parts without checksums). Sent with a FULL_OBJECT Complete; for a COMPOSITE upload it
-        is what a store that made the object FULL_OBJECT unasked reports."""
-        algorithm = self.options.checksum_algorithm
-        if algorithm not in FULL_OBJECT_ALGORITHMS or not all(p.checksum for p in parts):
-            return None
-        return full_object_checksum(algorithm, [(p.checksum, p.size) for p in parts if p.checksum])
-
-    def _complete(self, parts: list[PartRecord], expected_size: int) -> dict[str, Any]:
-        """CompleteMultipartUpload, then prove the object is the source: size, and ETag or checksum.
-
-        A FULL_OBJECT upload combines the parts' CRCs into the whole file's, which is sent with Complete
-        and compared with what the store reports.
-        """
-        assert self.upload is not None
-        md5s = [p.md5 for p in parts]
-        algorithm = self.options.checksum_algorithm
-        expected_etag = None
-        if all(m is not None for m in md5s) and not self._etag_is_not_md5():
-            expected_etag = multipart_etag(m for m in md5s if m is not None)
-        expected_checksum = None
-        checksums = [p.checksum for p in parts]
-        if algorithm and all(checksums):
-            expected_checksum = composite_checksum(algorithm, [c for c in checksums if c])
-        whole = self._combined_crc(parts) if self.checksum_type == FULL_OBJECT else None
-        try:
-            response = self._complete_call(parts, whole)
-        except S3UploadError as e:
-            if e.code in _PRECONDITION_FAILED:
-                return self._object_appeared(e)
-            # A retried Complete whose first attempt succeeded gets NoSuchUpload: check the object.
-            if e.code != "NoSuchUpload" or (expected_etag is None and expected_checksum is None):
-                raise
-            try:
-                head = self._head(with_checksum=True)
-            except S3UploadError:
-                raise e from None
-            proof = _completed_object_proof(head, expected_size, expected_etag, algorithm, expected_checksum, whole)
-            if proof is None:
-                raise
-            self.log.warning(
-                "CompleteMultipartUpload answered NoSuchUpload, but the object is complete and matches (%s): "
-                "an earlier attempt of the call succeeded and its answer was lost.",
-                proof,
-            )
-            response = head
-        answered = response.get(checksum_field(algorithm)) if algorithm else None
-        # Some stores (moto) answer Complete without the object's checksum: HeadObject then reports it.
-        head = self._head(
-            response.get("VersionId"), with_checksum=whole is not None or bool(expected_checksum and not answered)
-        )
-        # An encrypted object's ETag is no MD5; the Complete and HeadObject answers say so even when
-        # no part did (every part resumed) and the operator's arguments could not (bucket-default KMS).
-        self.upload.note_encryption(response)
-        self.upload.note_encryption(head)
-        if not self.upload.etags_are_md5:
-            expected_etag = None
-        problems = []
-        if head.get("ContentLength") != expected_size:
-            problems.append(f"size is {head.get('ContentLength')} bytes, expected {expected_size}")
-        etag = response.get("ETag")
-        if expected_etag is not None and etag != expected_etag:
-            problems.append(f"ETag is {etag}, expected {expected_etag} from the parts' MD5s")
-        reported = answered or (head.get(checksum_field(algorithm)) if algorithm else None)
-        checksum_verified = composite_matches(reported, expected_checksum)
-        whole_verified = False
-        if expected_checksum and reported and not checksum_verified:
-            if "-" in reported:
-                problems.append(f"checksum {algorithm} is {reported}, expected {expected_checksum}")
-            elif whole is None:
-                # A store reporting the value without "-N" (moto): the composite's value, or the whole file's
-                # CRC if the store made the object FULL_OBJECT unasked; anything else is not these bytes.
-                whole_verified = reported == self._combined_crc(parts)
-                if whole_verified:
-                    self._object_checksum = (reported, FULL_OBJECT)
-                else:
-                    problems.append(
-                        f"checksum {algorithm} is {reported}, expected the composite {expected_checksum} "
-                        "(or the value without its -N)"
-                    )
-        if whole is not None and algorithm:
-            whole_verified = self._check_whole_file(whole, expected_checksum, response, head, problems)
-        if problems:
-            raise IntegrityError(
-                f"s3://{self.bucket}/{self.key} (UploadId {self.upload.upload_id}) does not match "
-                f"{self.description}: {'; '.join(problems)}. The object is corrupt: do not use it; "
-                "re-run the task with replace=True."
-            )
-        if not whole_verified and checksum_verified:
-            self._object_checksum = (expected_checksum, COMPOSITE)
-        verified = [
-            "size",
-            *(["ETag"] if expected_etag else []),
-            *([f"{algorithm} checksum"] if checksum_verified else []),
-            *([f"{algorithm} full-object checksum"] if whole_verified else []),
-        ]
-        self.log.info(
-            "Completed s3://%s/%s: %s, ETag %s; verified %s.",
-            self.bucket,
-            self.key,
-            format_bytes(expected_size),
-            etag,
-            ", ".join(verified),
-        )
-        if whole is not None and algorithm:
-            self.log.info(
-                "%s%s", describe_whole_file(algorithm, whole), "" if whole_verified else " (computed locally)"
-            )
-        if expected_etag is None and not checksum_verified and not whole_verified:
-            self.log.warning(
-                "s3://%s/%s: only the size could be verified; the store gives nothing else to verify the object "
-                "with (%s, and no %s object checksum in its answer).",
-                self.bucket,
-                self.key,
-                "its ETag is not an MD5 under SSE-KMS/SSE-C" if not self.upload.etags_are_md5 else "no MD5 ETag",
-                algorithm or "S3",
-            )
-        return response
-
-    def _check_whole_file(
-        self,
-        whole: str,
-        composite: str | None,
-        response: Mapping[str, Any],
-        head: Mapping[str, Any],
-        problems: list[str],
-    ) -> bool:
-        """Compare the whole-file CRC with the store's (Complete's answer, else HeadObject's); True if equal.
-
-        A store that made the object COMPOSITE anyway (it ignored ChecksumType) is the fallback, warned
-        about once; one that reports no object checksum leaves ours unconfirmed (computed locally).
-        """
-        algorithm = self.options.checksum_algorithm
-        assert algorithm is not None
-        value, kind = reported_checksum(response, algorithm)
-        if value is None:
-            value, kind = reported_checksum(head, algorithm)
-        if value is None:
-            self._object_checksum = (whole, FULL_OBJECT)
-            return False
-        if kind is None and value != whole and composite and value == composite.split("-")[0]:
-            kind = COMPOSITE  # a composite value without its "-N" (some stores leave it out)
-        if kind == COMPOSITE:
-            if self.checksum_type == FULL_OBJECT:
-                self.log.warning(
-                    "The store ignored ChecksumType=FULL_OBJECT: s3://%s/%s has a COMPOSITE %s checksum (%s), not the "
-                    "whole-file one. Set checksum_type='COMPOSITE' for this store.",
-                    self.bucket,
-                    self.key,
-                    algorithm,
-                    value,
-                )
-                self.checksum_type = COMPOSITE
-            return False
-        if value != whole:
-            problems.append(f"full-object checksum {algorithm} is {value}, expected {whole} from the parts' CRCs")
-            return False
-        self._object_checksum = (whole, FULL_OBJECT)
-        return True
-
-    def _complete_call(self, parts: list[PartRecord], whole: str | None = None) -> dict[str, Any]:
-        """CompleteMultipartUpload, conditional on the key being free unless ``overwrite``, with the
-        whole-file checksum of a FULL_OBJECT upload.
-
-        A store that does not implement the condition (NotImplemented) is completed without it, with
-        a warning: the caller's existence check before the upload started is then the only guard. A store
-        that refuses the full-object checksum is completed without it (COMPOSITE), with a warning; that
-        is tried first, as the newer feature is the likelier one to be missing.
-        """
-        assert self.upload is not None
-        conditions: dict[str, Any] = {} if self.options.overwrite else {"IfNoneMatch": "*"}
-        algorithm = self.options.checksum_algorithm
-        checksum: dict[str, Any] = {}
-        if whole is not None and algorithm:
-            checksum = {"ChecksumType": FULL_OBJECT, checksum_field(algorithm): whole}
-        while True:
-            try:
-                return self.upload.complete(parts, **conditions, **checksum)
-            except S3UploadError as e:
-                if checksum and complete_refuses_type(e.code, str(e)):
-                    self._fall_back_to_composite("CompleteMultipartUpload", e)
-                    checksum = {}
-                    continue
-                if not conditions or e.code not in ("NotImplemented", "501"):
-                    raise
-                self.log.warning(
-                    "The store does not support a conditional CompleteMultipartUpload (%s); completing without it. "
-                    "An object another run wrote to s3://%s/%s since the upload started would be replaced.",
-                    e.code,
-                    self.bucket,
-                    self.key,
-                )
-                conditions = {}
-
-    def _object_appeared(self, error: S3UploadError) -> dict[str, Any]:
-        """Complete was refused because an object appeared at the key meanwhile (overwrite=False).
-
-        If it is exactly our source (another run uploaded the same bytes, or our own earlier attempt
-        of this Complete succeeded), the work is done: our upload is aborted and the object's answer
-        returned. Otherwise it is never replaced: ObjectExists (and the upload is aborted as ours).
-        """
-        assert self.upload is not None
-        comparison = self._compare_with_source()
-        if comparison is None or not comparison.matches:
-            why = comparison.detail if comparison is not None else "a stream cannot be compared with it"
-            raise S3UploadError(
-                f"s3://{self.bucket}/{self.key} was written by someone else while this upload ran, and it is not "
-                f"{self.description} ({why}); it was not replaced. Set replace=True to overwrite it, or use "
-                "another key.",
-                code="ObjectExists",
-                operation="CompleteMultipartUpload",
-                bucket=self.bucket,
-                key=self.key,
-                upload_id=self.upload.upload_id,
-            ) from error
-        self.log.info(
-            "s3://%s/%s appeared while this upload ran and already holds exactly %s (%s): nothing to replace; "
-            "aborting upload %s.",
-            self.bucket,
-            self.key,
-            self.description,
-            comparison.detail,
-            self.upload.upload_id,
-        )
-        self.upload.abort()
-        return comparison.head
 
     def _compare_with_source(self) -> ObjectComparison | None:
         """The object at the key against the source, where the source can be read again (None: it cannot)."""
@@ -661,7 +375,9 @@ class BaseUploadEngine:
             return not self.upload.etags_are_md5
         return not etag_is_md5_for_args(self.options.extra_args)
 
-    def _head(self, version_id: str | None = None, *, with_checksum: bool = False) -> dict[str, Any]:
+    def _head(
+        self, version_id: str | None = None, *, with_checksum: bool = False, if_match: str | None = None
+    ) -> dict[str, Any]:
         """HeadObject of the target, with the upload's per-request arguments (see ``head_object``)."""
         return head_object(
             self.client,
@@ -670,6 +386,7 @@ class BaseUploadEngine:
             extra_args=self.options.extra_args,
             version_id=version_id,
             with_checksum=with_checksum,
+            if_match=if_match,
         )
 
     def _after_failure(self, error: BaseException, keep_on_failure: bool) -> None:
@@ -798,6 +515,29 @@ class FileUploadEngine(BaseUploadEngine):
             part_size_hint=self.plan.part_size,
             cancel=self._stop,
         )
+
+    def _reread(self, parts: Sequence[PartRecord], algorithms: Sequence[str], with_md5: bool) -> _Local | None:
+        """Read the parts of the file again, for their MD5s and other algorithms' checksums (one part in memory)."""
+        self.log.info(
+            "Reading %s again to verify s3://%s/%s by %s.",
+            self.description,
+            self.bucket,
+            self.key,
+            " and ".join([*(["its parts' MD5s (the object's ETag)"] if with_md5 else []), *algorithms]),
+        )
+        local = _Local(md5s=[] if with_md5 else None, alternatives={a: [] for a in algorithms})
+        for record in sorted(parts, key=lambda p: p.number):
+            self._raise_if_cancelled()
+            part = self.plan.part(record.number)
+            with self.buffers.holding(part.length):
+                data = self.source.read(part.offset, part.length)
+                if local.md5s is not None:
+                    local.md5s.append(hashlib.md5(data, usedforsecurity=False).digest())
+                for algorithm in algorithms:
+                    local.alternatives[algorithm].append((checksum_b64(algorithm, data), len(data)))
+                del data
+        self.source.check_unchanged()
+        return local
 
     def _upload_for(self, upload_id: str) -> MultipartUpload:
         return MultipartUpload(

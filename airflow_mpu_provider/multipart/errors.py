@@ -41,9 +41,15 @@ class S3UploadError(MultipartUploadError):
         bucket: str,
         key: str,
         upload_id: str | None,
+        status: int | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
+        #: The HTTP status of S3's answer (None where the package raised it itself).
+        self.status = status
+        #: The store's own message (None where the package raised it itself).
+        self.reason = reason
         self.operation = operation
         self.bucket = bucket
         self.key = key
@@ -128,6 +134,16 @@ ERROR_HINTS: dict[str, str] = {
         "support); for an S3-compatible store without checksum support, set checksum_algorithm=None; else "
         "leave out the argument it does not support (storage_class, tags, acl, encryption). " + KEPT_FOR_RETRY
     ),
+    "MalformedXML": (
+        "the store could not parse the request's XML, or its schema does not allow an element in it (some "
+        "S3-compatible stores, OpenStack Swift among them, accept only PartNumber and ETag in "
+        "CompleteMultipartUpload; the engine already retries once without checksums there). " + KEPT_FOR_RETRY
+    ),
+    "ConditionalRequestConflict": (
+        "another conditional write to the same key (replace=False) ran at the same moment and S3 let only one "
+        "of them proceed. " + KEPT_FOR_RETRY + " A retry first checks the key: an object that already holds "
+        "the file is success, any other object is never replaced."
+    ),
     "KMS.NotFoundException": ("the KMS key was not found; check sse_kms_key_id and its region. " + KEPT_FOR_RETRY),
     "SlowDown": (
         "S3 throttled the requests past the retry budget; lower concurrency or raise the connection's retries. "
@@ -136,17 +152,78 @@ ERROR_HINTS: dict[str, str] = {
 }
 
 
-def s3_error(error: ClientError, *, operation: str, bucket: str, key: str, upload_id: str | None) -> S3UploadError:
-    """Turn a botocore ClientError into an S3UploadError whose message names the upload and the fix."""
+#: HTTP 412: a precondition (If-None-Match, If-Match) failed, whatever code the store gives it (AWS says
+#: PreconditionFailed, OpenStack Swift's s3api InvalidRequest).
+PRECONDITION_FAILED_STATUS = 412
+_PRECONDITION_HINT = (
+    "a condition of the request did not hold: with replace=False, an object appeared at the key while the upload "
+    "ran (the engine compares it with the source before it reports this). " + KEPT_FOR_RETRY
+)
+#: The hints of codes whose usual advice is checksum_algorithm=None, for an upload where it already was None.
+_HINTS_WITHOUT_CHECKSUMS: dict[str, str] = {
+    "InvalidDigest": "the store rejected the part's Content-MD5 header. " + KEPT_FOR_RETRY,
+    "InvalidRequest": "the store rejected the request (see its message). " + KEPT_FOR_RETRY,
+    "NotImplemented": (
+        "the store does not implement a header this request carries (S3's answer to a header it does not "
+        "support); leave out the argument it does not support (storage_class, tags, acl, encryption). " + KEPT_FOR_RETRY
+    ),
+}
+
+
+def is_precondition_failure(error: BaseException) -> bool:
+    """Whether S3 refused the request because a condition (If-None-Match, If-Match) did not hold: HTTP 412
+    whatever the code, or the code PreconditionFailed (for a status the caller did not keep)."""
+    if isinstance(error, S3UploadError):
+        return error.status == PRECONDITION_FAILED_STATUS or error.code in ("PreconditionFailed", "412")
+    return False
+
+
+def error_hint(code: str, status: int | None = None, *, checksum_algorithm: str | None = "unknown") -> str | None:
+    """What ``code`` (with HTTP ``status``) means and what to do, true for the arguments given.
+
+    A 412 is a failed precondition whatever its code says. ``checksum_algorithm``: the upload's (None:
+    Content-MD5 only); advice to set it to None is left out when it already was None. The default
+    ("unknown") keeps that advice, for callers that do not know the upload's arguments.
+    """
+    if status == PRECONDITION_FAILED_STATUS:
+        return _PRECONDITION_HINT
+    if checksum_algorithm is None and code in _HINTS_WITHOUT_CHECKSUMS:
+        return _HINTS_WITHOUT_CHECKSUMS[code]
+    return ERROR_HINTS.get(code)
+
+
+def s3_error(
+    error: ClientError,
+    *,
+    operation: str,
+    bucket: str,
+    key: str,
+    upload_id: str | None,
+    checksum_algorithm: str | None = "unknown",
+) -> S3UploadError:
+    """Turn a botocore ClientError into an S3UploadError whose message names the upload and the fix.
+
+    ``checksum_algorithm``: the upload's, so that the hint never advises what was already done.
+    """
     details = error.response.get("Error", {})
-    code = str(details.get("Code") or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "Unknown"))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = str(details.get("Code") or status or "Unknown")
     reason = details.get("Message") or str(error)
-    hint = ERROR_HINTS.get(code)
+    hint = error_hint(code, status, checksum_algorithm=checksum_algorithm)
     where = f"s3://{bucket}/{key}" + (f" (UploadId {upload_id})" if upload_id else "")
     message = f"{operation} failed for {where}: {code}: {reason}"
     if hint:
         message += f". {hint[0].upper()}{hint[1:]}"
-    return S3UploadError(message, code=code, operation=operation, bucket=bucket, key=key, upload_id=upload_id)
+    return S3UploadError(
+        message,
+        code=code,
+        operation=operation,
+        bucket=bucket,
+        key=key,
+        upload_id=upload_id,
+        status=status,
+        reason=reason,
+    )
 
 
 def error_code(error: BaseException) -> str | None:

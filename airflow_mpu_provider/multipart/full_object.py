@@ -222,6 +222,28 @@ def complete_refuses_type(code: str | None, message: str) -> bool:
     return code in ("InvalidArgument", "InvalidRequest") and names_type and "match" not in text
 
 
+#: Codes with which a store may refuse the parts' checksums in CompleteMultipartUpload's body, when its message
+#: names checksums (MalformedXML always: a schema that allows only PartNumber and ETag, OpenStack Swift's).
+_CHECKSUM_REFUSALS = frozenset({"InvalidArgument", "InvalidRequest", "NotImplemented", "BadRequest", "InvalidPart"})
+
+
+def complete_refuses_checksums(code: str | None, message: str) -> bool:
+    """Whether CompleteMultipartUpload's error may be the store refusing the checksums it was sent.
+
+    Falling back to PartNumber and ETag only is safe even when the refusal was about a value (Wasabi's
+    "Checksum Type mismatch"): the object is then verified by its ETag (the parts' MD5s), which every store
+    computes from the bytes it holds.
+    """
+    return code == "MalformedXML" or (code in _CHECKSUM_REFUSALS and "checksum" in message.lower())
+
+
+def complete_wants_checksums(code: str | None, message: str) -> bool:
+    """Whether a Complete sent without part checksums was refused for lacking them (an upload created with
+    a checksum algorithm on a store that requires them back but echoed none)."""
+    text = message.lower()
+    return code in _CHECKSUM_REFUSALS and "checksum" in text and ("must" in text or "missing" in text)
+
+
 def reported_checksum(response: Mapping[str, Any], algorithm: str) -> tuple[str | None, str | None]:
     """The object checksum a Complete or HeadObject answer reports, and its type (from ``ChecksumType``
     or, where a store leaves it out, from the ``-N`` suffix of a composite value)."""

@@ -165,11 +165,16 @@ def part_matches(
     """
     if "Size" in stored and stored["Size"] != digest.size:
         return False
+    checked = False
     if algorithm and digest.checksum and stored.get(checksum_field(algorithm)):
-        return stored[checksum_field(algorithm)] == digest.checksum
-    if not etag_is_md5:
-        return None
-    etag_md5 = md5_from_etag(stored.get("ETag"))
+        if stored[checksum_field(algorithm)] != digest.checksum:
+            return False
+        checked = True
+    # The ETag too, wherever both are MD5s: an echoed checksum is the one the client sent, which a store
+    # that does not check it echoes whatever it stored; the ETag is the store's own digest of the bytes.
+    etag_md5 = md5_from_etag(stored.get("ETag")) if etag_is_md5 else None
     if etag_md5 is not None and digest.md5 is not None:
-        return etag_md5 == digest.md5
-    return None
+        if etag_md5 != digest.md5:
+            return False
+        checked = True
+    return True if checked else None

@@ -55,9 +55,10 @@ class PartRecord:
         """The S3 field the checksum travels in (e.g. ``ChecksumCRC32C``), or None without one."""
         return checksum_field(self.checksum_algorithm) if self.checksum and self.checksum_algorithm else None
 
-    def completion_entry(self) -> dict[str, Any]:
-        """The entry CompleteMultipartUpload's ``MultipartUpload.Parts`` takes for this part."""
+    def completion_entry(self, *, with_checksum: bool = True) -> dict[str, Any]:
+        """The entry CompleteMultipartUpload's ``MultipartUpload.Parts`` takes for this part (PartNumber and
+        ETag, and its checksum unless ``with_checksum=False``: for stores whose schema allows no more)."""
         entry: dict[str, Any] = {"PartNumber": self.number, "ETag": self.etag}
-        if self.checksum_field:
+        if with_checksum and self.checksum_field:
             entry[self.checksum_field] = self.checksum
         return entry

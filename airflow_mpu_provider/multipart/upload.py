@@ -113,6 +113,10 @@ class MultipartUpload:
         #: Whether the store echoes part checksums in UploadPart responses (None until a part was sent).
         #: AWS does; moto and many S3-compatible stores report only the ETag (an MD5).
         self.store_echoes_checksums: bool | None = None
+        #: Whether any answer of the store showed that it knows S3 checksums: an echoed part checksum, or a
+        #: checksum algorithm in CreateMultipartUpload's or ListParts' answer. Only then does Complete name
+        #: the parts' checksums: a store that shows none (OpenStack Swift) may refuse them as MalformedXML.
+        self.store_knows_checksums = False
         #: Whether the store's ETags are MD5s of the bytes: False once the arguments or any answer say
         #: the object is encrypted with SSE-KMS/DSSE-KMS/SSE-C (a bucket's default KMS shows only there).
         self.etags_are_md5 = etag_is_md5_for_args(self.extra_args)
@@ -130,7 +134,14 @@ class MultipartUpload:
         try:
             return method(Bucket=self.bucket, Key=self.key, **kwargs)
         except ClientError as e:
-            raise s3_error(e, operation=operation, bucket=self.bucket, key=self.key, upload_id=self.upload_id) from e
+            raise s3_error(
+                e,
+                operation=operation,
+                bucket=self.bucket,
+                key=self.key,
+                upload_id=self.upload_id,
+                checksum_algorithm=self.checksum_algorithm,
+            ) from e
 
     def create(self) -> str:
         args = dict(self.extra_args)
@@ -140,6 +151,8 @@ class MultipartUpload:
                 args["ChecksumType"] = self.checksum_type
         response = self._call("CreateMultipartUpload", self.client.create_multipart_upload, **args)
         self.note_encryption(response)
+        if self.checksum_algorithm and response.get("ChecksumAlgorithm"):
+            self.store_knows_checksums = True
         self.upload_id = response["UploadId"]
         return self.upload_id
 
@@ -177,6 +190,8 @@ class MultipartUpload:
         )
         if self.checksum_algorithm and digest.checksum:
             self.store_echoes_checksums = bool(response.get(self._checksum_key))
+            if self.store_echoes_checksums:
+                self.store_knows_checksums = True
         self.note_encryption(response)
         verdict = part_matches(digest, response, self.checksum_algorithm, etag_is_md5=self.etags_are_md5)
         if verdict is None:
@@ -245,14 +260,24 @@ class MultipartUpload:
             )
             parts.extend(response.get("Parts", []))
             algorithm = response.get("ChecksumAlgorithm") or algorithm
+            if algorithm or any(k.startswith("Checksum") for p in response.get("Parts", []) for k in p):
+                self.store_knows_checksums = True
             self.listed_checksum_type = response.get("ChecksumType") or self.listed_checksum_type
             if not response.get("IsTruncated"):
                 return parts, algorithm
             marker = int(response["NextPartNumberMarker"])
 
-    def complete(self, parts: Iterable[PartRecord], **conditions: Any) -> dict[str, Any]:
-        """CompleteMultipartUpload; ``conditions``: e.g. ``IfNoneMatch="*"`` (fail if the key holds an object)."""
-        ordered = [p.completion_entry() for p in sorted(parts, key=lambda p: p.number)]
+    def complete(
+        self, parts: Iterable[PartRecord], *, with_checksums: bool | None = None, **conditions: Any
+    ) -> dict[str, Any]:
+        """CompleteMultipartUpload; ``conditions``: e.g. ``IfNoneMatch="*"`` (fail if the key holds an object).
+
+        ``with_checksums``: name each part's checksum (None: only if the store has shown it knows checksums,
+        ``store_knows_checksums``); without, the entries hold PartNumber and ETag, which every store accepts.
+        """
+        if with_checksums is None:
+            with_checksums = self.store_knows_checksums
+        ordered = [p.completion_entry(with_checksum=with_checksums) for p in sorted(parts, key=lambda p: p.number)]
         return self._call(
             "CompleteMultipartUpload",
             self.client.complete_multipart_upload,
@@ -347,13 +372,15 @@ def head_object(
     version_id: str | None = None,
     part_number: int | None = None,
     with_checksum: bool = False,
+    if_match: str | None = None,
 ) -> dict[str, Any]:
     """HeadObject with the upload's per-request arguments; S3's errors as S3UploadError.
 
     The one HeadObject of the package: the engine's final check, the ``replace=False`` check and
     any recovery that looks at the object use it, so a requester-pays, owner-checked or SSE-C object
     is asked about the way it was written. ``part_number``: ask about that part of a multipart object
-    (its size); ``with_checksum``: ChecksumMode=ENABLED, for the object's checksum.
+    (its size); ``with_checksum``: ChecksumMode=ENABLED, for the object's checksum; ``if_match``: an ETag the
+    object must have (else S3 answers 412: another object is at the key).
     """
     args: dict[str, Any] = {"Bucket": bucket, "Key": key, **request_args(client, "HeadObject", extra_args)}
     if version_id and version_id != "null":
@@ -362,6 +389,8 @@ def head_object(
         args["PartNumber"] = part_number
     if with_checksum:
         args["ChecksumMode"] = "ENABLED"
+    if if_match:
+        args["IfMatch"] = if_match
     try:
         return client.head_object(**args)
     except ClientError as e:

@@ -219,15 +219,37 @@ def test_a_store_refusing_the_whole_file_checksum_at_complete_completes_without_
     assert uploads_of(s3, key) == []
 
 
-def test_a_wrong_whole_file_value_from_the_store_fails_the_upload(proxy, s3, tmp_path, monkeypatch):
-    """The check is real: a store reporting another whole-file CRC than the parts make is corruption."""
-    from airflow_mpu_provider.multipart import engine
+@pytest.mark.parametrize("source", ["file", "stream"])
+def test_a_whole_file_value_other_than_the_parts_make_is_judged_by_what_else_proves_the_object(
+    proxy, s3, tmp_path, monkeypatch, caplog, source
+):
+    """The check is real: the store's whole-file CRC differs from the one the parts make. A file is read again
+    for its parts' MD5s, whose ETag proves the object (success, said so, no checksum reported); a stream cannot
+    be, and nothing else proves it: the upload fails as corrupt."""
+    from airflow_mpu_provider.multipart import completion, verify
+    from airflow_mpu_provider.multipart.command import CommandSource
+    from airflow_mpu_provider.multipart.errors import IntegrityError
+    from airflow_mpu_provider.multipart.stream import StreamUploadEngine
 
     path = make_file(tmp_path / "f", 12 * MiB)
-    key = "full/wrong.bin"
-    monkeypatch.setattr(engine, "full_object_checksum", lambda algorithm, parts: "AAAAAA==")
-    with pytest.raises(engine.IntegrityError, match="full-object checksum CRC32C is .*, expected AAAAAA=="):
-        upload_file(s3_client(proxy.url), path, BUCKET, key, part_size=5 * MiB)
+    key = f"full/wrong-{source}.bin"
+    for module in (verify, completion):
+        monkeypatch.setattr(module, "full_object_checksum", lambda algorithm, parts: "AAAAAA==")
+    options = UploadOptions(progress_interval=0)
+    if source == "file":
+        with caplog.at_level(logging.INFO):
+            result = upload_file(s3_client(proxy.url), path, BUCKET, key, part_size=5 * MiB, options=options)
+        assert (result.checksum, result.checksum_type) == (None, None)
+        assert "verified size, ETag" in caplog.text  # every part's MD5 known, or the file read again for them
+        assert "expected AAAAAA== from the parts' CRCs), but the object's ETag proves every part's bytes" in caplog.text
+        return
+    with (
+        CommandSource(f"cat {path}") as stream,
+        pytest.raises(IntegrityError, match="full-object checksum CRC32C is .*, expected AAAAAA=="),
+    ):
+        StreamUploadEngine(
+            s3_client(proxy.url), bucket=BUCKET, key=key, stream=stream, first_part_size=5 * MiB, options=options
+        ).run()
 
 
 # -- refusals before any request --------------------------------------------------------------------

@@ -58,3 +58,36 @@ def test_every_hint_says_what_happens_next(code):
         assert "resumes" not in hint
     else:
         assert KEPT_FOR_RETRY in hint or "stays until S3AbortStaleUploadsOperator" in hint
+
+
+def status_error(code: str, status: int, message: str = "msg") -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "CompleteMultipartUpload",
+    )
+
+
+def test_a_412_is_a_precondition_failure_whatever_its_code():
+    """OpenStack Swift answers a failed If-None-Match with 412 InvalidRequest; AWS with 412 PreconditionFailed."""
+    from airflow_mpu_provider.multipart.errors import is_precondition_failure
+
+    for code in ("InvalidRequest", "PreconditionFailed"):
+        error = s3_error(
+            status_error(code, 412), operation="CompleteMultipartUpload", bucket="b", key="k", upload_id="U"
+        )
+        assert is_precondition_failure(error) and error.status == 412
+        assert "condition of the request did not hold" in str(error) and "checksum_algorithm" not in str(error)
+    other = s3_error(status_error("InvalidRequest", 400), operation="UploadPart", bucket="b", key="k", upload_id="U")
+    assert not is_precondition_failure(other)
+
+
+@pytest.mark.parametrize("code", ["InvalidRequest", "InvalidDigest", "NotImplemented"])
+def test_no_hint_advises_checksum_algorithm_none_when_it_already_was(code):
+    given = s3_error(
+        client_error(code), operation="UploadPart", bucket="b", key="k", upload_id="U", checksum_algorithm=None
+    )
+    assert "checksum_algorithm=None" not in str(given) and KEPT_FOR_RETRY in str(given)
+    crc = s3_error(
+        client_error(code), operation="UploadPart", bucket="b", key="k", upload_id="U", checksum_algorithm="CRC32C"
+    )
+    assert "checksum_algorithm=None" in str(crc)

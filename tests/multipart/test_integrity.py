@@ -82,3 +82,12 @@ def test_part_matches_prefers_checksum_then_etag_and_refuses_to_guess():
 )
 def test_composite_matches_takes_the_value_with_or_without_the_part_count(reported, expected, matches):
     assert composite_matches(reported, expected) is matches
+
+
+def test_an_echoed_checksum_does_not_hide_a_wrong_etag():
+    """Part 1 goes with its MD5 before the store's first echo: its ETag is compared too, not only the echo
+    (a store that does not check the checksum echoes whatever it was sent, whatever bytes it stored)."""
+    digest = digest_part(1, b"data", algorithm="CRC32C", with_md5=True)
+    other = f'"{hashlib.md5(b"dat4").hexdigest()}"'
+    assert part_matches(digest, {"ChecksumCRC32C": digest.checksum, "ETag": other}, "CRC32C") is False
+    assert part_matches(digest, {"ChecksumCRC32C": digest.checksum, "ETag": other}, "CRC32C", etag_is_md5=False)

@@ -204,6 +204,10 @@ class KmsStore:
         with self._lock:
             return self._real.get(etag_hex.lower(), etag_hex)
 
+    def real_etag_header(self, value: str) -> str:
+        """An If-Match header naming an opaque ETag, as the upstream knows the object."""
+        return self._HEX.sub(lambda h: self.real(h.group(0)), value.encode()).decode()
+
     def _map_etags(self, body: bytes, convert: Callable[[bytes], bytes]) -> bytes:
         return self._ETAG_ELEMENT.sub(
             lambda m: m.group(1) + self._HEX.sub(lambda h: convert(h.group(0)), m.group(2)) + m.group(3), body
@@ -526,6 +530,11 @@ class S3Proxy:
         self.on_request: Callable[[RequestRecord], None] | None = None
         #: When set, answers are rewritten to look like an SSE-KMS store (see KmsStore).
         self.kms: KmsStore | None = None
+        #: Any other store stand-in with KmsStore's interface (``request_body``, ``real_etag_header``,
+        #: ``response_headers``, ``response_body``), and optionally ``refuse(kind, body)``, which returns
+        #: (status, code, message) to answer a request with an error instead of forwarding it (see
+        #: tests/support/store_standins.py). Used when ``kms`` is not set.
+        self.store: object | None = None
         self.hook_errors: list[BaseException] = []
         self.accepted_connections = 0
         self.refused_connections = 0
@@ -738,7 +747,7 @@ class S3Proxy:
         finally:
             self._count_in_flight(kind, -1)
 
-    def _respond_error(self, ex: _Exchange, fault: Fault) -> None:
+    def _respond_error(self, ex: _Exchange, fault: Fault, message: str | None = None) -> None:
         h = ex.h
         if h._expect_pending:
             # Final response instead of "100 Continue": the client won't send the body,
@@ -748,7 +757,7 @@ class S3Proxy:
         else:
             ex.body.drain()
         request_id = uuid.uuid4().hex[:16].upper()
-        message = _ERROR_MESSAGES.get(fault.code, f"Injected {fault.code} by S3Proxy")
+        message = message or _ERROR_MESSAGES.get(fault.code, f"Injected {fault.code} by S3Proxy")
         payload = _error_xml(fault.code, message, request_id, ex.rec.path)
         out = [
             ("Content-Type", "application/xml"),
@@ -777,11 +786,17 @@ class S3Proxy:
         With ``rate`` the body is read from the client at that many bytes per second."""
         h = ex.h
         conn = http.client.HTTPConnection(self._up_host, self._up_port, timeout=self.upstream_timeout)
-        kms = self.kms
+        kms = self.kms if self.kms is not None else self.store
         rewritten: bytes | None = None
         if kms is not None and ex.rec.kind == "CompleteMultipartUpload" and not ex.body.chunked:
             ex.send_continue_if_pending()
             rewritten = kms.request_body(ex.rec.kind, b"".join(ex.body.pieces()))
+            refusal = getattr(kms, "refuse", lambda kind, body: None)(ex.rec.kind, rewritten)
+            if refusal is not None:
+                status, code, message = refusal
+                ex.rec.injected = "error"
+                self._respond_error(ex, Fault(kind=ex.rec.kind, action="error", status=status, code=code), message)
+                return False
         try:
             try:
                 conn.putrequest(h.command, h.path, skip_host=True, skip_accept_encoding=True)
@@ -794,6 +809,8 @@ class S3Proxy:
                         continue
                     if rewritten is not None and lname == "content-length":
                         value = str(len(rewritten))
+                    if kms is not None and lname == "if-match":  # the store's own (opaque) ETag, as S3 takes it
+                        value = kms.real_etag_header(value)
                     conn.putheader(name, value)
                 conn.putheader("Connection", "close")
                 conn.endheaders()
@@ -830,7 +847,7 @@ class S3Proxy:
         status, reason = resp.status, resp.reason
         headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _RESPONSE_DROP]
         no_body = h.command == "HEAD" or status in (204, 304) or 100 <= status < 200
-        kms = self.kms
+        kms = self.kms if self.kms is not None else self.store
         try:
             if kms is not None and 200 <= status < 300 and error_200 is None:
                 kind = ex.rec.kind
