@@ -12,7 +12,7 @@ from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha2
 from tests.support.s3_proxy import S3Proxy
 from tests.support.seed import seed_crashed_upload
 from tests.support.swift_server import aws_connection
-from tests.swift.conftest import BUCKET, NEEDS_FALLBACK, wait_until_swift_shows_it_past
+from tests.swift.conftest import BUCKET, wait_until_swift_shows_it_past
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swift]
 
@@ -23,7 +23,6 @@ def proxy(swift_endpoint, swift_s3):  # run_dag's proxy: in front of Swift here,
         yield p
 
 
-@NEEDS_FALLBACK
 def test_a_dag_run_at_the_defaults_resumes_a_crashed_upload_and_verifies_it_on_swift(
     run_dag,
     proxy,

@@ -21,16 +21,11 @@ from tests.support import swift_server
 BUCKET = SWIFT_BUCKET
 CONN_ID = "mpu_swift"
 
-#: For tests of what the engine does at its defaults (CRC32C, FULL_OBJECT) on a store that keeps no
-#: checksums: today Swift refuses their CompleteMultipartUpload (MalformedXML: its schema has no
-#: ChecksumCRC32C), and a 412 InvalidRequest from a conditional Complete is not taken for a failed
-#: precondition. Both are issue 18.1; remove the mark with that fix.
-NEEDS_FALLBACK = pytest.mark.xfail(reason="needs the Complete fallback (issue 18.1)", strict=True)
-
-#: The two ways a user runs against Swift: the defaults, and checksums off (Content-MD5 only), which
-#: works today.
+#: The two ways a user runs against Swift: the defaults (CRC32C and FULL_OBJECT asked for; Swift keeps no
+#: checksums, so Complete carries only PartNumber and ETag and the object is verified by its ETag), and
+#: checksums off (Content-MD5 only).
 CHECKSUMS = [
-    pytest.param({}, id="defaults", marks=NEEDS_FALLBACK),
+    pytest.param({}, id="defaults"),
     pytest.param({"checksum_algorithm": None}, id="md5-only"),
 ]
 

@@ -29,7 +29,7 @@ from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha2
 from tests.integration.conftest import FakeTaskInstance
 from tests.support.s3_proxy import Fault
 from tests.support.seed import seed_crashed_upload
-from tests.swift.conftest import BUCKET, CHECKSUMS, NEEDS_FALLBACK, wait_until_swift_shows_it_past
+from tests.swift.conftest import BUCKET, CHECKSUMS, wait_until_swift_shows_it_past
 
 pytestmark = pytest.mark.swift
 
@@ -79,7 +79,6 @@ def test_operator_uploads_and_verifies_through_an_airflow_connection(
     assert incomplete_uploads(swift_s3, BUCKET, key) == []
 
 
-@NEEDS_FALLBACK
 def test_operator_resumes_an_upload_found_with_list_multipart_uploads(
     swift_connection, swift_proxy, swift_s3, clean_key, tmp_path
 ):
@@ -199,7 +198,6 @@ def test_replace_false_refuses_other_bytes_before_anything_is_created(hook, swif
     assert incomplete_uploads(swift_s3, BUCKET, key) == []
 
 
-@NEEDS_FALLBACK
 @pytest.mark.parametrize("racer", ["other bytes", "the same bytes"])
 def test_an_object_that_appears_during_the_upload_is_never_replaced(
     hook, swift_proxy, swift_s3, clean_key, put_part_hooks, tmp_path, racer
