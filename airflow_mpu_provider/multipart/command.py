@@ -142,6 +142,10 @@ class CommandSource:
         self.log = log or logging.getLogger(__name__)
         self._stderr = StderrTail(self.log)
         self._timed_out = False
+        #: The timer fired while the output was still open: whatever was read is cut short, so no
+        #: exit status of bash (0 after `cmd & exit 0`) can make that a success.
+        self._cut_short = False
+        self._output_ended = False  # read() has seen EOF: the output was whole before any timer fired
         self._exited = False  # set once the command has exited (not yet reaped): no kill after that
         self._lock = threading.RLock()  # RLock: kill() may run in a signal handler on the main thread
         self.process = subprocess.Popen(
@@ -203,11 +207,16 @@ class CommandSource:
             if self._exited:
                 return
             self._timed_out = True
+            self._cut_short = not self._output_ended
             self.kill()
 
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes: exactly ``size`` unless the output ended. One buffer, no copy."""
-        return self.stdout.read(size)
+        data = self.stdout.read(size)
+        if len(data) < size:
+            with self._lock:
+                self._output_ended = True
+        return data
 
     def kill(self) -> None:
         """Kill the whole pipeline (its process group), unless the command has already exited."""
@@ -223,11 +232,13 @@ class CommandSource:
             os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOWAIT)
 
     def finish(self) -> None:
-        """Wait for the command; raise CommandFailedError unless it exited 0 on its own.
+        """Wait for the command; raise CommandFailedError unless it exited 0 on its own, its output whole.
 
-        A command that exited 0 succeeded even if the timeout fired at the same moment: the timer
-        and this method agree under a lock on which came first, so a clean exit is never reported
-        as "timed out".
+        Whatever the timeout killed before the output ended is a failure, whatever bash's status says:
+        ``(writer; sleep 20; writer) & exit 0`` exits 0 at once, and the kill only ends its output early.
+        A command whose output had ended and which exited 0 succeeded even if the timeout fired at the
+        same moment: the timer and this method agree under a lock on which came first, so a clean exit
+        is never reported as "timed out".
         """
         self._await_exit()
         with self._lock:
@@ -238,10 +249,13 @@ class CommandSource:
         self._stderr_reader.join(5)
         tail = self._stderr.text()
         stderr = f"\nThe end of its stderr:\n{tail}" if tail else " (it wrote nothing to stderr)"
+        if self._cut_short or (self._timed_out and returncode != 0):
+            raise CommandFailedError(
+                f"`{self.command}` timed out after {self.timeout:g} s and was killed; its output was cut short "
+                f"and nothing is completed.{stderr}"
+            )
         if returncode == 0:
             return
-        if self._timed_out:
-            raise CommandFailedError(f"`{self.command}` timed out after {self.timeout:g} s and was killed.{stderr}")
         if returncode < 0:
             name = signal.Signals(-returncode).name
             raise CommandFailedError(f"`{self.command}` was killed by {name}.{stderr}")
