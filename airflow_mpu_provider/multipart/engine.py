@@ -57,7 +57,7 @@ from airflow_mpu_provider.multipart.integrity import (
 )
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.plan import Part, PartPlan
-from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, ProgressReporter
+from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, PartMeter, ProgressReporter
 from airflow_mpu_provider.multipart.resume import LEFT_ALONE_HINT, FoundUpload, check_plan_fits, review_stored_part
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.units import GiB, format_bytes
@@ -241,8 +241,8 @@ class BaseUploadEngine:
         self.buffers = BufferBudget(options.max_buffer_bytes)
         #: The bandwidth every part of this run draws from (None: no cap); checked here, before any request.
         self.bandwidth: BandwidthLimit | None = bandwidth_limit(options.max_bandwidth)
-        if self.bandwidth is not None:
-            meter_only_what_is_sent(client)
+        # Part bodies report (and a cap charges) their socket reads only, not botocore's signer's pass.
+        meter_only_what_is_sent(client)
         #: Set when a failed run kept its upload for a later run to resume (rather than aborting it).
         self.kept_for_resume = False
         #: FULL_OBJECT, COMPOSITE or None (no S3 checksum); FULL_OBJECT turns COMPOSITE if the store refuses it.
@@ -326,15 +326,16 @@ class BaseUploadEngine:
             self.on_upload_started(upload_id)
         return upload_id
 
-    def _put(self, number: int, data: bytes) -> PartRecord:
-        """Hash and send one part; its record carries the part's MD5 when one was computed."""
+    def _put(self, number: int, data: bytes | bytearray | memoryview, meter: PartMeter | None = None) -> PartRecord:
+        """Hash and send one part; its record carries the part's MD5 when one was computed. ``meter``
+        hears of the body's bytes as they go out (progress in bytes, not in finished parts)."""
         assert self.upload is not None
         algorithm = self.options.checksum_algorithm
         # Until the store proves it echoes checksums, parts also carry Content-MD5 so that they (and the
         # object's ETag) can be verified; moto and many S3-compatible stores report only ETags.
         with_md5 = algorithm is None or not self.upload.store_echoes_checksums
         digest = digest_part(number, data, algorithm=algorithm, with_md5=with_md5)
-        return self.upload.put_part(number, data, digest, cancel=self._stop, throttle=self.bandwidth)
+        return self.upload.put_part(number, data, digest, cancel=self._stop, throttle=self.bandwidth, meter=meter)
 
     def _cap_note(self) -> str:
         """For the log: the bandwidth cap, if there is one."""
@@ -993,8 +994,9 @@ class FileUploadEngine(BaseUploadEngine):
         assert self.upload is not None
         if self._stop.is_set():
             raise UploadCancelledError(f"stopped before sending part {part.number}")
+        meter = progress.part_meter()
         with self.buffers.holding(part.length):  # the part is alive only inside this block
-            record = self._put(part.number, self.source.read(part.offset, part.length))
+            record = self._put(part.number, self.source.read(part.offset, part.length), meter)
         self.source.check_unchanged()
-        progress.advance(part.length)
+        progress.advance(part.length, meter)
         return record
