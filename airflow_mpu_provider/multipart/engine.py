@@ -60,7 +60,7 @@ from airflow_mpu_provider.multipart.plan import Part, PartPlan
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, PartMeter, ProgressReporter
 from airflow_mpu_provider.multipart.resume import LEFT_ALONE_HINT, FoundUpload, check_plan_fits, review_stored_part
 from airflow_mpu_provider.multipart.sources import FileSource
-from airflow_mpu_provider.multipart.units import GiB, format_bytes
+from airflow_mpu_provider.multipart.units import GiB, format_bytes, format_rate, plural
 from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object
 
 #: Parts sent at once; chosen from benchmarks/bench_upload.py.
@@ -341,7 +341,7 @@ class BaseUploadEngine:
         """For the log: the bandwidth cap, if there is one."""
         if self.bandwidth is None:
             return ""
-        return f", at most {format_bytes(self.bandwidth.rate)}/s together (max_bandwidth)"
+        return f", at most {format_rate(self.bandwidth.rate)} together (max_bandwidth)"
 
     def _result(
         self,
@@ -785,7 +785,8 @@ class FileUploadEngine(BaseUploadEngine):
         if opened is not None:
             return opened
         self._create(
-            f"{format_bytes(self.plan.size)} in {self.plan.count} parts of {format_bytes(self.plan.part_size)}"
+            f"{format_bytes(self.plan.size)} in {plural(self.plan.count, 'part')} "
+            f"of {format_bytes(self.plan.part_size)}"
         )
         return {}
 
@@ -869,13 +870,14 @@ class FileUploadEngine(BaseUploadEngine):
         if rejected:
             number, why = min(rejected.items())
             self.log.warning(
-                "Leaving incomplete upload %s of s3://%s/%s alone: %d of its %d parts do not verify against "
+                "Leaving incomplete upload %s of s3://%s/%s alone: %d of its %s %s not verify against "
                 "%s (part %d: %s); %s. Starting a new upload.",
                 found.upload_id,
                 self.bucket,
                 self.key,
                 len(rejected),
-                len(found.parts),
+                plural(len(found.parts), "part"),
+                "does" if len(rejected) == 1 else "do",
                 self.description,
                 number,
                 why,
@@ -933,15 +935,15 @@ class FileUploadEngine(BaseUploadEngine):
         assert self.upload is not None
         kept_bytes = sum(self.plan.part(n).length for n in kept)
         self.log.info(
-            "Resuming upload %s of s3://%s/%s: %d of %d parts (%s) already uploaded and verified "
-            "against the local file; %d parts to send.",
+            "Resuming upload %s of s3://%s/%s: %d of %s (%s) already uploaded and verified "
+            "against the local file; %s to send.",
             self.upload.upload_id,
             self.bucket,
             self.key,
             len(kept),
-            self.plan.count,
+            plural(self.plan.count, "part"),
             format_bytes(kept_bytes),
-            self.plan.count - len(kept),
+            plural(self.plan.count - len(kept), "part"),
         )
 
     def _upload_and_complete(
@@ -959,10 +961,10 @@ class FileUploadEngine(BaseUploadEngine):
         progress.skip(sum(self.plan.part(n).length for n in kept), len(kept))
         if missing:
             self.log.info(
-                "Sending %d parts (%s) with %d parallel workers%s.",
-                len(missing),
+                "Sending %s (%s) with %s%s.",
+                plural(len(missing), "part"),
                 format_bytes(sum(p.length for p in missing)),
-                workers,
+                plural(workers, "parallel worker"),
                 self._cap_note(),
             )
         records = dict(kept)

@@ -159,7 +159,10 @@ class ProgressReporter:
         quiet = now - self._last_moved
         notes = f", {format_bytes(self.resent_bytes)} resent" if self.resent_bytes else ""
         if quiet >= max(self.interval, MIN_TIMER_INTERVAL):
-            notes += f", nothing sent for {format_duration(quiet)}"
+            if self.total_bytes is not None and self.done_bytes >= self.total_bytes:  # the socket buffers hold the rest
+                notes += f", all sent, no answer from the store for {format_duration(quiet)}"
+            else:
+                notes += f", nothing sent for {format_duration(quiet)}"
         if self.total_bytes is None:  # a stream: no total, no percentage, no ETA
             return (
                 f"{prefix}{format_bytes(self.done_bytes)} so far, {plural(self.done_parts, 'part')} done, "
