@@ -311,3 +311,22 @@ def test_timer_stops_when_a_part_fails(mock_s3, tmp_path):
             engine.run()
     assert progress_threads() == []
     assert incomplete_uploads(mock_s3, "test-bucket", "fails") == []
+
+
+def test_bytes_count_as_they_go_out_and_resent_bytes_are_said_not_counted_twice(caplog):
+    """Issue #20: a part's body reports its reads; a retry's re-sent bytes go into the rate, not the percentage."""
+    clock = FakeClock()
+    log = logging.getLogger("test.progress.bytes")
+    progress = ProgressReporter(total_bytes=10 * MiB, total_parts=1, log=log, interval=30, clock=clock)
+    meter = progress.part_meter()
+    meter.sent(4 * MiB, 0)
+    meter.sent(0, 4 * MiB)  # botocore rewound the body and sent the first 4 MiB again
+    meter.sent(6 * MiB, 0)
+    clock.now = 10.0
+    assert progress.done_bytes == 10 * MiB and progress.sent_bytes == 14 * MiB
+    progress.advance(10 * MiB, meter)  # the part's end adds nothing its body already reported
+    assert (progress.done_bytes, progress.done_parts) == (10 * MiB, 1)
+    assert (
+        progress.summary()
+        == "10.0 MiB of 10.0 MiB (100.0%), 1/1 parts done, 1.4 MiB/s, ETA 0s, 4.0 MiB resent, 10s elapsed"
+    )
