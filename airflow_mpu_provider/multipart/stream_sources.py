@@ -57,6 +57,10 @@ class ReadableStream:
             except (NotImplementedError, io.UnsupportedOperation):
                 self._readinto = None
                 return filled
+            if n is None:  # not an end: a non-blocking object with nothing to give now
+                raise InvalidUploadRequest(
+                    f"{self.description} is non-blocking (readinto returned None); give a blocking one."
+                )
             if not n:
                 break
             filled += n
