@@ -67,7 +67,7 @@ def program_name(command: str) -> str:
     ... | gzip``): what lineage and log lines name, never the arguments, which may hold credentials."""
     for word in _words(command):
         if not _assignment(word):  # `PGPASSWORD=... pg_dump`: the program is pg_dump, the value is no name
-            return os.path.basename(word) or "command"
+            return os.path.basename(word.lstrip("({!")) or "command"  # `(pg_dump ...; ...) | gzip` too
     return "command"
 
 

@@ -179,4 +179,5 @@ def test_program_names_skip_assignments_and_paths():
 
     assert program_name("PGPASSWORD=s3cret /usr/bin/pg_dump -h db app | gzip") == "pg_dump"
     assert program_name("A=1") == "command" and command_label("true") == "`true`"
+    assert program_name("(head -c 3 /dev/zero; sleep 1) & exit 0") == "head"
     assert command_label("pg_dump app") == "`pg_dump ...`"
