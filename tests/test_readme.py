@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from airflow_mpu_provider import __version__
+
 README = Path(__file__).parents[1] / "README.md"
 DAG_BLOCKS = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if "with DAG(" in b]
 
@@ -39,7 +41,8 @@ def test_the_first_screen_has_the_two_commands_then_install_and_a_dag():
     first_screen = text[:2800]
     # The install lines are the tested steps (tests/test_packaging.py), not a name PyPI does not know.
     install = re.findall(r"```bash\n(.*?)```", first_screen, flags=re.S)[1]
-    assert "pip wheel --no-deps -w dist ." in install and "dist/airflow_mpu_provider-" in install
+    assert "pip wheel --no-deps -w dist ." in install
+    assert f"dist/airflow_mpu_provider-{__version__}-py3-none-any.whl" in install  # what that build writes
     assert re.search(r"--constraint \S+/constraints-3\.\d+\.\d+/constraints-3\.\d+\.txt", install)
     assert "pip install airflow-mpu-provider" not in install
     assert DAG_BLOCKS and DAG_BLOCKS[0] in first_screen
