@@ -7,6 +7,8 @@ Copied rather than imported from another provider on purpose (see the amazon pro
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 
 @functools.cache
@@ -27,4 +29,24 @@ if AIRFLOW_V_3_0_PLUS:
 else:  # pragma: no cover - Airflow 2.x
     from airflow.models import BaseOperator  # type: ignore[no-redef]
 
-__all__ = ["AIRFLOW_V_3_0_PLUS", "AIRFLOW_V_3_3_PLUS", "BaseOperator", "get_base_airflow_version_tuple"]
+
+def secrets_masker() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Airflow's ``(redact, mask_secret)``: ``airflow.sdk.log`` has both from Airflow 3.1.8 on (its
+    ``mask_secret`` also tells the task supervisor); Airflow 3.1.3 has ``redact`` only in
+    ``airflow.sdk.execution_time.secrets_masker`` (deprecated in 3.3, so tried second)."""
+    from airflow.sdk.log import mask_secret
+
+    try:
+        from airflow.sdk.log import redact
+    except ImportError:  # Airflow < 3.1.8
+        from airflow.sdk.execution_time.secrets_masker import redact
+    return redact, mask_secret
+
+
+__all__ = [
+    "AIRFLOW_V_3_0_PLUS",
+    "AIRFLOW_V_3_3_PLUS",
+    "BaseOperator",
+    "get_base_airflow_version_tuple",
+    "secrets_masker",
+]

@@ -8,11 +8,13 @@ sources so that nothing is written into the work tree.
 from __future__ import annotations
 
 import email.parser
+import importlib.metadata
 import json
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tomllib
 import zipfile
@@ -159,3 +161,107 @@ def test_airflow_providers_get_shows_the_documentation_url_of_the_installed_whee
     assert info["documentation-url"].strip() == documentation
     assert info["package-name"] == "airflow-mpu-provider"
     assert info["versions"] == [__version__]
+
+
+# -- the README's install steps -------------------------------------------------------------------
+
+#: What the README's "Installing" section tells a user to run (checked against the README below).
+README_WHEEL = "pip wheel --no-deps -w dist ."
+README_INSTALL = 'pip install "apache-airflow==${AIRFLOW_VERSION}" dist/airflow_mpu_provider-*.whl \\'
+#: What Airflow's constraints file pins among the provider's dependencies; offline, the test stands in
+#: for that file with the versions installed in the test environment.
+CONSTRAINED = (
+    "apache-airflow",
+    "apache-airflow-providers-amazon",
+    "apache-airflow-providers-common-compat",
+    "boto3",
+    "botocore",
+    "awscrt",
+)
+#: Not 0.1.0: the test environment has this checkout installed (editable) as 0.1.0, which pip would
+#: take for the wheel already being installed.
+TEST_VERSION = f"{__version__}+installtest"
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_the_readme_install_steps_name_what_the_wheel_requires():
+    """The README lists the provider's own requirements: the wheel's Requires-Dist, floor for floor."""
+    section = readme_section("Installing")
+    assert README_WHEEL in section and README_INSTALL in section
+    assert "/constraints-${AIRFLOW_VERSION}/constraints-${PYTHON_VERSION}.txt" in section
+    assert '"moto[server]" crc32c' in section
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        assert f"`{requirement}`" in section, f"the README's Installing section does not name {requirement}"
+    assert f"Python {project['requires-python'].removeprefix('>=')}+" in section
+
+
+def test_the_readme_install_steps_work_in_a_fresh_virtualenv_without_network(tmp_path):
+    """``pip wheel`` in a checkout, then ``pip install apache-airflow==X <wheel> --constraint ...`` into a
+    fresh virtualenv: offline (``--no-index``, the provider's dependencies taken from the test
+    environment's site-packages, which the virtualenv sees through a path file), and the installed provider imports and
+    registers with Airflow through its entry point."""
+    tree = tmp_path / "checkout"
+    tree.mkdir()
+    for name in SOURCES:
+        shutil.copy2(ROOT / name, tree / name)
+    for name in SOURCE_DIRS:
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    init = tree / "airflow_mpu_provider" / "__init__.py"
+    init.write_text(init.read_text().replace(f'__version__ = "{__version__}"', f'__version__ = "{TEST_VERSION}"'))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the work tree
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    pip = [sys.executable, "-m", "pip"]
+    offline = ["--no-index", "--no-build-isolation"]  # the README's build, with the test's setuptools
+    run(pip + README_WHEEL.split()[1:] + offline, cwd=tree, env=env)
+    (wheel,) = (tree / "dist").glob("airflow_mpu_provider-*.whl")
+    assert wheel.name == f"airflow_mpu_provider-{TEST_VERSION}-py3-none-any.whl"
+
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path, env=env)
+    python = venv / "bin" / "python"
+    # The dependencies already installed here, as --system-site-packages would give a virtualenv made from
+    # the system Python (this one is itself a virtualenv): a path, so this environment's .pth files (the
+    # editable install of the checkout among them) are not run there.
+    site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path, env=env)
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(site.stdout.strip()) / "test-environment.pth").write_text("".join(f"{path}\n" for path in sorted(ours)))
+    constraints = tmp_path / "constraints.txt"  # Airflow's constraints file, as far as these packages go
+    constraints.write_text("".join(f"{name}=={importlib.metadata.version(name)}\n" for name in CONSTRAINED))
+    airflow = f"apache-airflow=={importlib.metadata.version('apache-airflow')}"
+    readme_install = ["install", airflow, str(wheel), "--constraint", str(constraints)]
+    done = run(
+        [*pip, "--python", str(python), *readme_install, "--no-index", "--find-links", str(wheel.parent)],
+        cwd=tmp_path,
+        env=env,
+    )
+    assert f"Successfully installed airflow-mpu-provider-{TEST_VERSION}" in done.stdout, done.stdout[-2000:]
+
+    check = """
+import importlib.metadata, json, sys
+points = importlib.metadata.entry_points(group="apache_airflow_provider")
+(entry,) = [e for e in points if e.value.startswith("airflow_mpu_provider")]
+info = entry.load()()
+from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
+import airflow_mpu_provider
+print(json.dumps({"file": airflow_mpu_provider.__file__, "version": importlib.metadata.version("airflow-mpu-provider"),
+                  "package": info["package-name"], "operator": MultipartUploadOperator.__name__}))
+"""
+    out = json.loads(run([str(python), "-c", check], cwd=tmp_path, env=env).stdout.strip().splitlines()[-1])
+    assert out["file"].startswith(str(venv)), out  # the installed wheel, not the checkout
+    assert (out["version"], out["package"], out["operator"]) == (
+        TEST_VERSION,
+        "airflow-mpu-provider",
+        "MultipartUploadOperator",
+    )
+
+
+def run(command: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from airflow_mpu_provider import __version__
+
 README = Path(__file__).parents[1] / "README.md"
 DAG_BLOCKS = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if "with DAG(" in b]
 
@@ -36,8 +38,13 @@ def test_the_first_screen_has_the_two_commands_then_install_and_a_dag():
     first_block = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1)
     commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
     assert commands == ["python3 dev.py demo", "python3 dev.py test"]
-    first_screen = text[:2500]
-    assert "pip install airflow-mpu-provider" in first_screen
+    first_screen = text[:2800]
+    # The install lines are the tested steps (tests/test_packaging.py), not a name PyPI does not know.
+    install = re.findall(r"```bash\n(.*?)```", first_screen, flags=re.S)[1]
+    assert "pip wheel --no-deps -w dist ." in install
+    assert f"dist/airflow_mpu_provider-{__version__}-py3-none-any.whl" in install  # what that build writes
+    assert re.search(r"--constraint \S+/constraints-3\.\d+\.\d+/constraints-3\.\d+\.txt", install)
+    assert "pip install airflow-mpu-provider" not in install
     assert DAG_BLOCKS and DAG_BLOCKS[0] in first_screen
 
 

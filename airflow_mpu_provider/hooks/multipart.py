@@ -36,7 +36,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from airflow_mpu_provider.multipart import validation
-from airflow_mpu_provider.multipart.command import CommandSource, find_bash
+from airflow_mpu_provider.multipart.command import CommandSource, command_label, find_bash, inline_values
 from airflow_mpu_provider.multipart.compare import NOT_FOUND_CODES, ObjectComparison, compare_object
 from airflow_mpu_provider.multipart.engine import (
     DEFAULT_CONCURRENCY,
@@ -67,6 +67,7 @@ from airflow_mpu_provider.multipart.stale import DEFAULT_OLDER_THAN, StaleUpload
 from airflow_mpu_provider.multipart.stream import Stream, StreamUploadEngine
 from airflow_mpu_provider.multipart.stream_sources import as_stream
 from airflow_mpu_provider.multipart.upload import OBJECT_ARGS, MultipartUpload, head_object
+from airflow_mpu_provider.version_compat import secrets_masker
 
 #: Seconds the abort started by a cancel waits on the network: it races a kill's grace period, and the
 #: upload's own thread aborts again through the main client once its parts have stopped.
@@ -356,6 +357,16 @@ class FileUpload:
             return engine.run(resume_upload_id=resume_upload_id, adopt=adopt, keep_on_failure=keep_on_failure)
 
 
+def mask_command_secrets(command: str) -> Callable[[Any], Any]:
+    """Register what ``command`` carries in clear with Airflow's secrets masker (URL passwords, values of
+    names the masker deems sensitive, e.g. ``PGPASSWORD=...``); returns the masker's ``redact``."""
+    redact, mask_secret = secrets_masker()
+    passwords, pairs = inline_values(command)
+    for value in passwords + [value for name, value in pairs if redact(value, name) != value]:
+        mask_secret(value)
+    return redact
+
+
 class S3MultipartHook(S3Hook):
     """S3Hook with the uploads, tuned clients, cancellation and housekeeping of resumable multipart uploads.
 
@@ -607,8 +618,15 @@ class S3MultipartHook(S3Hook):
 
     @contextlib.contextmanager
     def command_source(self, command: str, *, timeout: float | timedelta | None = None) -> Iterator[CommandSource]:
-        """Start ``command`` (see ``CommandSource``); ``cancel`` kills its whole pipeline."""
+        """Start ``command`` (see ``CommandSource``); ``cancel`` kills its whole pipeline.
+
+        Log lines name the program only; the whole command is logged at DEBUG, through Airflow's secrets
+        masker, after the passwords of URLs in it and the values of its secret-named ``NAME=value``
+        words were registered with the masker (so that stderr echoing them is masked too).
+        """
         self._raise_if_cancelled()
+        redact = mask_command_secrets(command)
+        self.log.debug("Command for %s: %s", command_label(command), redact(command))
         with CommandSource(command, timeout=timeout, log=self.log) as source, self.cancelling(source.kill):
             yield source
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
-from airflow_mpu_provider.multipart.part_body import PartBody
+from airflow_mpu_provider.multipart.part_body import PartBody, SendMeter
 from airflow_mpu_provider.multipart.units import KiB
 
 #: Largest piece handed to the socket at once when throttled: what an unthrottled ``PartBody`` hands it.
@@ -111,9 +111,14 @@ class BandwidthLimit:
             if self._wait(delay, cancel):
                 raise UploadCancelledError("upload cancelled while waiting for bandwidth (max_bandwidth)")
 
-    def body(self, data: bytes, cancel: threading.Event | None = None) -> ThrottledPartBody:
+    def body(
+        self,
+        data: bytes | bytearray | memoryview,
+        cancel: threading.Event | None = None,
+        meter: SendMeter | None = None,
+    ) -> ThrottledPartBody:
         """A part body whose socket reads draw from this limit (what ``MultipartUpload.put_part`` sends)."""
-        return ThrottledPartBody(data, cancel, self)
+        return ThrottledPartBody(data, cancel, self, meter)
 
     def __repr__(self) -> str:
         return f"BandwidthLimit(rate={self.rate}, burst={self.burst}, chunk={self.chunk})"
@@ -123,11 +128,15 @@ class ThrottledPartBody(PartBody):
     """A ``PartBody`` whose ``read`` (the socket path) hands out ``limit.chunk`` bytes at a time, each once
     ``limit`` allows it. A subclass, so that the unthrottled ``PartBody.read`` stays exactly as it was."""
 
-    def __init__(self, data: bytes, cancel: threading.Event | None, limit: BandwidthLimit) -> None:
-        super().__init__(data, cancel)
+    def __init__(
+        self,
+        data: bytes | bytearray | memoryview,
+        cancel: threading.Event | None,
+        limit: BandwidthLimit,
+        meter: SendMeter | None = None,
+    ) -> None:
+        super().__init__(data, cancel, meter)
         self._limit = limit
-        #: Whether reads go to the socket (and so take bandwidth); off while botocore's signer hashes the body.
-        self.metered = True
 
     def read(self, size: int | None = -1) -> bytes | memoryview:  # type: ignore[override]
         start = self.tell()
@@ -140,8 +149,7 @@ class ThrottledPartBody(PartBody):
             return super().read()
         end = min(len(self._view), start + self._limit.chunk)
         self._limit.take(end - start, self._cancel)
-        self.seek(end)
-        return self._view[start:end]
+        return self._hand_out(start, end)
 
 
 def _body_of(request: Any) -> Any:
@@ -159,12 +167,12 @@ def meter_only_what_is_sent(client: Any) -> None:
 
     def pause(request: Any = None, **_: Any) -> None:
         body = _body_of(request)
-        if isinstance(body, ThrottledPartBody):
+        if isinstance(body, PartBody):
             body.metered = False
 
     def resume(request: Any = None, **_: Any) -> None:
         body = _body_of(request)
-        if isinstance(body, ThrottledPartBody):
+        if isinstance(body, PartBody):
             body.metered = True
 
     events = client.meta.events

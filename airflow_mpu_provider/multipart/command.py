@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -58,6 +60,47 @@ def find_bash(path: str | None = None) -> str:
             f"object. Install bash or add its directory to PATH (PATH is {path or os.environ.get('PATH', '')!r})."
         )
     return shell
+
+
+def program_name(command: str) -> str:
+    """The program a command starts (the first word's base name: ``pg_dump`` for ``/usr/bin/pg_dump -h db
+    ... | gzip``): what lineage and log lines name, never the arguments, which may hold credentials."""
+    for word in _words(command):
+        if not _assignment(word):  # `PGPASSWORD=... pg_dump`: the program is pg_dump, the value is no name
+            return os.path.basename(word.lstrip("({!")) or "command"  # `(pg_dump ...; ...) | gzip` too
+    return "command"
+
+
+def _words(command: str) -> list[str]:
+    try:
+        return shlex.split(command, posix=True)
+    except ValueError:  # unbalanced quotes: bash will say so; blank-separated words still name the program
+        return command.split()
+
+
+def _assignment(word: str) -> tuple[str, str] | None:
+    """``(name, value)`` of a ``NAME=value`` or ``--name=value`` word, else None."""
+    name, equals, value = word.partition("=")
+    name = name.lstrip("-")
+    return (name, value) if equals and name.replace("-", "_").isidentifier() else None
+
+
+def command_label(command: str) -> str:
+    """How messages name a command: its program, with ``...`` where the rest of it was left out."""
+    program = program_name(command)
+    return f"`{program}`" if command.strip() == program else f"`{program} ...`"
+
+
+#: The password of a URL's user info: ``postgresql://app:PASSWORD@db/app``.
+_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:([^\s/@]+)@")
+
+
+def inline_values(command: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """What a command may carry in clear: the passwords of URLs in it, and its ``NAME=value`` and
+    ``--name=value`` words as (name, value). Which names are secret is for the caller to judge (the
+    operator asks Airflow's secrets masker, whose list of sensitive names the deployment configures)."""
+    pairs = [pair for pair in map(_assignment, _words(command)) if pair is not None and pair[1]]
+    return _URL_PASSWORD.findall(command), pairs
 
 
 def timeout_seconds(timeout: float | timedelta | None) -> float | None:
@@ -137,11 +180,17 @@ class CommandSource:
             raise InvalidUploadRequest("command is empty; give the shell command whose output to upload.")
         shell = find_bash(None if env is None else env.get("PATH", os.defpath))
         self.command = command
-        self.description = f"the output of `{command}`"
+        #: Messages and log lines name the program only (the whole command may carry credentials).
+        self.label = command_label(command)
+        self.description = f"the output of {self.label}"
         self.timeout = timeout_seconds(timeout)
         self.log = log or logging.getLogger(__name__)
         self._stderr = StderrTail(self.log)
         self._timed_out = False
+        #: The timer fired while the output was still open: whatever was read is cut short, so no
+        #: exit status of bash (0 after `cmd & exit 0`) can make that a success.
+        self._cut_short = False
+        self._output_ended = False  # read() has seen EOF: the output was whole before any timer fired
         self._exited = False  # set once the command has exited (not yet reaped): no kill after that
         self._lock = threading.RLock()  # RLock: kill() may run in a signal handler on the main thread
         self.process = subprocess.Popen(
@@ -203,11 +252,16 @@ class CommandSource:
             if self._exited:
                 return
             self._timed_out = True
+            self._cut_short = not self._output_ended
             self.kill()
 
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes: exactly ``size`` unless the output ended. One buffer, no copy."""
-        return self.stdout.read(size)
+        data = self.stdout.read(size)
+        if len(data) < size:
+            with self._lock:
+                self._output_ended = True
+        return data
 
     def kill(self) -> None:
         """Kill the whole pipeline (its process group), unless the command has already exited."""
@@ -223,11 +277,13 @@ class CommandSource:
             os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOWAIT)
 
     def finish(self) -> None:
-        """Wait for the command; raise CommandFailedError unless it exited 0 on its own.
+        """Wait for the command; raise CommandFailedError unless it exited 0 on its own, its output whole.
 
-        A command that exited 0 succeeded even if the timeout fired at the same moment: the timer
-        and this method agree under a lock on which came first, so a clean exit is never reported
-        as "timed out".
+        Whatever the timeout killed before the output ended is a failure, whatever bash's status says:
+        ``(writer; sleep 20; writer) & exit 0`` exits 0 at once, and the kill only ends its output early.
+        A command whose output had ended and which exited 0 succeeded even if the timeout fired at the
+        same moment: the timer and this method agree under a lock on which came first, so a clean exit
+        is never reported as "timed out".
         """
         self._await_exit()
         with self._lock:
@@ -238,14 +294,17 @@ class CommandSource:
         self._stderr_reader.join(5)
         tail = self._stderr.text()
         stderr = f"\nThe end of its stderr:\n{tail}" if tail else " (it wrote nothing to stderr)"
+        if self._cut_short or (self._timed_out and returncode != 0):
+            raise CommandFailedError(
+                f"{self.label} timed out after {self.timeout:g} s and was killed; its output was cut short "
+                f"and nothing is completed.{stderr}"
+            )
         if returncode == 0:
             return
-        if self._timed_out:
-            raise CommandFailedError(f"`{self.command}` timed out after {self.timeout:g} s and was killed.{stderr}")
         if returncode < 0:
             name = signal.Signals(-returncode).name
-            raise CommandFailedError(f"`{self.command}` was killed by {name}.{stderr}")
-        raise CommandFailedError(f"`{self.command}` exited with status {returncode}.{stderr}")
+            raise CommandFailedError(f"{self.label} was killed by {name}.{stderr}")
+        raise CommandFailedError(f"{self.label} exited with status {returncode}.{stderr}")
 
     def close(self) -> None:
         """Kill what is left of the command (unless ``finish`` saw it exit), reap it, dismiss the watchdog."""

@@ -52,10 +52,10 @@ from airflow_mpu_provider.multipart.integrity import (
 )
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.plan import Part, PartPlan
-from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, ProgressReporter
+from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, PartMeter, ProgressReporter
 from airflow_mpu_provider.multipart.resume import LEFT_ALONE_HINT, FoundUpload, check_plan_fits, review_stored_part
 from airflow_mpu_provider.multipart.sources import FileSource
-from airflow_mpu_provider.multipart.units import GiB, format_bytes
+from airflow_mpu_provider.multipart.units import GiB, format_bytes, format_rate, plural
 from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object
 
 #: Parts sent at once; chosen from benchmarks/bench_upload.py.
@@ -207,8 +207,8 @@ class BaseUploadEngine(CompleteAndVerify):
         self.buffers = BufferBudget(options.max_buffer_bytes)
         #: The bandwidth every part of this run draws from (None: no cap); checked here, before any request.
         self.bandwidth: BandwidthLimit | None = bandwidth_limit(options.max_bandwidth)
-        if self.bandwidth is not None:
-            meter_only_what_is_sent(client)
+        # Part bodies report (and a cap charges) their socket reads only, not botocore's signer's pass.
+        meter_only_what_is_sent(client)
         #: Set when a failed run kept its upload for a later run to resume (rather than aborting it).
         self.kept_for_resume = False
         #: FULL_OBJECT, COMPOSITE or None (no S3 checksum); FULL_OBJECT turns COMPOSITE if the store refuses it.
@@ -292,21 +292,22 @@ class BaseUploadEngine(CompleteAndVerify):
             self.on_upload_started(upload_id)
         return upload_id
 
-    def _put(self, number: int, data: bytes) -> PartRecord:
-        """Hash and send one part; its record carries the part's MD5 when one was computed."""
+    def _put(self, number: int, data: bytes | bytearray | memoryview, meter: PartMeter | None = None) -> PartRecord:
+        """Hash and send one part; its record carries the part's MD5 when one was computed. ``meter``
+        hears of the body's bytes as they go out (progress in bytes, not in finished parts)."""
         assert self.upload is not None
         algorithm = self.options.checksum_algorithm
         # Until the store proves it echoes checksums, parts also carry Content-MD5 so that they (and the
         # object's ETag) can be verified; moto and many S3-compatible stores report only ETags.
         with_md5 = algorithm is None or not self.upload.store_echoes_checksums
         digest = digest_part(number, data, algorithm=algorithm, with_md5=with_md5)
-        return self.upload.put_part(number, data, digest, cancel=self._stop, throttle=self.bandwidth)
+        return self.upload.put_part(number, data, digest, cancel=self._stop, throttle=self.bandwidth, meter=meter)
 
     def _cap_note(self) -> str:
         """For the log: the bandwidth cap, if there is one."""
         if self.bandwidth is None:
             return ""
-        return f", at most {format_bytes(self.bandwidth.rate)}/s together (max_bandwidth)"
+        return f", at most {format_rate(self.bandwidth.rate)} together (max_bandwidth)"
 
     def _result(
         self,
@@ -501,7 +502,8 @@ class FileUploadEngine(BaseUploadEngine):
         if opened is not None:
             return opened
         self._create(
-            f"{format_bytes(self.plan.size)} in {self.plan.count} parts of {format_bytes(self.plan.part_size)}"
+            f"{format_bytes(self.plan.size)} in {plural(self.plan.count, 'part')} "
+            f"of {format_bytes(self.plan.part_size)}"
         )
         return {}
 
@@ -608,13 +610,14 @@ class FileUploadEngine(BaseUploadEngine):
         if rejected:
             number, why = min(rejected.items())
             self.log.warning(
-                "Leaving incomplete upload %s of s3://%s/%s alone: %d of its %d parts do not verify against "
+                "Leaving incomplete upload %s of s3://%s/%s alone: %d of its %s %s not verify against "
                 "%s (part %d: %s); %s. Starting a new upload.",
                 found.upload_id,
                 self.bucket,
                 self.key,
                 len(rejected),
-                len(found.parts),
+                plural(len(found.parts), "part"),
+                "does" if len(rejected) == 1 else "do",
                 self.description,
                 number,
                 why,
@@ -672,15 +675,15 @@ class FileUploadEngine(BaseUploadEngine):
         assert self.upload is not None
         kept_bytes = sum(self.plan.part(n).length for n in kept)
         self.log.info(
-            "Resuming upload %s of s3://%s/%s: %d of %d parts (%s) already uploaded and verified "
-            "against the local file; %d parts to send.",
+            "Resuming upload %s of s3://%s/%s: %d of %s (%s) already uploaded and verified "
+            "against the local file; %s to send.",
             self.upload.upload_id,
             self.bucket,
             self.key,
             len(kept),
-            self.plan.count,
+            plural(self.plan.count, "part"),
             format_bytes(kept_bytes),
-            self.plan.count - len(kept),
+            plural(self.plan.count - len(kept), "part"),
         )
 
     def _upload_and_complete(
@@ -698,10 +701,10 @@ class FileUploadEngine(BaseUploadEngine):
         progress.skip(sum(self.plan.part(n).length for n in kept), len(kept))
         if missing:
             self.log.info(
-                "Sending %d parts (%s) with %d parallel workers%s.",
-                len(missing),
+                "Sending %s (%s) with %s%s.",
+                plural(len(missing), "part"),
                 format_bytes(sum(p.length for p in missing)),
-                workers,
+                plural(workers, "parallel worker"),
                 self._cap_note(),
             )
         records = dict(kept)
@@ -733,8 +736,9 @@ class FileUploadEngine(BaseUploadEngine):
         assert self.upload is not None
         if self._stop.is_set():
             raise UploadCancelledError(f"stopped before sending part {part.number}")
+        meter = progress.part_meter()
         with self.buffers.holding(part.length):  # the part is alive only inside this block
-            record = self._put(part.number, self.source.read(part.offset, part.length))
+            record = self._put(part.number, self.source.read(part.offset, part.length), meter)
         self.source.check_unchanged()
-        progress.advance(part.length)
+        progress.advance(part.length, meter)
         return record

@@ -1,10 +1,16 @@
-"""Progress lines for the task log: bytes, percent, MB/s, ETA, one line per interval.
+"""Progress lines for the task log: bytes, percent, MiB/s, ETA, one line per interval.
 
 A 10,000-part upload must not write 10,000 log lines, and a stalled one must still be visible, so
 lines are time-based rather than per part: while ``ticking()``, a timer thread writes a line every
-``interval`` seconds even when no part finishes, and says for how long none has ("no part finished
-for 2m00s"), so a stall shows in the task log while it lasts. Bytes found already uploaded (resume)
-count towards the percentage but not towards the rate.
+``interval`` seconds even when nothing moves, and says for how long nothing has ("nothing sent for
+2m00s"), so a stall shows in the task log while it lasts.
+
+Bytes are counted as they go to the wire, not when a part finishes: every part's body reports what
+the HTTP layer reads from it (``part_meter``), so 8 large parts sharing a bandwidth cap show bytes
+moving long before the first of them finishes. Bytes that botocore sends again after rewinding a
+body for a retry count towards the rate and are said ("resent"), not twice towards the percentage.
+Bytes found already uploaded (resume) count towards the percentage but not towards the rate. Rates
+are in MiB/s, the unit of ``max_bandwidth``'s log lines and of every size in the log.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from airflow_mpu_provider.multipart.units import format_bytes, format_duration
+from airflow_mpu_provider.multipart.units import format_bytes, format_duration, format_rate, plural
 
 #: Seconds between progress lines when the caller does not choose.
 DEFAULT_PROGRESS_INTERVAL = 30.0
@@ -67,11 +73,15 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._started = clock()
         self._last_line = self._started
-        self._last_part = self._started
+        self._last_moved = self._started  # when bytes last went out or a part last finished
         self._ticker_factory = ticker_factory
+        #: Bytes in S3 or on their way there (each byte once, however often it was sent).
         self.done_bytes = 0
         self.done_parts = 0
+        #: Bytes this run handed to the wire, resent ones included (what the rate is computed from).
         self.sent_bytes = 0
+        #: Of those, bytes sent again after a retry rewound a part's body.
+        self.resent_bytes = 0
 
     def skip(self, nbytes: int, parts: int) -> None:
         """Count bytes that are already in S3 (resumed): they need no sending."""
@@ -79,13 +89,27 @@ class ProgressReporter:
             self.done_bytes += nbytes
             self.done_parts += parts
 
-    def advance(self, nbytes: int) -> None:
-        """Count one part sent; log a line if the interval has passed."""
+    def part_meter(self) -> PartMeter:
+        """What one part's body reports its reads to (see ``PartBody``); pass it to ``advance`` when done."""
+        return PartMeter(self)
+
+    def sent(self, new: int, resent: int) -> None:
+        """Count bytes handed to the wire: ``new`` ones and ``resent`` ones (a retry of the request)."""
         with self._lock:
-            self.done_bytes += nbytes
+            self.done_bytes += new
+            self.sent_bytes += new + resent
+            self.resent_bytes += resent
+            self._last_moved = self._clock()
+
+    def advance(self, nbytes: int, meter: PartMeter | None = None) -> None:
+        """Count one part of ``nbytes`` finished (the bytes its ``meter`` did not report yet, too); log a
+        line if the interval has passed."""
+        unreported = max(0, nbytes - (meter.new if meter is not None else 0))
+        with self._lock:
+            self.done_bytes += unreported
             self.done_parts += 1
-            self.sent_bytes += nbytes
-            self._last_part = self._clock()
+            self.sent_bytes += unreported
+            self._last_moved = self._clock()
         self.tick()
 
     def tick(self) -> float:
@@ -131,25 +155,42 @@ class ProgressReporter:
     def _line(self, now: float) -> str:
         rate = self.rate(now)
         prefix = f"{self.label}: " if self.label else ""
-        # Parts are counted when they finish: a quiet interval means nothing got through (a stall, or
-        # parts so large that one takes longer than the interval).
-        quiet = now - self._last_part
-        stalled = ""
+        # Bytes are counted as they go out: a quiet interval means nothing got through (a stall).
+        quiet = now - self._last_moved
+        notes = f", {format_bytes(self.resent_bytes)} resent" if self.resent_bytes else ""
         if quiet >= max(self.interval, MIN_TIMER_INTERVAL):
-            stalled = f", no part finished for {format_duration(quiet)}"
+            if self.total_bytes is not None and self.done_bytes >= self.total_bytes:  # the socket buffers hold the rest
+                notes += f", all sent, no answer from the store for {format_duration(quiet)}"
+            else:
+                notes += f", nothing sent for {format_duration(quiet)}"
         if self.total_bytes is None:  # a stream: no total, no percentage, no ETA
             return (
-                f"{prefix}{format_bytes(self.done_bytes)} so far, part {self.done_parts:,}, "
-                f"{rate / 1e6:.1f} MB/s{stalled}"
+                f"{prefix}{format_bytes(self.done_bytes)} so far, {plural(self.done_parts, 'part')} done, "
+                f"{format_rate(rate)}{notes}"
             )
         pct = 100.0 * self.done_bytes / self.total_bytes if self.total_bytes else 100.0
         remaining = self.total_bytes - self.done_bytes
         eta = format_duration(remaining / rate) if rate > 0 else "unknown"
         return (
             f"{prefix}{format_bytes(self.done_bytes)} of {format_bytes(self.total_bytes)} ({pct:.1f}%), "
-            f"part {self.done_parts:,}/{self.total_parts or 0:,}, {rate / 1e6:.1f} MB/s, ETA {eta}{stalled}"
+            f"{self.done_parts:,}/{self.total_parts or 0:,} parts done, {format_rate(rate)}, ETA {eta}{notes}"
         )
 
     def summary(self) -> str:
         now = self._clock()
         return self._line(now) + f", {format_duration(now - self._started)} elapsed"
+
+
+class PartMeter:
+    """One part's share of a ``ProgressReporter``: what its body reported, so that the part's end
+    adds only what the body did not (a body read by something that is not the socket, e.g. a test stub)."""
+
+    __slots__ = ("_progress", "new")
+
+    def __init__(self, progress: ProgressReporter) -> None:
+        self._progress = progress
+        self.new = 0
+
+    def sent(self, new: int, resent: int) -> None:
+        self.new += new
+        self._progress.sent(new, resent)

@@ -24,7 +24,7 @@ from typing import Any
 
 from airflow_mpu_provider.multipart.errors import MultipartUploadError, S3UploadError, UploadCancelledError
 from airflow_mpu_provider.multipart.listing import list_incomplete_uploads
-from airflow_mpu_provider.multipart.units import format_age, format_bytes
+from airflow_mpu_provider.multipart.units import format_age, format_bytes, plural
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 #: Default age past which an incomplete upload counts as stale.
@@ -202,7 +202,7 @@ class StaleUploadSweep:
                 item.upload_id,
                 item.initiated.isoformat(),
                 format_age(age),
-                f"{len(parts)} parts, {format_bytes(nbytes or 0)}" if parts is not None else "size unknown",
+                f"{plural(len(parts), 'part')}, {format_bytes(nbytes or 0)}" if parts is not None else "size unknown",
             )
         if len(self.done) == MAX_LOGGED_UPLOADS and more_to_come:
             self.log.info("Not logging the remaining uploads one by one; the summary counts them all.")
@@ -214,11 +214,10 @@ class StaleUploadSweep:
         size_unknown = sum(u["bytes"] is None for u in self.done)
         oldest = max((u["age_seconds"] for u in self.done), default=None)
         self.log.info(
-            "%s%s %d stale multipart uploads under %s holding %s (%d bytes%s)%s; %d newer kept, %d already gone, "
-            "%d failed.",
+            "%s%s %s under %s holding %s (%d bytes%s)%s; %d newer kept, %d already gone, %d failed.",
             "[dry run] " if self.dry_run else "",
             "Would abort" if self.dry_run else "Aborted",
-            len(self.done),
+            plural(len(self.done), "stale multipart upload"),
             self.where,
             format_bytes(total_bytes),
             total_bytes,
@@ -232,7 +231,9 @@ class StaleUploadSweep:
             "bucket": self.bucket,
             "prefix": self.prefix,
             "dry_run": self.dry_run,
-            "aborted": len(self.done),
+            # A dry run aborted nothing: it says what it would have aborted instead.
+            "aborted": 0 if self.dry_run else len(self.done),
+            "would_abort": len(self.done) if self.dry_run else 0,
             "bytes": total_bytes,
             "size_unknown": size_unknown,
             "oldest_age_seconds": oldest,

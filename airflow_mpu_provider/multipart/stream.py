@@ -32,12 +32,16 @@ from airflow_mpu_provider.multipart.plan import (
 from airflow_mpu_provider.multipart.progress import ProgressReporter
 from airflow_mpu_provider.multipart.units import format_bytes
 
+#: A part as a stream hands it over: bytes, or the buffer (or a view of it) it was read into.
+PartData = bytes | bytearray | memoryview
+
 
 class Stream(Protocol):
     description: str
 
-    def read(self, size: int) -> bytes:
-        """Exactly ``size`` bytes unless the stream ended; one buffer, not a copy of one."""
+    def read(self, size: int) -> PartData:
+        """Exactly ``size`` bytes unless the stream ended; one buffer, not a copy of one. A ``bytes``
+        holds its length; a bytearray or a view of one holds ``size`` (the buffer it was read into)."""
         ...
 
     def finish(self) -> None:
@@ -49,12 +53,14 @@ class _PartBuffer:
     """A part's bytes handed to a worker, which takes them out: once the worker is done, nothing
     (not the executor's work item either) keeps the buffer alive while the reader reads the next."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "held")
 
-    def __init__(self, data: bytes) -> None:
-        self.data: bytes | None = data
+    def __init__(self, data: PartData, held: int) -> None:
+        self.data: PartData | None = data
+        #: The bytes of memory the part holds (counted in the budget until the worker is done).
+        self.held = held
 
-    def take(self) -> bytes:
+    def take(self) -> PartData:
         data, self.data = self.data, None
         assert data is not None
         return data
@@ -172,16 +178,13 @@ class StreamUploadEngine(BaseUploadEngine):
                 )
             # Bounded memory: the next part is read only once it fits beside those in flight.
             pending = self._make_room(pending, records, size, allowed)
-            self.buffers.take(size)  # the buffer being read is allocated at its full size
-            try:
-                data = self.stream.read(size)
-            except BaseException:
-                self.buffers.give_back(size)
-                raise
-            self.buffers.give_back(size - len(data))  # the rest stays held until the part's worker is done
+            data = self._read_part(size)
+            held = len(data) if isinstance(data, bytes) else size
+            self.buffers.give_back(size - held)  # the rest stays held until the part's worker is done
             if not data and number > 1:
+                self.buffers.give_back(held)
                 break
-            pending.add(pool.submit(self._send_stream_part, number, _PartBuffer(data), progress))
+            pending.add(pool.submit(self._send_stream_part, number, _PartBuffer(data, held), progress))
             total += len(data)
             number += 1
             short = len(data) < size
@@ -190,6 +193,15 @@ class StreamUploadEngine(BaseUploadEngine):
                 break
         self._collect(pending, records, until=0)
         return total
+
+    def _read_part(self, size: int) -> PartData:
+        """The next part, counted at its full size while it is read (its buffer is allocated whole)."""
+        self.buffers.take(size)
+        try:
+            return self.stream.read(size)
+        except BaseException:
+            self.buffers.give_back(size)
+            raise
 
     def _make_room(
         self, pending: set[Future[PartRecord]], records: dict[int, PartRecord], size: int, allowed: int
@@ -204,10 +216,11 @@ class StreamUploadEngine(BaseUploadEngine):
     def _send_stream_part(self, number: int, buffer: _PartBuffer, progress: ProgressReporter) -> PartRecord:
         data = buffer.take()
         size = len(data)
+        meter = progress.part_meter()
         try:
-            record = self._put(number, data)
+            record = self._put(number, data, meter)
         finally:
             del data  # the last reference: the bytes are freed here, before they are given back
-            self.buffers.give_back(size)
-        progress.advance(size)
+            self.buffers.give_back(buffer.held)
+        progress.advance(size, meter)
         return record

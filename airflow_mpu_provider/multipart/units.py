@@ -22,6 +22,16 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_rate(bytes_per_second: float) -> str:
+    """A rate in the units of ``format_bytes`` per second ("16.0 MiB/s"): progress, caps and summaries alike."""
+    return f"{format_bytes(bytes_per_second)}/s"
+
+
+def plural(n: int, noun: str, plural_form: str | None = None) -> str:
+    """``n`` and the noun in the right number, with thousands separators: "1 part", "2 parts", "10,000 parts"."""
+    return f"{n:,} {noun if n == 1 else plural_form or noun + 's'}"
+
+
 def format_duration(seconds: float | timedelta) -> str:
     """A duration of seconds to hours, compactly ("5s", "2m05s", "3h01m01s"): elapsed times, ETAs, quiet windows."""
     if isinstance(seconds, timedelta):

@@ -38,7 +38,7 @@ from airflow_mpu_provider.multipart.integrity import (
     etag_is_md5_for_args,
     part_matches,
 )
-from airflow_mpu_provider.multipart.part_body import PartBody, never_retry_cancelled_parts
+from airflow_mpu_provider.multipart.part_body import PartBody, SendMeter, never_retry_cancelled_parts
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.request_args import request_args
 from airflow_mpu_provider.multipart.signing import sign_payload_only_when_needed
@@ -159,15 +159,17 @@ class MultipartUpload:
     def put_part(
         self,
         number: int,
-        data: bytes,
+        data: bytes | bytearray | memoryview,
         digest: PartDigest,
         *,
         cancel: threading.Event | None = None,
         throttle: BandwidthLimit | None = None,
+        meter: SendMeter | None = None,
     ) -> PartRecord:
         """UploadPart; returns the part's record (with the MD5 ``digest`` holds), after checking S3's answer.
 
-        ``throttle``: the upload's bandwidth limit, which the part's socket writes draw from.
+        ``throttle``: the upload's bandwidth limit, which the part's socket writes draw from; ``meter``:
+        told of the body's bytes as the HTTP layer reads them (progress). ``data`` is not copied.
         """
         args: dict[str, Any] = {}
         if digest.checksum and self.checksum_algorithm:
@@ -184,7 +186,7 @@ class MultipartUpload:
             self.client.upload_part,
             UploadId=self.upload_id,
             PartNumber=number,
-            Body=PartBody(data, cancel) if throttle is None else throttle.body(data, cancel),
+            Body=PartBody(data, cancel, meter) if throttle is None else throttle.body(data, cancel, meter),
             ContentLength=len(data),
             **args,
         )

@@ -51,8 +51,9 @@ class S3AbortStaleUploadsOperator(BaseOperator):
 
     The returned dict (pushed to XCom) is::
 
-        {"bucket", "prefix", "dry_run", "aborted": count, "bytes": bytes their parts held (those of
-         known size), "size_unknown": count of uploads whose parts could not be listed,
+        {"bucket", "prefix", "dry_run", "aborted": count (0 in a dry run), "would_abort": count a dry
+         run would have aborted (0 otherwise), "bytes": bytes their parts held (those of known size),
+         "size_unknown": count of uploads whose parts could not be listed,
          "oldest_age_seconds": float | None,
          "uploads": [{"key", "upload_id", "initiated", "age_seconds", "parts", "bytes"}, ...]}
 

@@ -9,8 +9,6 @@ so every connection extra keeps working) and the engine it runs (``airflow_mpu_p
 from __future__ import annotations
 
 import functools
-import os
-import shlex
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +23,7 @@ from airflow_mpu_provider.hooks.multipart import (
     object_arguments,
 )
 from airflow_mpu_provider.multipart import validation
-from airflow_mpu_provider.multipart.command import find_bash
+from airflow_mpu_provider.multipart.command import command_label, find_bash, program_name
 from airflow_mpu_provider.multipart.engine import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BUFFER_BYTES,
@@ -48,6 +46,7 @@ from airflow_mpu_provider.multipart.resume import DEFAULT_ADOPT_QUIET_AFTER, Fou
 from airflow_mpu_provider.multipart.s3_target import object_target
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.stream import StreamUploadEngine
+from airflow_mpu_provider.multipart.units import format_bytes, format_rate, plural
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
@@ -407,15 +406,17 @@ class MultipartUploadOperator(BaseOperator):
         if self._killed:
             raise UploadCancelledError("the task was killed; failing it although the upload had finished")
         self.log.info(
-            "Uploaded %s to s3://%s/%s: %d parts (%d sent now, %d resumed), ETag %s, %.1f s.",
-            self.file or f"the output of `{self.command}`",
+            "Uploaded %s to s3://%s/%s: %s (%d sent now, %d resumed), ETag %s, %s in %.1f s (%s).",
+            self.file or f"the output of {command_label(self.command or '')}",
             bucket,
             key,
-            result.parts,
+            plural(result.parts, "part"),
             result.parts_sent,
             result.parts_resumed,
             result.etag,
+            format_bytes(result.bytes_sent),
             result.seconds,
+            format_rate(result.bytes_sent / result.seconds if result.seconds > 0 else 0.0),
         )
         return result.to_dict()
 
@@ -709,8 +710,7 @@ class MultipartUploadOperator(BaseOperator):
 
         bucket, key = self.resolve_target()
         if self.command is not None:
-            words = shlex.split(self.command, posix=True) or ["command"]
-            source = Dataset(namespace="command", name=os.path.basename(words[0]))
+            source = Dataset(namespace="command", name=program_name(self.command))
         else:
             source = Dataset(namespace="file", name=str(self.file))
         return OperatorLineage(inputs=[source], outputs=[Dataset(namespace=f"s3://{bucket}", name=key)])

@@ -195,6 +195,18 @@ def test_upload_command_uploads_its_output_and_a_failure_aborts(hook, s3, tmp_pa
     assert incomplete_uploads(s3, BUCKET, "hook/command") == []
 
 
+def test_upload_command_cut_short_by_its_timeout_aborts_even_when_bash_exited_0(hook, proxy, s3):
+    """Issue #20: bash exits 0 at once; the timeout kills the writer of its group mid-output."""
+    key = "hook/command-timeout.bin"
+    command = "(head -c 300000 /dev/zero; sleep 30; head -c 300000 /dev/zero) & exit 0"
+    with pytest.raises(CommandFailedError, match="timed out after 1 s"):
+        hook.upload_command(command, key, BUCKET, part_size=PART, command_timeout=1)
+    assert proxy.count("CompleteMultipartUpload") == 0
+    assert proxy.count("AbortMultipartUpload") >= 1
+    assert incomplete_uploads(s3, BUCKET, key) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+
+
 def test_cancel_from_another_thread_stops_a_running_upload_and_aborts_it(hook, proxy, s3, tmp_path):
     """What a script's own signal handler does: ``hook.cancel()`` while ``upload_file`` runs in another
     thread; the upload raises UploadCancelledError and leaves no upload behind."""

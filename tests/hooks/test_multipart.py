@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from airflow_mpu_provider import get_provider_info
 from airflow_mpu_provider.hooks.multipart import UPLOAD_RETRIES, S3MultipartHook
 from airflow_mpu_provider.multipart import stale
-from airflow_mpu_provider.multipart.errors import UploadCancelledError
+from airflow_mpu_provider.multipart.errors import CommandFailedError, UploadCancelledError
 from tests.conftest import incomplete_uploads
 
 CONNECTION = (
@@ -147,3 +148,36 @@ def test_cancel_from_a_signal_handler_never_deadlocks_on_the_thread_it_interrupt
     thread.join(30)
     assert not thread.is_alive(), "cancel deadlocked on the lock its own thread held"
     assert stopped.is_set() and hook.cancelled
+
+
+# -- how a command is logged ------------------------------------------------------------------------
+
+
+def test_a_command_is_named_by_its_program_and_logged_whole_only_at_debug_through_the_masker(hook, monkeypatch, caplog):
+    """Issue #20: the streamed command was logged whole, multi-line, with the credentials inlined in it."""
+    from airflow_mpu_provider.version_compat import secrets_masker
+
+    task_log = logging.getLogger("tests.hook.command")  # caplog does not see the task SDK's structlog logger
+    monkeypatch.setattr(S3MultipartHook, "log", property(lambda self: task_log))
+    caplog.set_level("DEBUG", logger="tests.hook.command")
+    command = "MPU_TEST_TOKEN=tok-5f1e printf '%s\\n' \\\n  'postgresql://app:pw-9c2d@db/app' | cat; exit 3"
+    with pytest.raises(CommandFailedError) as failed, hook.command_source(command) as source:
+        assert source.description == "the output of `printf ...`"  # what lineage names, and the engine logs
+        assert source.read(1000) == b"postgresql://app:pw-9c2d@db/app\n"
+        source.finish()
+    assert str(failed.value).startswith("`printf ...` exited with status 3")
+    (debug,) = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "printf" in debug and "tok-5f1e" not in debug and "pw-9c2d" not in debug and "***" in debug
+    assert not [r for r in caplog.records if r.levelno > logging.DEBUG and "printf '" in r.getMessage()]
+    redact, _ = secrets_masker()
+    # Registered with the masker, so that anything else that logs them (stderr echoing the URL) is masked.
+    assert redact("token tok-5f1e, password pw-9c2d") == "token ***, password ***"
+
+
+def test_program_names_skip_assignments_and_paths():
+    from airflow_mpu_provider.multipart.command import command_label, program_name
+
+    assert program_name("PGPASSWORD=s3cret /usr/bin/pg_dump -h db app | gzip") == "pg_dump"
+    assert program_name("A=1") == "command" and command_label("true") == "`true`"
+    assert program_name("(head -c 3 /dev/zero; sleep 1) & exit 0") == "head"
+    assert command_label("pg_dump app") == "`pg_dump ...`"

@@ -124,6 +124,20 @@ def test_command_timeout_as_a_timedelta_kills_the_command_and_aborts(connection,
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
 
 
+def test_output_cut_short_by_command_timeout_fails_and_aborts_even_when_bash_exited_0(connection, proxy, s3):
+    """Issue #20: `... & exit 0` exits 0 at once; the timeout kills the writer, the stream ends early, and
+    the truncated output was completed as the object."""
+    key = "it/stream-timeout-background.bin"
+    command = "(head -c 300000 /dev/zero; sleep 30; head -c 300000 /dev/zero) & exit 0"
+    op = streaming(connection(), key, command=command, command_timeout=1)
+    with pytest.raises(CommandFailedError, match="timed out after 1 s and was killed; its output was cut short"):
+        op.execute({"ti": FakeTaskInstance()})
+    assert proxy.count("CompleteMultipartUpload") == 0
+    assert proxy.count("AbortMultipartUpload") >= 1
+    assert incomplete_uploads(s3, BUCKET, key) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+
+
 @pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="Airflow < 3.3 has no task_state_store")
 def test_a_record_that_cannot_be_cleared_does_not_fail_a_completed_upload(connection, s3):
     key = "it/stream-clear-fails.bin"

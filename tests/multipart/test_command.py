@@ -125,6 +125,20 @@ def test_a_timeout_firing_after_a_clean_exit_is_not_a_failure(monkeypatch):
     assert source.process.returncode == 0
 
 
+#: bash exits 0 at once while a process of its group keeps writing: the timeout kills the writer mid-output.
+BACKGROUND_WRITER = "(head -c 300000 /dev/zero; sleep 30; head -c 300000 /dev/zero) & exit 0"
+
+
+def test_output_cut_short_by_the_timeout_fails_even_though_bash_exited_0():
+    """Issue #20: the exit status was read before the timeout flag, so the truncated output passed."""
+    with CommandSource(BACKGROUND_WRITER, timeout=1) as source:
+        data = source.read(5 * 1024 * 1024)  # blocks until the timeout kills the writer: EOF
+        assert len(data) == 300_000
+        with pytest.raises(CommandFailedError, match=r"timed out after 1 s and was killed; its output was cut short"):
+            source.finish()
+    assert source.process.returncode == 0  # bash itself did exit 0: the status alone would have said success
+
+
 def test_a_timer_firing_once_finish_has_seen_the_exit_kills_nothing():
     source = CommandSource("printf ok", timeout=3600)
     with source:

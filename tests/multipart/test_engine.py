@@ -292,7 +292,7 @@ def test_progress_lines_reach_the_log(mock_s3, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="test.engine"), source:
         engine.run()
     text = caplog.text
-    assert "(100.0%)" in text and "MB/s" in text and "ETA" in text
+    assert "(100.0%)" in text and "MiB/s" in text and "ETA" in text
     assert "verified size, ETag" in text
 
 

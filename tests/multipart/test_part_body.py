@@ -113,3 +113,45 @@ def test_other_errors_keep_the_clients_retries(client):
     )
     delays = [answer for _, answer in answers if answer is not None]
     assert delays and delays[0] >= 0  # botocore's own retry handler decided: retry after this delay
+
+
+class Meter:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def sent(self, new: int, resent: int) -> None:
+        self.calls.append((new, resent))
+
+
+def test_reads_are_reported_as_they_go_out_and_a_retry_as_resent_bytes():
+    """Issue #20: progress in bytes as the HTTP layer reads the body; a rewound body is resent, not new."""
+    meter = Meter()
+    body = PartBody(b"x" * (3 * MiB), meter=meter)
+    buf = bytearray(8192)
+    body.readinto(buf)  # awscrt's signer hashing the body: not on the wire, not reported
+    body.seek(0)
+    assert len(body.read(8192)) == 1 * MiB
+    assert meter.calls == [(1 * MiB, 0)]
+    body.seek(0)  # botocore rewinds the body to retry the request
+    while body.read(8192):
+        pass
+    assert meter.calls == [(1 * MiB, 0), (0, 1 * MiB), (1 * MiB, 0), (1 * MiB, 0)]
+    body.metered = False  # botocore's own signer reading it between before-sign and before-send
+    body.seek(0)
+    body.read()
+    assert sum(new for new, _ in meter.calls) == 3 * MiB and len(meter.calls) == 4
+
+
+def test_a_bytearray_or_a_view_of_one_is_sent_without_a_copy():
+    """A stream's part is read into a bytearray: a BytesIO over it would copy the whole part."""
+    data = bytearray(b"abc" * 1000)
+    body = PartBody(memoryview(data)[:2000])
+    assert len(body) == 2000
+    piece = body.read(10)
+    assert isinstance(piece, memoryview) and piece.obj is data  # a view of the caller's buffer
+    data[0:1] = b"Z"
+    body.seek(0)
+    target = bytearray(4)
+    assert body.readinto(target) == 4 and target == b"Zbca"
+    body.seek(0, io.SEEK_END)
+    assert body.tell() == 2000 and body.read(10) == b""

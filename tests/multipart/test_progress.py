@@ -27,7 +27,7 @@ def test_logs_at_most_once_per_interval_with_percent_rate_and_eta(caplog):
             progress.advance(1 * MiB)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2  # at t=30 and t=60, not 60 lines
-    assert lines[0] == "30.0 MiB of 100.0 MiB (30.0%), part 30/100, 1.0 MB/s, ETA 1m10s"
+    assert lines[0] == "30.0 MiB of 100.0 MiB (30.0%), 30/100 parts done, 1.0 MiB/s, ETA 1m10s"
 
 
 def test_resumed_bytes_count_for_percent_but_not_for_rate():
@@ -127,9 +127,9 @@ def test_timer_writes_a_line_every_interval_and_says_how_long_no_part_finished(c
         ticker.step()  # t=90
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
-        "10.0 MiB of 100.0 MiB (10.0%), part 1/100, 0.3 MB/s, ETA 4m30s",
-        "10.0 MiB of 100.0 MiB (10.0%), part 1/100, 0.2 MB/s, ETA 9m00s, no part finished for 55s",
-        "10.0 MiB of 100.0 MiB (10.0%), part 1/100, 0.1 MB/s, ETA 13m30s, no part finished for 1m25s",
+        "10.0 MiB of 100.0 MiB (10.0%), 1/100 parts done, 341.3 KiB/s, ETA 4m30s",
+        "10.0 MiB of 100.0 MiB (10.0%), 1/100 parts done, 170.7 KiB/s, ETA 9m00s, nothing sent for 55s",
+        "10.0 MiB of 100.0 MiB (10.0%), 1/100 parts done, 113.8 KiB/s, ETA 13m30s, nothing sent for 1m25s",
     ]
     assert ticker.waits[:3] == [30.0, 30.0, 30.0]
     assert progress_threads() == []  # stopped and joined when the block ended
@@ -160,8 +160,8 @@ def test_timer_line_for_a_stream_has_no_total_and_still_shows_the_stall(caplog):
         tickers[0].step()  # t=10: nothing for 9 s, less than an interval
         tickers[0].step()  # t=20: nothing for 19 s
     assert [r.getMessage() for r in caplog.records] == [
-        "5.0 MiB so far, part 1, 0.5 MB/s",
-        "5.0 MiB so far, part 1, 0.3 MB/s, no part finished for 19s",
+        "5.0 MiB so far, 1 part done, 512.0 KiB/s",
+        "5.0 MiB so far, 1 part done, 256.0 KiB/s, nothing sent for 19s",
     ]
 
 
@@ -194,7 +194,7 @@ class StallLineSeen(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
-        if "no part finished for" in record.getMessage():
+        if "nothing sent for" in record.getMessage():
             self.seen.set()
 
 
@@ -242,7 +242,7 @@ def test_file_upload_logs_a_stall_while_a_part_hangs_and_stops_its_timer(mock_s3
         result = engine.run()
     # The part was released only by the timer's line: without it the upload could not have finished.
     assert seen.seen.is_set()
-    assert any("part 1/2" in line and "no part finished for" in line for line in seen.lines), seen.lines
+    assert any("1/2 parts done" in line and "nothing sent for" in line for line in seen.lines), seen.lines
     assert result.parts_sent == 2
     assert sha256_object(mock_s3, "test-bucket", "stalled") == sha256_file(path)
     assert progress_threads() == []
@@ -280,7 +280,7 @@ def test_stream_upload_logs_a_stall_while_the_command_is_silent(mock_s3):
         log=logger_with(seen),
     )
     result = engine.run()
-    assert any("so far, part 1," in line and "no part finished for" in line for line in seen.lines), seen.lines
+    assert any("so far, 1 part done," in line and "nothing sent for" in line for line in seen.lines), seen.lines
     assert result.size == 5 * MiB + 4
     assert progress_threads() == []
 
@@ -311,3 +311,22 @@ def test_timer_stops_when_a_part_fails(mock_s3, tmp_path):
             engine.run()
     assert progress_threads() == []
     assert incomplete_uploads(mock_s3, "test-bucket", "fails") == []
+
+
+def test_bytes_count_as_they_go_out_and_resent_bytes_are_said_not_counted_twice(caplog):
+    """Issue #20: a part's body reports its reads; a retry's re-sent bytes go into the rate, not the percentage."""
+    clock = FakeClock()
+    log = logging.getLogger("test.progress.bytes")
+    progress = ProgressReporter(total_bytes=10 * MiB, total_parts=1, log=log, interval=30, clock=clock)
+    meter = progress.part_meter()
+    meter.sent(4 * MiB, 0)
+    meter.sent(0, 4 * MiB)  # botocore rewound the body and sent the first 4 MiB again
+    meter.sent(6 * MiB, 0)
+    clock.now = 10.0
+    assert progress.done_bytes == 10 * MiB and progress.sent_bytes == 14 * MiB
+    progress.advance(10 * MiB, meter)  # the part's end adds nothing its body already reported
+    assert (progress.done_bytes, progress.done_parts) == (10 * MiB, 1)
+    assert (
+        progress.summary()
+        == "10.0 MiB of 10.0 MiB (100.0%), 1/1 parts done, 1.4 MiB/s, ETA 0s, 4.0 MiB resent, 10s elapsed"
+    )

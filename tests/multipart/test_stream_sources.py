@@ -59,3 +59,23 @@ def test_text_is_refused_with_what_to_do():
 def test_as_stream_picks_read_before_iteration():
     assert isinstance(as_stream(io.BytesIO(b"x")), ReadableStream)  # a file is iterable too, by lines
     assert isinstance(as_stream(iter([b"x"])), IterableStream)
+
+
+class NonBlocking(io.RawIOBase):
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> None:
+        return None  # "nothing now", which must not be taken for the end of the stream
+
+
+def test_a_non_blocking_readable_is_refused_rather_than_taken_as_ended():
+    with pytest.raises(InvalidUploadRequest, match="non-blocking"):
+        ReadableStream(NonBlocking()).read(10)
+
+
+def test_a_short_last_part_is_a_view_of_its_buffer_and_a_full_part_the_buffer_itself():
+    stream = ReadableStream(io.BytesIO(b"x" * 250))
+    first, last = stream.read(200), stream.read(200)
+    assert isinstance(first, bytearray) and first == b"x" * 200
+    assert isinstance(last, memoryview) and bytes(last) == b"x" * 50 and len(last.obj) == 200

@@ -50,3 +50,11 @@ def test_format_duration_takes_timedeltas_and_never_goes_negative():
 def test_format_age_runs_to_days_in_whole_seconds():
     assert format_age(59.9) == "0:00:59"
     assert format_age(7 * 86400 + 3661) == "7 days, 1:01:01"
+
+
+def test_plural_and_rate():
+    from airflow_mpu_provider.multipart.units import format_rate, plural
+
+    assert [plural(n, "part") for n in (0, 1, 2, 10_000)] == ["0 parts", "1 part", "2 parts", "10,000 parts"]
+    assert plural(1, "parallel worker") == "1 parallel worker"
+    assert format_rate(16 * 1024 * 1024) == "16.0 MiB/s"  # the unit of sizes and of the bandwidth cap's lines

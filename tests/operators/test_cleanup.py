@@ -138,6 +138,7 @@ def test_nothing_stale_returns_an_empty_report(aged_s3):
         "prefix": "dumps/",
         "dry_run": False,
         "aborted": 0,
+        "would_abort": 0,
         "bytes": 0,
         "size_unknown": 0,
         "oldest_age_seconds": None,
@@ -167,10 +168,24 @@ def test_dry_run_aborts_nothing_but_reports_the_same(aged_s3):
     real = operator(prefix="dumps/", older_than=DAY).execute(context={})
 
     assert dry["dry_run"] is True and real["dry_run"] is False
-    for field in ("aborted", "bytes", "oldest_age_seconds", "uploads"):
+    for field in ("bytes", "oldest_age_seconds", "uploads"):
         assert dry[field] == real[field], field
-    assert (dry["aborted"], dry["bytes"]) == (2, 24)
+    # A dry run aborts nothing and says so: what it would abort is "would_abort" (issue #20).
+    assert (dry["aborted"], dry["would_abort"], dry["bytes"]) == (0, 2, 24)
+    assert (real["aborted"], real["would_abort"]) == (2, 0)
     assert [k for k, _ in aged_s3.survivors()] == ["dumps/c"]
+
+
+def test_one_part_and_one_upload_are_singular_in_the_log(aged_s3, monkeypatch, caplog):
+    """Issue #20: "1 parts" and "1 stale multipart uploads"."""
+    aged_s3.start("dumps/one", 5 * DAY, (b"1" * 9,))
+    task_log = logging.getLogger("tests.cleanup")  # caplog does not see the task SDK's structlog logger
+    monkeypatch.setattr(S3MultipartHook, "log", property(lambda self: task_log))
+    caplog.set_level("INFO", logger="tests.cleanup")
+    operator(prefix="dumps/", older_than=DAY, dry_run=True).execute(context={})
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "tests.cleanup")
+    assert "1 part, 9 B" in text and "Would abort 1 stale multipart upload under" in text
+    assert "1 parts" not in text and "1 stale multipart uploads" not in text
 
 
 # -- pagination -------------------------------------------------------------------------------
@@ -326,7 +341,7 @@ def test_uploads_whose_parts_cannot_be_listed_are_aborted_with_size_unknown(aged
 
     monkeypatch.setattr(client, "list_parts", list_parts)
     result = operator(older_than=DAY, dry_run=dry_run).execute(context={})
-    assert result["aborted"] == 2
+    assert result["would_abort" if dry_run else "aborted"] == 2
     assert result["size_unknown"] == 1
     assert result["bytes"] == 10  # the known ones
     unknown = [u for u in result["uploads"] if u["upload_id"] == ssec]
