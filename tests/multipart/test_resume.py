@@ -17,6 +17,7 @@ from airflow_mpu_provider.multipart.resume import (
     LISTING_UNAVAILABLE_CODES,
     check_plan_fits,
     find_adoptable_upload,
+    find_adoptable_uploads,
     review_stored_part,
 )
 from airflow_mpu_provider.multipart.units import MiB
@@ -111,7 +112,7 @@ class _Listing:
     def __init__(self, initiated_hours_ago: list[int], vanished: frozenset[str] = frozenset()) -> None:
         now = datetime.now(UTC)
         self.uploads = [
-            {"Key": "k", "UploadId": f"u{i}", "Initiated": now - timedelta(hours=h)}
+            {"Key": "k", "UploadId": f"u{i}", "Initiated": now - timedelta(hours=h), "ChecksumAlgorithm": "CRC32C"}
             for i, h in enumerate(initiated_hours_ago)
         ]
         self.vanished = vanished
@@ -133,12 +134,20 @@ class _Listing:
         return {"Parts": [{"PartNumber": 1, "Size": 5 * MiB, "ETag": '"x"'}]}
 
 
-def test_every_page_is_read_and_the_newest_quiet_upload_is_the_one_adopted():
+def test_every_page_is_read_and_every_quiet_upload_is_a_candidate_newest_first():
     store = _Listing(initiated_hours_ago=[5, 1, 3])
     found = find(store, "k", 6 * MiB)
     assert len(store.listed) == 3  # the listing is followed to its last page
     assert found is not None and found.upload_id == "u1"  # initiated 1 hour ago: the newest
-    assert store.parts_asked == ["u1"]  # older ones are not even looked at once one is adoptable
+    # Every one is a candidate (the engine adopts the first whose parts verify), newest first.
+    assert store.parts_asked == ["u1", "u2", "u0"]
+    assert [
+        f.upload_id for f in find_adoptable_uploads(store, BUCKET, "k", plan_parts(6 * MiB, 5 * MiB), "CRC32C")
+    ] == [
+        "u1",
+        "u2",
+        "u0",
+    ]
 
 
 def test_an_upload_that_vanishes_after_the_listing_is_skipped_quietly(caplog):
