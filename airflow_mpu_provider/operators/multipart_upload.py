@@ -141,8 +141,11 @@ class MultipartUploadOperator(BaseOperator):
         and the ``SSECustomer*`` ones are repeated on every later call that accepts them (parts, listing,
         completion, abort, HeadObject).
     :param resume: look for an earlier upload of this file to this key and continue it: the one an
-        earlier try recorded (task_state_store, Airflow >= 3.3), else one found with ListMultipartUploads
-        that has been quiet for ``adopt_quiet_after``. False: always start afresh, never keep an upload.
+        earlier try recorded (task_state_store, Airflow >= 3.3; its record binds the object settings, so
+        changed settings start afresh), else one found with ListMultipartUploads that has been quiet for
+        ``adopt_quiet_after`` and shows the task's settings (never when the task sets an ACL, content type,
+        metadata, tags, encryption or another argument S3 does not show for an incomplete upload).
+        False: always start afresh, never keep an upload.
     :param keep_upload_for_retry: when the task fails and Airflow will retry it, keep the upload for
         the retry to resume (True), or always abort on failure (False).
     :param adopt_quiet_after: a found upload (ListMultipartUploads, no record of this task) is adopted

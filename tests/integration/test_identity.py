@@ -311,3 +311,57 @@ def test_a_found_upload_created_with_another_checksum_is_not_adopted_when_list_p
         assert sha256_object(s3, BUCKET, key) == sha256_file(path)
     finally:
         abort_all(s3, key)
+
+
+@needs_task_state_store
+def test_an_upload_recorded_by_the_previous_version_is_aborted_once_and_started_afresh(
+    connection, proxy, s3, tmp_path, caplog, capsys
+):
+    """A record without the object settings' fingerprint (written before this version) cannot prove
+    the upload's settings: it is ours, so it is aborted, and the retry uploads afresh."""
+    key = "identity/old-record.bin"
+    path = make_file(tmp_path / "f", 16 * MiB)
+    store = FakeStateStore()
+    proxy.fail_nth("UploadPart", 2)
+    with pytest.raises(S3UploadError):
+        operator(no_retries(connection), path, key, retries=1).execute(
+            {"ti": FakeTaskInstance(try_number=1, max_tries=1), "task_state_store": store}
+        )
+    proxy.clear_faults()
+    [kept] = uploads_of(s3, key)
+    del store.data[STATE_KEY]["object_args"]  # as the previous version recorded it
+    proxy.reset_counts()
+    with caplog.at_level(logging.WARNING):
+        result = operator(connection(), path, key, retries=1).execute(
+            {"ti": FakeTaskInstance(try_number=2, max_tries=1), "task_state_store": store}
+        )
+    assert result["upload_id"] != kept and kept in aborted_ids(proxy) and uploads_of(s3, key) == []
+    assert "recorded by an earlier version of this provider" in logged(caplog, capsys)
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+
+
+# -- also seen: the hook's sweep and its arguments -----------------------------------------------------
+
+
+def test_the_hooks_sweep_refuses_bad_arguments_before_any_request_and_takes_seconds_and_an_s3_url(
+    connection, proxy, s3
+):
+    key = "identity/sweep/left.bin"
+    left = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    hook = S3MultipartHook(aws_conn_id=connection())
+    try:
+        proxy.reset_counts()
+        with pytest.raises(ValueError, match="older_than"):
+            hook.abort_stale_uploads(BUCKET, "identity/sweep/", -60)
+        with pytest.raises(ValueError, match="different buckets"):
+            hook.abort_stale_uploads(BUCKET, "s3://another-bucket/identity/sweep/", 60)
+        assert proxy.requests() == []
+        # Seconds, like the operator's older_than; an s3:// URL of the same bucket, like the operator's prefix.
+        report = hook.abort_stale_uploads(BUCKET, f"s3://{BUCKET}/identity/sweep/", 0)
+        assert (report["aborted"], report["prefix"]) == (1, "identity/sweep/")
+        assert uploads_of(s3, key) == []
+        report = hook.abort_stale_uploads(None, f"s3://{BUCKET}/identity/sweep/", timedelta(0))
+        assert report["aborted"] == 0
+    finally:
+        if uploads_of(s3, key):
+            s3.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=left)
