@@ -83,7 +83,10 @@ def test_resume_on_a_kms_store_sends_unverifiable_parts_again(connection, proxy,
             {"ti": FakeTaskInstance(max_tries=1), "task_state_store": store}
         )
     kept = incomplete_uploads(s3, BUCKET, key)
-    assert len(kept) == 1  # kept for the retry
+    # Kept for the retry; but without a record (Airflow < 3.3) a task that sets sse_kms_key_id could only find
+    # it by listing and never adopts a found upload whose encryption S3 does not show: aborted instead.
+    unrecorded_kms = told and not AIRFLOW_V_3_3_PLUS
+    assert len(kept) == (0 if unrecorded_kms else 1)
     proxy.on_request = None
     proxy.clear_faults()
     proxy.reset_counts()
@@ -91,11 +94,13 @@ def test_resume_on_a_kms_store_sends_unverifiable_parts_again(connection, proxy,
     result = upload(conn_id, path, key, concurrency=1, **kwargs).execute(
         {"ti": FakeTaskInstance(try_number=2), "task_state_store": store}
     )
-    assert proxy.count("ListParts") >= 1  # the stored parts were looked at ...
+    assert proxy.count("ListParts") >= (0 if unrecorded_kms else 1)  # the stored parts were looked at ...
     assert (result["parts_resumed"], result["parts_sent"]) == (0, 4)  # ... and none was trusted
     assert sha256_object(s3, BUCKET, key) == sha256_file(path)
     if AIRFLOW_V_3_3_PLUS:  # recorded, so ours: its parts were sent again into it
         assert result["upload_id"] == kept[0]["UploadId"]
+    elif unrecorded_kms:
+        assert proxy.count("CreateMultipartUpload") == 1  # afresh
     else:  # only found: parts that cannot be verified make it someone else's, left alone, never written to
         assert [u["UploadId"] for u in incomplete_uploads(s3, BUCKET, key)] == [kept[0]["UploadId"]]
         s3.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=kept[0]["UploadId"])
