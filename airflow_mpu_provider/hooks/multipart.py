@@ -263,7 +263,7 @@ class FileUpload:
         if comparison is None or not comparison.exists:
             return None
         if comparison.matches:
-            self.log.info(
+            (self.log.info if comparison.collision_resistant else self.log.warning)(
                 "s3://%s/%s already holds exactly %s (%s compared): nothing to upload (replace=False).",
                 self.bucket,
                 self.key,
@@ -478,6 +478,8 @@ class S3MultipartHook(S3Hook):
         bucket, key = object_target(bucket, key)
         with FileSource(file) as source:
             comparison = self.compare(self.get_conn(), bucket, key, source, dict(extra_args or {}))
+        if comparison is not None and comparison.matches and not comparison.collision_resistant:
+            self.log.warning("s3://%s/%s matches %s by %s.", bucket, key, file, comparison.detail)
         return comparison is not None and comparison.matches
 
     # -- the steps the operators share --------------------------------------------------------------

@@ -22,7 +22,7 @@ from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance, upload_operator
 from tests.support.crc_forge import forge_same_crc
-from tests.support.s3_proxy import Fault
+from tests.support.s3_proxy import Fault, KmsStore
 from tests.support.seed import seed_crashed_upload
 
 pytestmark = pytest.mark.integration
@@ -365,3 +365,24 @@ def test_the_hooks_sweep_refuses_bad_arguments_before_any_request_and_takes_seco
     finally:
         if uploads_of(s3, key):
             s3.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=left)
+
+
+def test_a_match_that_rests_on_a_crc_alone_says_so_in_the_log_and_the_result(
+    connection, proxy, s3, tmp_path, caplog, capsys
+):
+    """On an SSE-KMS store the ETag is no MD5: the object's CRC is all there is to compare, so the
+    replace=False success says it rests on a CRC (result ``crc_only``, a warning)."""
+    proxy.kms = KmsStore(echo_checksums=True)
+    key = "identity/crc-only-match.bin"
+    path = make_file(tmp_path / "f", 11 * MiB)
+    conn_id = connection()
+    try:
+        operator(conn_id, path, key, checksum_algorithm="CRC32").execute({"ti": FakeTaskInstance()})
+        proxy.reset_counts()
+        with caplog.at_level(logging.WARNING):
+            result = operator(conn_id, path, key, checksum_algorithm="CRC32").execute({"ti": FakeTaskInstance()})
+        assert result["bytes_sent"] == 0 and proxy.count("CreateMultipartUpload") == 0
+        assert result["crc_only"] and "a CRC only" in result["crc_only"]
+        assert "a CRC only" in logged(caplog, capsys)
+    finally:
+        s3.delete_object(Bucket=BUCKET, Key=key)
