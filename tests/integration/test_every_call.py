@@ -74,11 +74,7 @@ def test_every_request_of_every_path_carries_the_per_request_arguments(connectio
     proxy.reset_counts()
 
     # 1. A try that fails after two parts with a retry to come: existence check, create, parts; kept.
-    def break_after_two_parts(record):
-        if record.kind == "UploadPart" and sum(r.kind == "UploadPart" for r in proxy.requests()) == 2:
-            proxy.add_fault(Fault(kind="UploadPart", action="error", status=500, times=1))
-
-    proxy.on_request = break_after_two_parts
+    proxy.fail_nth("UploadPart", 3)  # decided as requests arrive: parts 1 and 2 are stored
     store = FakeStateStore()
     with pytest.raises(S3UploadError):
         upload(conn_id, prefix + "resumed.bin", extra_args, file=str(path)).execute(

@@ -17,7 +17,7 @@ from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOpera
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance
-from tests.support.s3_proxy import Fault, KmsStore
+from tests.support.s3_proxy import KmsStore
 
 pytestmark = pytest.mark.integration
 
@@ -71,11 +71,7 @@ def test_resume_on_a_kms_store_sends_unverifiable_parts_again(connection, proxy,
     kwargs = {"sse_kms_key_id": "alias/test"} if told else {}
     conn_id = connection(config_kwargs={"retries": {"mode": "standard", "max_attempts": 0}})
 
-    def break_after_two_parts(record):
-        if record.kind == "UploadPart" and sum(r.kind == "UploadPart" for r in proxy.requests()) == 2:
-            proxy.add_fault(Fault(kind="UploadPart", action="error", status=500, times=1))
-
-    proxy.on_request = break_after_two_parts
+    proxy.fail_nth("UploadPart", 3)  # decided as requests arrive: parts 1 and 2 are stored
     store = FakeStateStore()  # Airflow >= 3.3: the record makes the kept upload the retry's own
     kwargs["adopt_quiet_after"] = 0  # older Airflow: the retry finds it by listing, at once
     with pytest.raises(S3UploadError):
