@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from airflow_mpu_provider.multipart.compare import COLLISION_RESISTANT_ALGORITHMS
 from airflow_mpu_provider.multipart.errors import S3UploadError
 from airflow_mpu_provider.multipart.full_object import checksum_type_mismatch, stored_checksum_type
 from airflow_mpu_provider.multipart.integrity import PartDigest, checksum_field, md5_from_etag
@@ -66,8 +67,6 @@ LEFT_ALONE_HINT = (
 REVEALED_OBJECT_ARGS = frozenset({"StorageClass"})
 #: Per-request arguments that describe who asks, not the object (SSE-C keys describe the object).
 _WHO_ASKS = frozenset(PER_REQUEST_ARGS) - {"SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5"}
-#: Checksums an attacker cannot forge by adjusting a few bytes (the CRCs can be).
-COLLISION_RESISTANT_ALGORITHMS = frozenset({"SHA256", "SHA1"})
 
 
 def hidden_object_args(extra_args: Mapping[str, Any] | None) -> list[str]:
