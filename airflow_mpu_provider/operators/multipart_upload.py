@@ -349,9 +349,9 @@ class MultipartUploadOperator(BaseOperator):
             upload_id,
             _why_not_continued(stored, changed) if changed else "resume=False",
         )
-        self.hook.abort_upload(self._ours)
+        self.hook.abort_upload(self._ours)  # if this fails, the record stays (see _after_failure)
         self._ours = None
-        store.delete(STATE_KEY)
+        self._forget(store, STATE_KEY)
         return None
 
     def find_upload_to_adopt(self, upload: FileUpload, *, has_store: bool) -> list[FoundUpload]:
