@@ -5,7 +5,9 @@ than a task of its own: the hook gives the operator's upload (parallel parts, ch
 quiet upload found for the key, ``replace=False`` checked against the object) with the connection's
 settings, and ``object_matches`` proves afterwards that the object is exactly the local file.
 What the hook cannot give a ``@task`` is the operator's Airflow glue: the retry's resume through
-task_state_store and ``on_kill``; use ``MultipartUploadOperator`` where those matter.
+task_state_store and ``on_kill``; use ``MultipartUploadOperator`` where those matter. (This upload sets a
+content type and tags, which S3 does not show for an incomplete upload, so it never adopts a found one:
+only a record could prove such an upload carries them.)
 
 Settings come from environment variables so the file runs in tests and anywhere: ``MPU_BUCKET``,
 ``MPU_REPORT_DIR`` (``{ds}`` stands for the day), ``MPU_REPORT_ROWS``.

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -59,9 +59,9 @@ from airflow_mpu_provider.multipart.resume import (
     DEFAULT_ADOPT_QUIET_AFTER,
     LISTING_UNAVAILABLE_CODES,
     FoundUpload,
-    find_adoptable_upload,
+    find_adoptable_uploads,
 )
-from airflow_mpu_provider.multipart.s3_target import object_target
+from airflow_mpu_provider.multipart.s3_target import bucket_and_path, object_target
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.stale import DEFAULT_OLDER_THAN, StaleUploadSweep
 from airflow_mpu_provider.multipart.stream import Stream, StreamUploadEngine
@@ -265,7 +265,7 @@ class FileUpload:
         if comparison is None or not comparison.exists:
             return None
         if comparison.matches:
-            self.log.info(
+            (self.log.info if comparison.collision_resistant else self.log.warning)(
                 "s3://%s/%s already holds exactly %s (%s compared): nothing to upload (replace=False).",
                 self.bucket,
                 self.key,
@@ -285,14 +285,15 @@ class FileUpload:
             started=started,
         )
 
-    def find_upload_to_adopt(self, quiet_after: timedelta, *, when_unlisted: str = "") -> FoundUpload | None:
-        """A found upload (ListMultipartUploads, no record) quiet for ``quiet_after``, or None.
+    def find_upload_to_adopt(self, quiet_after: timedelta, *, when_unlisted: str = "") -> list[FoundUpload]:
+        """The found uploads (ListMultipartUploads, no record) quiet for ``quiet_after`` that show this
+        upload's settings, newest first (``run`` adopts the first whose parts verify), or [].
 
         A store or role without ListMultipartUploads degrades: one warning (``when_unlisted`` adds what
         else that costs the caller), no resume across runs, and the upload goes on afresh.
         """
         try:
-            found = find_adoptable_upload(
+            found = find_adoptable_uploads(
                 self.client,
                 self.bucket,
                 self.key,
@@ -316,13 +317,14 @@ class FileUpload:
                 when_unlisted,
                 self.bucket,
             )
-            return None
+            return []
         self.listing_available = True
-        if found is not None:
+        if found:
             self.log.info(
-                "Found incomplete upload %s for s3://%s/%s with ListMultipartUploads, quiet for at least %s; its "
-                "parts will be verified against the local file before it is adopted.",
-                found.upload_id,
+                "Found incomplete upload%s %s for s3://%s/%s with ListMultipartUploads, quiet for at least %s; "
+                "their parts will be verified against the local file, newest first, before one is adopted.",
+                "s" if len(found) > 1 else "",
+                ", ".join(f.upload_id for f in found),
                 self.bucket,
                 self.key,
                 quiet_after,
@@ -348,7 +350,7 @@ class FileUpload:
         self,
         *,
         resume_upload_id: str | None = None,
-        adopt: FoundUpload | None = None,
+        adopt: FoundUpload | Sequence[FoundUpload] | None = None,
         keep_on_failure: bool = False,
     ) -> UploadResult:
         """Run the engine made by ``make_engine``; ``S3MultipartHook.cancel`` stops it from any thread."""
@@ -422,7 +424,7 @@ class S3MultipartHook(S3Hook):
                 if existing is not None:
                     return upload.result_for_existing(existing, started).to_dict()
             self._raise_if_cancelled()
-            found = upload.find_upload_to_adopt(quiet_after) if resume else None
+            found = upload.find_upload_to_adopt(quiet_after) if resume else []
             return upload.run(adopt=found).to_dict()
 
     def upload_stream(
@@ -496,6 +498,8 @@ class S3MultipartHook(S3Hook):
             except InvalidUploadRequest:  # a part size the file could not be uploaded with: no guess
                 plan = None
             comparison = self.compare(self.get_conn(), bucket, key, source, dict(extra_args or {}), plan)
+        if comparison is not None and comparison.matches and not comparison.collision_resistant:
+            self.log.warning("s3://%s/%s matches %s by %s.", bucket, key, file, comparison.detail)
         return comparison is not None and comparison.matches
 
     # -- the steps the operators share --------------------------------------------------------------
@@ -744,19 +748,24 @@ class S3MultipartHook(S3Hook):
 
     def abort_stale_uploads(
         self,
-        bucket: str,
+        bucket: str | None,
         prefix: str = "",
-        older_than: timedelta = DEFAULT_OLDER_THAN,
+        older_than: timedelta | float = DEFAULT_OLDER_THAN,
         *,
         dry_run: bool = False,
         request_args: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Abort the incomplete multipart uploads under ``prefix`` initiated more than ``older_than`` ago.
 
+        ``prefix`` is a key prefix in ``bucket``, or an ``s3://bucket/prefix`` URL (``bucket`` then None
+        or the same bucket); ``older_than`` a ``timedelta`` or seconds, never negative. Both are checked
+        before any request (ValueError/InvalidUploadRequest), as the operator checks them.
         Returns the report (count, bytes their parts held, the oldest age, each upload); raises
         ``StaleUploadCleanupError`` at the end if some could not be aborted (the others were).
         ``request_args``: ``RequestPayer``/``ExpectedBucketOwner``, sent with every call.
         """
+        bucket, prefix = bucket_and_path(bucket, prefix, "prefix")
+        older_than = validation.duration("older_than", older_than)
         sweep = StaleUploadSweep(
             self.get_conn(),
             bucket,

@@ -7,12 +7,14 @@ sending anything, while an object with other bytes must never be taken for the f
 Nothing is downloaded. The object's size, and one fingerprint S3 keeps for it, are compared with
 the same fingerprint recomputed from the local bytes:
 
-* an S3 checksum read with ``HeadObject(ChecksumMode=ENABLED)``: COMPOSITE (the checksum of the
-  part checksums, ``value-N``) or FULL_OBJECT (the CRC of the whole file, whatever the parts: this
-  package's default, and CRC64NVME, S3's default for new objects). A CRC a store reports without
-  saying which it is is compared as both: the whole-file CRC is combined from the part CRCs;
-* otherwise the ETag: a plain MD5 for a single-request object, ``md5(part md5s)-N`` for a multipart
-  one (not under SSE-KMS or SSE-C, where the ETag is not an MD5).
+* the strongest one first: a digest nobody can forge (an attacker can adjust four bytes of any file to
+  give it a chosen CRC, not a chosen MD5 or SHA): a SHA-256/SHA-1 checksum read with
+  ``HeadObject(ChecksumMode=ENABLED)``, else the ETag where it is an MD5 (a plain MD5 for a
+  single-request object, ``md5(part md5s)-N`` for a multipart one; not under SSE-KMS or SSE-C);
+* only where neither exists, a CRC checksum: COMPOSITE (the checksum of the part checksums, ``value-N``)
+  or FULL_OBJECT (the CRC of the whole file, whatever the parts: this package's default). A CRC a
+  store reports without saying which it is is compared as both. A match by CRC alone says so in its
+  ``detail`` and has ``collision_resistant=False``: it detects accidents, not intent.
 
 A multipart fingerprint depends on where the parts were cut. The first part's size comes from
 ``HeadObject(PartNumber=1)`` (or, where a store does not support that, from the caller's plan), and
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +44,10 @@ from airflow_mpu_provider.multipart.upload import head_object
 
 #: HeadObject answers for a key that holds no object (moto and AWS say 404; some stores NoSuchKey).
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+#: Said of a match that rests on a CRC alone (the store gave no MD5 ETag and no SHA checksum).
+CRC_ONLY = " (a CRC only: the store gives no MD5 or SHA digest of the object, and a CRC detects accidents, not forgery)"
+#: Checksums an attacker cannot forge; the CRCs (CRC32, CRC32C, CRC64NVME) can be matched by adjusting 4-8 bytes.
+COLLISION_RESISTANT_ALGORITHMS = ("SHA256", "SHA1")
 #: How much of the file is hashed per read: memory stays flat whatever the part size.
 _READ = 8 * MiB
 
@@ -64,6 +70,8 @@ class ObjectComparison:
     #: How it was decided ("size and CRC32C composite checksum") or why it does not match.
     detail: str
     head: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Whether the match rests on a digest an attacker cannot forge (MD5 ETag, SHA checksum); False: a CRC only.
+    collision_resistant: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,8 @@ def compare_object(
     actual = _recompute(source, fingerprint, part_size, cancel)
     described = _describe(fingerprint)
     if actual == fingerprint.expected:
-        return ObjectComparison(True, True, f"size and {described}", head)
+        strong = _collision_resistant(fingerprint)
+        return ObjectComparison(True, True, f"size and {described}{'' if strong else CRC_ONLY}", head, strong)
     return ObjectComparison(True, False, f"its {described} differs from the file's", head)
 
 
@@ -148,7 +157,7 @@ def _compare_either(
     for value, kind in ((whole, "full"), (composite, "composite")):
         if value == fingerprint.expected:
             matched = _Fingerprint(kind, fingerprint.algorithm, value, 1 if kind == "full" else fingerprint.parts)
-            return ObjectComparison(True, True, f"size and {_describe(matched)}", head)
+            return ObjectComparison(True, True, f"size and {_describe(matched)}{CRC_ONLY}", head)
     return ObjectComparison(
         True, False, f"its {fingerprint.algorithm} checksum differs from the file's (whole-file and composite)", head
     )
@@ -175,16 +184,33 @@ def _parts_from_etag(etag: str) -> int | None:
 def _fingerprint(head: Mapping[str, Any]) -> _Fingerprint | None:
     """The most trustworthy fingerprint in a HeadObject answer that can be recomputed from local bytes.
 
-    A checksum is taken when S3 says what it is (``value-N``, or a ChecksumType). An unqualified
-    checksum on a multipart object is ambiguous (some stores compute it differently from AWS), so
-    an MD5 ETag is preferred to it, and it is used only when nothing else is there.
+    Collision-resistant digests first: a SHA checksum, then an MD5 ETag; a CRC only where neither is
+    there (``_checksum_fingerprint``).
     """
     etag = str(head.get("ETag", "")).strip('"')
     etag_parts = _parts_from_etag(etag)
     parts = etag_parts or (int(head["PartsCount"]) if head.get("PartsCount") else None)
+    strong = _checksum_fingerprint(head, parts, COLLISION_RESISTANT_ALGORITHMS)
+    if strong is not None:
+        return strong
+    sse = str(head.get("ServerSideEncryption", ""))
+    if not (sse.startswith("aws:kms") or head.get("SSECustomerAlgorithm")):
+        if etag_parts is not None and len(etag.rpartition("-")[0]) == 32:
+            return _Fingerprint("etag", None, f'"{etag}"', etag_parts)
+        if len(etag) == 32:
+            return _Fingerprint("md5", None, etag, 1)
+    return _checksum_fingerprint(head, parts, ("CRC32C", "CRC32", "CRC64NVME"))
+
+
+def _checksum_fingerprint(head: Mapping[str, Any], parts: int | None, algorithms: Sequence[str]) -> _Fingerprint | None:
+    """The object's checksum of one of ``algorithms``, as a fingerprint.
+
+    A checksum is taken as it is when S3 says what it is (``value-N``, or a ChecksumType); an
+    unqualified CRC on a multipart object may be composite or whole-file, and is compared as either.
+    """
     kind = str(head.get("ChecksumType") or "").upper()
     ambiguous: _Fingerprint | None = None
-    for algorithm in ("CRC32C", "CRC32", "CRC64NVME", "SHA256", "SHA1"):
+    for algorithm in algorithms:
         value = str(head.get(f"Checksum{algorithm}") or "")
         if not value or not can_recompute(algorithm):
             continue
@@ -200,13 +226,11 @@ def _fingerprint(head: Mapping[str, Any]) -> _Fingerprint | None:
             if algorithm in FULL_OBJECT_ALGORITHMS:  # a CRC may be either: both are tried
                 candidate = _Fingerprint("either", algorithm, value, parts)
             ambiguous = ambiguous or candidate
-    sse = str(head.get("ServerSideEncryption", ""))
-    if not (sse.startswith("aws:kms") or head.get("SSECustomerAlgorithm")):
-        if etag_parts is not None and len(etag.rpartition("-")[0]) == 32:
-            return _Fingerprint("etag", None, f'"{etag}"', etag_parts)
-        if len(etag) == 32:
-            return _Fingerprint("md5", None, etag, 1)
     return ambiguous
+
+
+def _collision_resistant(fingerprint: _Fingerprint) -> bool:
+    return fingerprint.kind in ("etag", "md5") or fingerprint.algorithm in COLLISION_RESISTANT_ALGORITHMS
 
 
 def _first_part_size(

@@ -32,6 +32,7 @@ from airflow_mpu_provider.multipart.errors import (
     S3UploadError,
     SourceChangedError,
     UploadCancelledError,
+    UploadNotRecordedError,
     error_code,
 )
 from airflow_mpu_provider.multipart.full_object import (
@@ -53,7 +54,13 @@ from airflow_mpu_provider.multipart.integrity import (
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.plan import Part, PartPlan
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, PartMeter, ProgressReporter
-from airflow_mpu_provider.multipart.resume import LEFT_ALONE_HINT, FoundUpload, check_plan_fits, review_stored_part
+from airflow_mpu_provider.multipart.resume import (
+    LEFT_ALONE_HINT,
+    FoundUpload,
+    check_plan_fits,
+    crc_only,
+    review_stored_part,
+)
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.units import GiB, format_bytes, format_rate, plural
 from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object
@@ -64,7 +71,14 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_BUFFER_BYTES = 1 * GiB
 
 #: Errors after which keeping the upload for a retry makes no sense: the retry could not use it.
-_NOT_RESUMABLE = (SourceChangedError, IntegrityError, UploadCancelledError, InvalidUploadRequest)
+#: (UploadNotRecordedError: kept, nothing would point at it.)
+_NOT_RESUMABLE = (
+    SourceChangedError,
+    IntegrityError,
+    UploadCancelledError,
+    InvalidUploadRequest,
+    UploadNotRecordedError,
+)
 #: (S3 error codes: defined next to the hints that tell users what happens after them.)
 _NOT_RESUMABLE_CODES = NOT_RESUMABLE_CODES
 
@@ -134,6 +148,8 @@ class UploadResult:
     checksum_type: str | None = None
     #: The most part bytes this run held in memory at once (<= max_buffer_bytes, or one part if larger).
     peak_buffer_bytes: int = 0
+    #: What rests on a CRC alone (no MD5 or SHA digest to prove it), e.g. "the existing object"; None: nothing.
+    crc_only: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,6 +184,7 @@ def result_for_existing_object(
         checksum_algorithm=checksum_algorithm,
         version_id=head.get("VersionId"),
         checksum_type=reported_checksum(head, checksum_algorithm)[1] if checksum_algorithm else None,
+        crc_only=None if comparison.collision_resistant else f"the existing object ({comparison.detail})",
     )
 
 
@@ -218,6 +235,8 @@ class BaseUploadEngine(CompleteAndVerify):
         self._cancelled = threading.Event()
         self._stop = threading.Event()
         self._early_abort: threading.Thread | None = None
+        #: What of this run rests on a CRC alone (resumed parts without an MD5 ETag), for the result.
+        self.crc_only: str | None = None
 
     # -- control ------------------------------------------------------------------------------
 
@@ -342,6 +361,7 @@ class BaseUploadEngine(CompleteAndVerify):
             version_id=response.get("VersionId"),
             peak_buffer_bytes=self.buffers.peak,
             checksum_type=checksum_type if algorithm else None,
+            crc_only=self.crc_only,
         )
 
     def _compare_with_source(self) -> ObjectComparison | None:
@@ -452,15 +472,15 @@ class FileUploadEngine(BaseUploadEngine):
         *,
         resume_upload_id: str | None = None,
         keep_on_failure: bool = False,
-        adopt: FoundUpload | None = None,
+        adopt: FoundUpload | Sequence[FoundUpload] | None = None,
     ) -> UploadResult:
         """Upload everything that is not already (verifiably) in S3, complete, and verify the object.
 
         ``resume_upload_id`` is *ours* (an earlier run of this same upload created it): it is
         continued, or aborted if it cannot be. If it no longer exists and the object already holds
         exactly the file (that run completed it, and its success was lost), nothing is sent.
-        ``adopt`` is a *found* upload (``find_adoptable_upload``): it is continued only if every stored
-        part verifies against the local bytes, and otherwise left alone, never aborted.
+        ``adopt``: *found* uploads (``find_adoptable_uploads``, newest first): the first whose every stored
+        part verifies against the local bytes is continued; the others are left alone, never aborted.
 
         On failure the upload is aborted, unless ``keep_on_failure`` is set and the error leaves the
         upload usable for a later ``run(resume_upload_id=...)`` (``kept_for_resume`` then says so).
@@ -490,7 +510,10 @@ class FileUploadEngine(BaseUploadEngine):
         return result
 
     def _resume_or_create(
-        self, resume_upload_id: str | None, adopt: FoundUpload | None, pool: ThreadPoolExecutor
+        self,
+        resume_upload_id: str | None,
+        adopt: FoundUpload | Sequence[FoundUpload] | None,
+        pool: ThreadPoolExecutor,
     ) -> dict[int, PartRecord] | ObjectComparison:
         """The verified parts of the upload to continue, or ``{}`` after creating one; or, when our
         earlier upload is gone because it became the object, the comparison that proves it."""
@@ -498,7 +521,10 @@ class FileUploadEngine(BaseUploadEngine):
         if resume_upload_id:
             opened = self._reopen(resume_upload_id, pool)
         elif adopt is not None:
-            opened = self._adopt(adopt, pool)
+            for found in [adopt] if isinstance(adopt, FoundUpload) else adopt:  # newest first
+                opened = self._adopt(found, pool)
+                if opened is not None:
+                    break
         if opened is not None:
             return opened
         self._create(
@@ -669,7 +695,24 @@ class FileUploadEngine(BaseUploadEngine):
             if record.checksum is None and number in local_crcs and upload.checksum_algorithm == algorithm:
                 record = replace(record, checksum=local_crcs[number])  # the store lists none
             kept[number] = record
+        self._note_crc_only([by_number[n] for n in kept], etags_are_md5)
         return kept, rejected
+
+    def _note_crc_only(self, kept: list[dict[str, Any]], etags_are_md5: bool) -> None:
+        """Say (log and result) when stored parts were proven by a CRC alone: it detects accidents, not forgery."""
+        algorithm = self.options.checksum_algorithm
+        weak = [p["PartNumber"] for p in kept if crc_only(p, algorithm, etag_is_md5=etags_are_md5)]
+        if not weak:
+            return
+        self.crc_only = f"{len(weak)} resumed parts (verified by their {algorithm} checksum)"
+        self.log.warning(
+            "%d stored parts of s3://%s/%s were verified by their %s checksum alone: the store gives no MD5 ETag "
+            "for them (SSE-KMS or SSE-C), and a CRC detects accidents, not forgery.",
+            len(weak),
+            self.bucket,
+            self.key,
+            algorithm,
+        )
 
     def _log_resuming(self, kept: dict[int, PartRecord]) -> None:
         assert self.upload is not None

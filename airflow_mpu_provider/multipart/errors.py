@@ -237,3 +237,8 @@ def error_code(error: BaseException) -> str | None:
 
 class CommandFailedError(MultipartUploadError):
     """The command whose output was being uploaded failed; nothing was committed."""
+
+
+class UploadNotRecordedError(MultipartUploadError):
+    """The UploadId could not be recorded where the next try looks for it: the upload is aborted rather
+    than kept with nothing pointing at it."""

@@ -14,21 +14,32 @@ Ownership decides what may be done to an earlier upload:
   ago (``find_adoptable_upload``), its parts fit the plan, and every stored part verifies against
   the local bytes (the engine checks that last). Anything else is left alone for the janitor
   (S3AbortStaleUploadsOperator) or a bucket lifecycle rule.
+
+Identity: what S3 shows of an incomplete upload (its storage class, checksum algorithm and type) must
+equal the task's settings. What it does not show (ACL, content type, metadata, tags, encryption, any
+other object argument) cannot be proven for a found upload, so a task that sets any of them never
+adopts one: only a record of ours (the operator's task_state_store, which binds a fingerprint of the
+object arguments) can make such an upload ours. Every candidate is considered, newest first.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from airflow_mpu_provider.multipart.compare import COLLISION_RESISTANT_ALGORITHMS
 from airflow_mpu_provider.multipart.errors import S3UploadError
 from airflow_mpu_provider.multipart.full_object import checksum_type_mismatch, stored_checksum_type
-from airflow_mpu_provider.multipart.integrity import PartDigest, checksum_field, part_matches
+from airflow_mpu_provider.multipart.integrity import PartDigest, checksum_field, md5_from_etag
 from airflow_mpu_provider.multipart.listing import list_incomplete_uploads
 from airflow_mpu_provider.multipart.plan import PartPlan
+from airflow_mpu_provider.multipart.request_args import PER_REQUEST_ARGS
 from airflow_mpu_provider.multipart.units import format_bytes, format_duration
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 
@@ -52,6 +63,18 @@ LEFT_ALONE_HINT = (
 )
 
 
+#: Object arguments whose value S3 shows for an incomplete upload (ListMultipartUploads, ListParts).
+REVEALED_OBJECT_ARGS = frozenset({"StorageClass"})
+#: Per-request arguments that describe who asks, not the object (SSE-C keys describe the object).
+_WHO_ASKS = frozenset(PER_REQUEST_ARGS) - {"SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5"}
+
+
+def hidden_object_args(extra_args: Mapping[str, Any] | None) -> list[str]:
+    """The task's object arguments that S3 never shows for an incomplete upload (ACL, ContentType,
+    Metadata, Tagging, ServerSideEncryption, ...): a found upload cannot be proven to carry them."""
+    return sorted(k for k in extra_args or {} if k not in REVEALED_OBJECT_ARGS and k not in _WHO_ASKS)
+
+
 @dataclass(frozen=True)
 class FoundUpload:
     """An incomplete upload seen by ListMultipartUploads that looks adoptable (quiet, fits the plan)."""
@@ -72,41 +95,63 @@ def find_adoptable_upload(
     key: str,
     plan: PartPlan,
     algorithm: str | None,
+    **kwargs: Any,
+) -> FoundUpload | None:
+    """The newest of ``find_adoptable_uploads`` (same arguments), or None."""
+    found = find_adoptable_uploads(client, bucket, key, plan, algorithm, **kwargs)
+    return found[0] if found else None
+
+
+def find_adoptable_uploads(
+    client: Any,
+    bucket: str,
+    key: str,
+    plan: PartPlan,
+    algorithm: str | None,
     *,
     quiet_after: timedelta = DEFAULT_ADOPT_QUIET_AFTER,
     extra_args: Mapping[str, Any] | None = None,
     log: logging.Logger | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     checksum_type: str | None = None,
-) -> FoundUpload | None:
-    """The newest incomplete upload for exactly ``key`` that is quiet and fits ``plan``, or None.
+) -> list[FoundUpload]:
+    """Every incomplete upload for exactly ``key`` that is quiet, fits ``plan`` and shows the task's
+    settings, newest first (the engine tries each until one's parts verify), or [].
 
-    Every other upload for the key is logged as left alone. Raises S3UploadError when the listing
-    itself fails (``LISTING_UNAVAILABLE_CODES``: the caller degrades to a fresh upload).
+    Every other upload for the key is logged as left alone. A task with object arguments S3 does not
+    show for an incomplete upload (``hidden_object_args``) adopts none. Raises S3UploadError when the
+    listing itself fails (``LISTING_UNAVAILABLE_CODES``: the caller degrades to a fresh upload).
     Ages are measured with this machine's clock against S3's timestamps: a clock running ahead of
     S3's by a large part of ``quiet_after`` would shorten the window. ``checksum_type``: the type this
     upload will ask for (``resolve_checksum_type``); an upload created with another type is left alone.
     """
     log = log or logging.getLogger(__name__)
     listing = list_incomplete_uploads(client, bucket, key, extra_args=extra_args)
-    uploads = [u for u in listing if u.get("Key") == key]
-    for upload in sorted(uploads, key=lambda u: _utc(u["Initiated"]), reverse=True):
-        upload_id = upload["UploadId"]
-        reason = _why_not_adoptable(
-            client, bucket, key, upload, plan, algorithm, quiet_after, extra_args, now, checksum_type
-        )
+    uploads = sorted((u for u in listing if u.get("Key") == key), key=lambda u: _utc(u["Initiated"]), reverse=True)
+    hidden = hidden_object_args(extra_args)
+    found: list[FoundUpload] = []
+    for upload in uploads:
+        if hidden:
+            reason: FoundUpload | str | None = (
+                f"this task sets {', '.join(hidden)}, which S3 does not show for an incomplete upload, so it "
+                "cannot be proven to carry them (only an upload this task recorded can)"
+            )
+        else:
+            reason = _why_not_adoptable(
+                client, bucket, key, upload, plan, algorithm, quiet_after, extra_args, now, checksum_type
+            )
         if isinstance(reason, FoundUpload):
-            return reason
-        if reason:
+            found.append(reason)
+        elif reason:
             log.warning(
                 "Leaving incomplete upload %s of s3://%s/%s alone: %s; %s.",
-                upload_id,
+                upload["UploadId"],
                 bucket,
                 key,
                 reason,
                 LEFT_ALONE_HINT,
             )
-    return None
+    return found
 
 
 def _why_not_adoptable(
@@ -144,15 +189,53 @@ def _why_not_adoptable(
             f"a part was written {format_duration(now() - max(written))} ago, less than adopt_quiet_after "
             f"({format_duration(quiet_after)}): it may be live"
         )
+    # ListMultipartUploads says how the upload was created (ListParts may not, as on moto).
+    stored_algorithm = upload.get("ChecksumAlgorithm") or stored_algorithm or _listed_part_algorithm(parts)
     misfit = check_plan_fits(parts, plan, stored_algorithm, algorithm)
-    if not misfit and checksum_type:
-        # ListMultipartUploads says how the upload was created (ListParts may not, as on moto).
-        reported = upload.get("ChecksumType") or found.listed_checksum_type
-        stored_type = stored_checksum_type(reported, upload.get("ChecksumAlgorithm") or stored_algorithm)
-        misfit = checksum_type_mismatch(stored_type, checksum_type)
     if misfit:
         return f"it does not fit this file: {misfit}"
+    reported_type = upload.get("ChecksumType") or found.listed_checksum_type
+    mismatch = revealed_settings_mismatch(upload, stored_algorithm, reported_type, algorithm, checksum_type, extra_args)
+    if mismatch:
+        return f"it was not created with this task's settings: {mismatch}"
     return FoundUpload(upload["UploadId"], initiated, parts, stored_algorithm)
+
+
+def _listed_part_algorithm(parts: Iterable[Mapping[str, Any]]) -> str | None:
+    """The checksum algorithm the listed parts carry (a store whose ListParts names none shows it there)."""
+    for part in parts:
+        for name in part:
+            if name.startswith("Checksum") and name != "ChecksumType" and part[name]:
+                return name[len("Checksum") :]
+    return None
+
+
+def revealed_settings_mismatch(
+    listed: Mapping[str, Any],
+    stored_algorithm: str | None,
+    stored_type: str | None,
+    algorithm: str | None,
+    checksum_type: str | None,
+    extra_args: Mapping[str, Any] | None,
+) -> str | None:
+    """How what S3 shows of an incomplete upload differs from the task's settings (None: it does not).
+
+    Storage class (S3 lists STANDARD for the default), checksum algorithm and checksum type. An upload
+    whose algorithm the store does not show cannot be proven to use the task's: it does not match.
+    """
+    wanted_class = str((extra_args or {}).get("StorageClass") or "STANDARD")
+    listed_class = listed.get("StorageClass")
+    if (listed_class or "STANDARD") != wanted_class:
+        return f"storage class {listed_class}, this task asks for {wanted_class}"
+    if algorithm and not stored_algorithm:
+        return f"the store does not say which checksum it was created with, and this task uses {algorithm}"
+    if stored_algorithm and not algorithm:
+        return f"it was created with checksum {stored_algorithm.upper()}, this task sends none"
+    if stored_algorithm and algorithm and stored_algorithm.upper() != algorithm:
+        return f"it was created with checksum {stored_algorithm.upper()}, this task uses {algorithm}"
+    if checksum_type:
+        return checksum_type_mismatch(stored_checksum_type(stored_type, stored_algorithm), checksum_type)
+    return None
 
 
 def check_plan_fits(
@@ -186,20 +269,49 @@ def review_stored_part(
 ) -> str | None:
     """Why ``stored`` does not hold the local bytes of its range, or None if it verifiably does.
 
-    ``digest_local(number, with_checksum, with_md5)`` reads and hashes the local range; only the
-    hash the store can be compared with is computed.
+    ``digest_local(number, with_checksum, with_md5)`` reads and hashes the local range. Every proof
+    the store gives is checked: the MD5 ETag (collision-resistant) and the listed checksum alike, so a
+    part whose CRC was made to match by adjusting a few bytes is still caught by its MD5. A part with
+    a CRC only (no MD5 ETag: SSE-KMS, SSE-C) is verified by that CRC: ``crc_only`` tells.
     """
     number = stored["PartNumber"]
-    has_checksum = bool(algorithm and stored.get(checksum_field(algorithm)))
-    if not has_checksum and not etag_is_md5:
-        return (
-            "its ETag is not an MD5 (the object is encrypted with SSE-KMS or SSE-C) and the store lists no "
-            "checksum for it, so it cannot be verified"
-        )
-    digest = digest_local(number, has_checksum, not has_checksum)
-    verdict = part_matches(digest, stored, algorithm if has_checksum else None)
-    if verdict is None:
+    listed = stored.get(checksum_field(algorithm)) if algorithm else None
+    md5 = md5_from_etag(stored.get("ETag")) if etag_is_md5 else None
+    if not listed and md5 is None:
+        if not etag_is_md5:
+            return (
+                "its ETag is not an MD5 (the object is encrypted with SSE-KMS or SSE-C) and the store lists no "
+                "checksum for it, so it cannot be verified"
+            )
         return "the store reports neither a checksum nor an MD5 ETag for it, so it cannot be verified"
-    if verdict is False:
+    digest = digest_local(number, bool(listed), md5 is not None)
+    if "Size" in stored and stored["Size"] != digest.size:
+        return "its bytes differ from the local file"
+    if md5 is not None and digest.md5 != md5:
+        return "its bytes differ from the local file"
+    if listed and digest.checksum != listed:
         return "its bytes differ from the local file"
     return None
+
+
+def crc_only(stored: Mapping[str, Any], algorithm: str | None, *, etag_is_md5: bool) -> bool:
+    """Whether a kept part was proven by a CRC alone (no MD5 ETag, no SHA checksum): said in the log."""
+    if etag_is_md5 and md5_from_etag(stored.get("ETag")) is not None:
+        return False
+    return algorithm not in COLLISION_RESISTANT_ALGORITHMS
+
+
+def object_args_fingerprint(extra_args: Mapping[str, Any] | None) -> str:
+    """A SHA-256 of the object arguments an upload is created with (ACL, ContentType, Metadata, Tagging,
+    encryption, StorageClass, ...), for a record to bind what S3 does not show of an incomplete upload.
+
+    The arguments that say who asks (RequestPayer, ExpectedBucketOwner) are left out; an SSE-C key is
+    represented by its MD5, never by itself. Datetimes (ObjectLockRetainUntilDate) by their ISO form.
+    """
+    args = {k: v for k, v in (extra_args or {}).items() if k not in _WHO_ASKS}
+    key = args.pop("SSECustomerKey", None)
+    if key is not None:
+        raw = key.encode() if isinstance(key, str) else bytes(key)
+        args["SSECustomerKeyMD5"] = base64.b64encode(hashlib.md5(raw, usedforsecurity=False).digest()).decode()
+    canonical = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -37,12 +37,18 @@ from airflow_mpu_provider.multipart.errors import (
     InvalidUploadRequest,
     MultipartUploadError,
     UploadCancelledError,
+    UploadNotRecordedError,
 )
 from airflow_mpu_provider.multipart.full_object import resolve_checksum_type
 from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
 from airflow_mpu_provider.multipart.plan import PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
-from airflow_mpu_provider.multipart.resume import DEFAULT_ADOPT_QUIET_AFTER, FoundUpload
+from airflow_mpu_provider.multipart.resume import (
+    DEFAULT_ADOPT_QUIET_AFTER,
+    FoundUpload,
+    hidden_object_args,
+    object_args_fingerprint,
+)
 from airflow_mpu_provider.multipart.s3_target import object_target
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.stream import StreamUploadEngine
@@ -134,8 +140,11 @@ class MultipartUploadOperator(BaseOperator):
         and the ``SSECustomer*`` ones are repeated on every later call that accepts them (parts, listing,
         completion, abort, HeadObject).
     :param resume: look for an earlier upload of this file to this key and continue it: the one an
-        earlier try recorded (task_state_store, Airflow >= 3.3), else one found with ListMultipartUploads
-        that has been quiet for ``adopt_quiet_after``. False: always start afresh, never keep an upload.
+        earlier try recorded (task_state_store, Airflow >= 3.3; its record binds the object settings, so
+        changed settings start afresh), else one found with ListMultipartUploads that has been quiet for
+        ``adopt_quiet_after`` and shows the task's settings (never when the task sets an ACL, content type,
+        metadata, tags, encryption or another argument S3 does not show for an incomplete upload).
+        False: always start afresh, never keep an upload.
     :param keep_upload_for_retry: when the task fails and Airflow will retry it, keep the upload for
         the retry to resume (True), or always abort on failure (False).
     :param adopt_quiet_after: a found upload (ListMultipartUploads, no record of this task) is adopted
@@ -311,6 +320,8 @@ class MultipartUploadOperator(BaseOperator):
             "part_size": plan.part_size,
             "checksum_algorithm": checksum,
             "checksum_type": resolve_checksum_type(self.checksum_type, checksum),
+            # Binds what S3 does not show of an incomplete upload (ACL, content type, metadata, tags, encryption).
+            "object_args": object_args_fingerprint(self.object_args()),
         }
 
     def take_over_recorded_upload(self, store: Any, upload: FileUpload, record: dict) -> str | None:
@@ -331,16 +342,21 @@ class MultipartUploadOperator(BaseOperator):
         if not changed and self.resume:
             self.log.info("Found upload %s to resume in task_state_store.", upload_id)
             return upload_id
-        why = f"it was for another version of the source ({', '.join(changed)} differ)" if changed else "resume=False"
-        self.log.warning("The earlier try's upload %s cannot be continued (%s); aborting it.", upload_id, why)
-        self.hook.abort_upload(self._ours)
+        self.log.warning(
+            "The earlier try's upload %s cannot be continued (%s); aborting it (it is this task's) and starting "
+            "afresh.",
+            upload_id,
+            _why_not_continued(stored, changed) if changed else "resume=False",
+        )
+        self.hook.abort_upload(self._ours)  # if this fails, the record stays (see _after_failure)
         self._ours = None
-        store.delete(STATE_KEY)
+        self._forget(store, STATE_KEY)
         return None
 
-    def find_upload_to_adopt(self, upload: FileUpload, *, has_store: bool) -> FoundUpload | None:
-        """A found upload (ListMultipartUploads, no record) quiet for ``adopt_quiet_after``, or None;
-        whether the listing worked decides, on Airflow < 3.3, whether a failed try may keep its upload."""
+    def find_upload_to_adopt(self, upload: FileUpload, *, has_store: bool) -> list[FoundUpload]:
+        """The found uploads (ListMultipartUploads, no record) quiet for ``adopt_quiet_after`` that show this
+        task's settings, newest first; whether the listing worked decides, on Airflow < 3.3, whether a
+        failed try may keep its upload."""
         found = upload.find_upload_to_adopt(
             self.adopt_quiet_after,
             when_unlisted="" if has_store else " and a failed try's upload is aborted rather than kept",
@@ -360,6 +376,15 @@ class MultipartUploadOperator(BaseOperator):
         if self._state_store(context) is not None:
             return True
         if self._listing_available is False:
+            return False
+        hidden = hidden_object_args(self.object_args())
+        if hidden:
+            self.log.info(
+                "A failed try's upload will be aborted, not kept: without task_state_store (Airflow < 3.3) the retry "
+                "could find it only with ListMultipartUploads, and never adopts a found upload when the task sets "
+                "%s (S3 does not show them for an incomplete upload).",
+                ", ".join(hidden),
+            )
             return False
         delay = validation.duration("retry_delay", self.retry_delay or 0)
         if delay < self.adopt_quiet_after:
@@ -428,7 +453,13 @@ class MultipartUploadOperator(BaseOperator):
             ti.xcom_push(key="multipart_upload", value={"bucket": bucket, "key": key, "upload_id": upload_id})
         store = self._state_store(context)
         if store is not None and resume_record is not None:
-            store.set(STATE_KEY, {**resume_record, "upload_id": upload_id})
+            try:
+                store.set(STATE_KEY, {**resume_record, "upload_id": upload_id})
+            except Exception as e:  # inside the engine's scope: the upload is aborted, never kept unrecorded
+                raise UploadNotRecordedError(
+                    f"could not record upload {upload_id} of s3://{bucket}/{key} in task_state_store ({e}); it is "
+                    "aborted, since a retry could not find it"
+                ) from e
 
     def _run(self, engine: BaseUploadEngine, run: Callable[[], UploadResult]) -> UploadResult:
         """Run ``engine`` where ``on_kill`` can stop it (``_killed`` is set before ``_engine`` is read)."""
@@ -470,7 +501,7 @@ class MultipartUploadOperator(BaseOperator):
                     if existing is not None:
                         self._end_ours("the object already holds the file", store)
                         return upload.result_for_existing(existing, started)
-                found = None
+                found: list[FoundUpload] = []
                 if self.resume and resume_id is None:
                     found = self.find_upload_to_adopt(upload, has_store=store is not None)
                 self._stop_if_killed()
@@ -485,8 +516,7 @@ class MultipartUploadOperator(BaseOperator):
             # Completed, but killed meanwhile: the task fails. The record stays, so that the retry finds
             # the upload gone, sees the object already is the file, and succeeds without sending anything.
             raise UploadCancelledError("the task was killed; failing it although the upload had finished")
-        if store is not None:
-            store.delete(STATE_KEY)
+        self._forget(store, STATE_KEY)
         self._ours = None
         return result
 
@@ -503,8 +533,9 @@ class MultipartUploadOperator(BaseOperator):
         upload that is ours is the one an earlier try recorded, and it is ended here the same way.
         """
         if engine is not None and engine.upload is not None:
-            if store is not None and not engine.kept_for_resume:
-                store.delete(STATE_KEY)  # aborted: nothing for the retry to look for
+            if store is not None and not engine.kept_for_resume and engine.upload.aborted:
+                self._forget(store, STATE_KEY)  # aborted: nothing for the retry to look for
+            # An abort that failed leaves the record, so that the next try finds the upload and ends it.
             return
         if self._ours is None:
             return
@@ -521,7 +552,8 @@ class MultipartUploadOperator(BaseOperator):
         )
 
     def _end_ours(self, why: str, store: Any) -> None:
-        """Abort the earlier try's recorded upload (if any is left) and forget the record."""
+        """Abort the earlier try's recorded upload (if any is left) and forget the record; an abort that
+        fails keeps the record, so that the next try (or whoever reads task_state_store) still finds it."""
         ours, self._ours = self._ours, None
         if ours is not None:
             self.log.warning("Aborting upload %s of s3://%s/%s: %s.", ours.upload_id, ours.bucket, ours.key, why)
@@ -529,15 +561,27 @@ class MultipartUploadOperator(BaseOperator):
                 self.hook.abort_upload(ours)
             except Exception as abort_error:  # the original error matters more; say what is left behind
                 self.log.error(
-                    "Could not abort multipart upload %s of s3://%s/%s (%s); abort it by hand or let "
-                    "S3AbortStaleUploadsOperator clean it up.",
+                    "Could not abort multipart upload %s of s3://%s/%s (%s); it stays recorded in task_state_store "
+                    "(key %r) for the next try to abort; else abort it by hand or let S3AbortStaleUploadsOperator "
+                    "clean it up.",
                     ours.upload_id,
                     ours.bucket,
                     ours.key,
                     abort_error,
+                    STATE_KEY,
                 )
-        if store is not None:
-            store.delete(STATE_KEY)
+                return
+        self._forget(store, STATE_KEY)
+
+    def _forget(self, store: Any, state_key: str) -> None:
+        """Clear a record whose upload is completed or gone; failing to is harmless (the next try finds the
+        upload gone) and must neither fail a finished upload nor hide the error of a failed one."""
+        if store is None:
+            return
+        try:
+            store.delete(state_key)
+        except Exception as e:
+            self.log.warning("Could not clear %s in task_state_store (%s); a next try will find it gone.", state_key, e)
 
     def _upload_command_output(self, context: Context, bucket: str, key: str, checksum: str | None) -> UploadResult:
         """Stream the command's stdout; no resume (a stream cannot be replayed), so any failure aborts.
@@ -577,14 +621,8 @@ class MultipartUploadOperator(BaseOperator):
         return result
 
     def _forget_stream_upload(self, store: Any) -> None:
-        """Clear the record; failing to is harmless (the next try's abort finds NoSuchUpload) and must
-        neither fail a completed upload nor hide the error of a failed one."""
-        try:
-            store.delete(STREAM_STATE_KEY)
-        except Exception as e:
-            self.log.warning(
-                "Could not clear %s in task_state_store (%s); a next try will find it gone.", STREAM_STATE_KEY, e
-            )
+        """Clear the record (see ``_forget``: the next try's abort finds NoSuchUpload)."""
+        self._forget(store, STREAM_STATE_KEY)
 
     def _record_stream_upload(self, context: Context, bucket: str, key: str, upload_id: str) -> None:
         """task_state_store first (what the next try needs if this one dies), then XCom (for people).
@@ -717,6 +755,21 @@ class MultipartUploadOperator(BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         return self.get_openlineage_facets_on_start()
+
+
+def _why_not_continued(stored: Mapping[str, Any], changed: list[str]) -> str:
+    """Why a recorded upload cannot be continued, from the record fields that changed."""
+    if "object_args" in changed and "object_args" not in stored:
+        return (
+            "it was recorded by an earlier version of this provider, without the fingerprint of its object settings "
+            "(ACL, content type, metadata, tags, encryption), so they cannot be proven to be this task's"
+        )
+    if changed == ["object_args"]:
+        return (
+            "the task's object settings (ACL, content type, metadata, tags, encryption, storage class or another "
+            "extra_args entry) changed since it was created"
+        )
+    return f"it was for another version of the source or other settings ({', '.join(changed)} differ)"
 
 
 def _check_checksum_type(algorithm: str | None, checksum_type: Any) -> None:

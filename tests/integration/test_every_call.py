@@ -74,11 +74,7 @@ def test_every_request_of_every_path_carries_the_per_request_arguments(connectio
     proxy.reset_counts()
 
     # 1. A try that fails after two parts with a retry to come: existence check, create, parts; kept.
-    def break_after_two_parts(record):
-        if record.kind == "UploadPart" and sum(r.kind == "UploadPart" for r in proxy.requests()) == 2:
-            proxy.add_fault(Fault(kind="UploadPart", action="error", status=500, times=1))
-
-    proxy.on_request = break_after_two_parts
+    proxy.fail_nth("UploadPart", 3)  # decided as requests arrive: parts 1 and 2 are stored
     store = FakeStateStore()
     with pytest.raises(S3UploadError):
         upload(conn_id, prefix + "resumed.bin", extra_args, file=str(path)).execute(
@@ -87,7 +83,10 @@ def test_every_request_of_every_path_carries_the_per_request_arguments(connectio
     proxy.on_request = None
     proxy.clear_faults()
     kept = incomplete_uploads(s3, BUCKET, prefix)
-    assert len(kept) == 1
+    # Without a record (Airflow < 3.3) the retry could only find it by listing, and never adopts a found
+    # upload whose SSE-C S3 does not show: the failed try aborts it rather than keep it for nobody.
+    unrecorded_sse_c = sse_c and not AIRFLOW_V_3_3_PLUS
+    assert len(kept) == (0 if unrecorded_sse_c else 1)
 
     # 2. The retry: found in task_state_store (Airflow >= 3.3) or by listing, parts listed and verified,
     #    the rest sent, completed, verified with HeadObject.
@@ -97,11 +96,8 @@ def test_every_request_of_every_path_carries_the_per_request_arguments(connectio
     # Under SSE-C the stored parts' ETags are no MD5s and moto lists no checksums: nothing can be
     # verified, so everything is sent again rather than trusted.
     assert (result["parts_resumed"], result["parts_sent"]) == ((0, 4) if sse_c else (2, 2))
-    if sse_c and not AIRFLOW_V_3_3_PLUS:
-        # Only found (no record), and not one part verifies: not the retry's to write to, left alone.
-        assert result["upload_id"] != kept[0]["UploadId"]
-        left_alone = {"Bucket": BUCKET, "Key": prefix + "resumed.bin", "UploadId": kept[0]["UploadId"]}
-        s3.abort_multipart_upload(**left_alone, **PAYER_AND_OWNER)
+    if unrecorded_sse_c:
+        assert proxy.count("CreateMultipartUpload") == 2  # afresh
     else:
         assert result["upload_id"] == report_id(proxy)
 

@@ -17,7 +17,7 @@ from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOpera
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.integration.conftest import BUCKET, FakeStateStore, FakeTaskInstance
-from tests.support.s3_proxy import Fault, KmsStore
+from tests.support.s3_proxy import KmsStore
 
 pytestmark = pytest.mark.integration
 
@@ -71,11 +71,7 @@ def test_resume_on_a_kms_store_sends_unverifiable_parts_again(connection, proxy,
     kwargs = {"sse_kms_key_id": "alias/test"} if told else {}
     conn_id = connection(config_kwargs={"retries": {"mode": "standard", "max_attempts": 0}})
 
-    def break_after_two_parts(record):
-        if record.kind == "UploadPart" and sum(r.kind == "UploadPart" for r in proxy.requests()) == 2:
-            proxy.add_fault(Fault(kind="UploadPart", action="error", status=500, times=1))
-
-    proxy.on_request = break_after_two_parts
+    proxy.fail_nth("UploadPart", 3)  # decided as requests arrive: parts 1 and 2 are stored
     store = FakeStateStore()  # Airflow >= 3.3: the record makes the kept upload the retry's own
     kwargs["adopt_quiet_after"] = 0  # older Airflow: the retry finds it by listing, at once
     with pytest.raises(S3UploadError):
@@ -83,7 +79,10 @@ def test_resume_on_a_kms_store_sends_unverifiable_parts_again(connection, proxy,
             {"ti": FakeTaskInstance(max_tries=1), "task_state_store": store}
         )
     kept = incomplete_uploads(s3, BUCKET, key)
-    assert len(kept) == 1  # kept for the retry
+    # Kept for the retry; but without a record (Airflow < 3.3) a task that sets sse_kms_key_id could only find
+    # it by listing and never adopts a found upload whose encryption S3 does not show: aborted instead.
+    unrecorded_kms = told and not AIRFLOW_V_3_3_PLUS
+    assert len(kept) == (0 if unrecorded_kms else 1)
     proxy.on_request = None
     proxy.clear_faults()
     proxy.reset_counts()
@@ -91,11 +90,13 @@ def test_resume_on_a_kms_store_sends_unverifiable_parts_again(connection, proxy,
     result = upload(conn_id, path, key, concurrency=1, **kwargs).execute(
         {"ti": FakeTaskInstance(try_number=2), "task_state_store": store}
     )
-    assert proxy.count("ListParts") >= 1  # the stored parts were looked at ...
+    assert proxy.count("ListParts") >= (0 if unrecorded_kms else 1)  # the stored parts were looked at ...
     assert (result["parts_resumed"], result["parts_sent"]) == (0, 4)  # ... and none was trusted
     assert sha256_object(s3, BUCKET, key) == sha256_file(path)
     if AIRFLOW_V_3_3_PLUS:  # recorded, so ours: its parts were sent again into it
         assert result["upload_id"] == kept[0]["UploadId"]
+    elif unrecorded_kms:
+        assert proxy.count("CreateMultipartUpload") == 1  # afresh
     else:  # only found: parts that cannot be verified make it someone else's, left alone, never written to
         assert [u["UploadId"] for u in incomplete_uploads(s3, BUCKET, key)] == [kept[0]["UploadId"]]
         s3.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=kept[0]["UploadId"])

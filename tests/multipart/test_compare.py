@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from botocore.exceptions import ClientError
 
-from airflow_mpu_provider.multipart.compare import _fingerprint, compare_object, object_matches
+from airflow_mpu_provider.multipart.compare import CRC_ONLY, _fingerprint, compare_object, object_matches
 from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
 from airflow_mpu_provider.multipart.integrity import checksum_b64, composite_checksum, multipart_etag
@@ -121,7 +121,8 @@ def test_aws_style_composite_checksum_and_missing_part_number_support(tmp_path):
     data = path.read_bytes()
     parts = _parts(data, 5 * MiB)
     composite = composite_checksum("CRC32C", [checksum_b64("CRC32C", p) for p in parts])
-    head = {"ContentLength": len(data), "ETag": '"' + "0" * 32 + '-3"', "ChecksumCRC32C": composite}
+    etag = multipart_etag(hashlib.md5(p).digest() for p in parts)
+    head = {"ContentLength": len(data), "ETag": etag, "ChecksumCRC32C": composite}
     with FileSource(path) as source:
         # PartNumber=1 is not supported by this store: the plan's part size is the fallback.
         assert compare_object(_Head(head), BUCKET, "k", source, part_size_hint=5 * MiB).matches
@@ -137,7 +138,10 @@ def test_full_object_crc64nvme_as_s3_reports_for_new_objects(tmp_path):
     crc = base64.b64encode(checksums.crc64nvme(data).to_bytes(8, "big")).decode()
     head = {"ContentLength": len(data), "ETag": '"abc-2"', "ChecksumCRC64NVME": crc, "ChecksumType": "FULL_OBJECT"}
     with FileSource(path) as source:
-        assert compare_object(_Head(head), BUCKET, "k", source).detail == "size and CRC64NVME full-object checksum"
+        # The ETag is not the multipart MD5 form: the CRC is all there is, and the detail says it is a CRC.
+        comparison = compare_object(_Head(head), BUCKET, "k", source)
+        assert comparison.detail == f"size and CRC64NVME full-object checksum{CRC_ONLY}"
+        assert not comparison.collision_resistant
 
 
 def test_sse_kms_without_checksum_cannot_be_compared_and_so_does_not_match(tmp_path):
@@ -165,13 +169,15 @@ MULTIPART_ETAG = '"' + "a" * 32 + '-3"'
 @pytest.mark.parametrize(
     ("head", "expected"),
     [
-        ({"ETag": MULTIPART_ETAG, "ChecksumCRC32C": "AAAAAA==-3"}, ("composite", "CRC32C", 3)),
-        (
-            {"ETag": MULTIPART_ETAG, "ChecksumCRC32C": "AAAAAA==", "ChecksumType": "COMPOSITE"},
-            ("composite", "CRC32C", 3),
-        ),
-        # An unqualified checksum on a multipart object is ambiguous: the MD5 ETag is preferred.
+        # A CRC, labelled or not, can be forged by adjusting 4 bytes: the MD5 ETag is preferred to it.
+        ({"ETag": MULTIPART_ETAG, "ChecksumCRC32C": "AAAAAA==-3"}, ("etag", None, 3)),
+        ({"ETag": MULTIPART_ETAG, "ChecksumCRC32C": "AAAAAA==", "ChecksumType": "COMPOSITE"}, ("etag", None, 3)),
         ({"ETag": MULTIPART_ETAG, "ChecksumCRC32C": "AAAAAA=="}, ("etag", None, 3)),
+        ({"ETag": '"' + "a" * 32 + '"', "ChecksumCRC32C": "x", "ChecksumType": "FULL_OBJECT"}, ("md5", None, 1)),
+        # ... and a SHA checksum to the MD5 ETag.
+        ({"ETag": MULTIPART_ETAG, "ChecksumSHA256": "x-3", "ChecksumCRC32C": "y-3"}, ("composite", "SHA256", 3)),
+        # No MD5 ETag (a store whose ETags are something else): the CRC is all there is.
+        ({"ETag": '"abc-3"', "ChecksumCRC32C": "AAAAAA==-3"}, ("composite", "CRC32C", 3)),
         ({"ETag": '"' + "a" * 32 + '"', "ChecksumSHA256": "x"}, ("full", "SHA256", 1)),
         ({"ETag": '"' + "a" * 32 + '"'}, ("md5", None, 1)),
         ({"ETag": MULTIPART_ETAG, "SSECustomerAlgorithm": "AES256"}, None),
@@ -203,7 +209,7 @@ def test_a_whole_file_crc_is_recognised_labelled_or_not_under_kms(tmp_path, labe
     }
     with FileSource(path) as source:
         comparison = compare_object(_Head(head, {"ContentLength": 5 * MiB}), BUCKET, "k", source)
-        assert comparison.matches and comparison.detail == "size and CRC32C full-object checksum"
+        assert comparison.matches and comparison.detail == f"size and CRC32C full-object checksum{CRC_ONLY}"
         other = make_file(tmp_path / "g", 12 * MiB, seed=9)
         with FileSource(other) as different:
             assert not compare_object(_Head(head, {"ContentLength": 5 * MiB}), BUCKET, "k", different).matches
@@ -218,7 +224,7 @@ def test_an_unlabelled_composite_crc_is_still_recognised_and_parts_of_no_one_siz
         found = compare_object(
             _Head({**kms, "ChecksumCRC32C": composite}, {"ContentLength": 5 * MiB}), BUCKET, "k", source
         )
-        assert found.detail == "size and CRC32C composite checksum of 3 parts"
+        assert found.detail == f"size and CRC32C composite checksum of 3 parts{CRC_ONLY}"
         # Parts of growing sizes (a stream): no part size reproduces 3 parts, but the whole-file CRC needs none.
         whole = {**kms, "ETag": '"' + "f" * 32 + '-2"', "ChecksumCRC32C": _crc32c_b64(data)}
         assert compare_object(_Head(whole, {"ContentLength": 5 * MiB}), BUCKET, "k", source).matches

@@ -12,10 +12,12 @@ from airflow_mpu_provider.multipart.errors import (
     SourceChangedError,
     UploadCancelledError,
 )
+from airflow_mpu_provider.multipart.integrity import checksum_b64
 from airflow_mpu_provider.multipart.plan import plan_parts
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.units import GiB, MiB
 from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object
+from tests.support.crc_forge import forge_same_crc
 from tests.support.local_airflow import store_echoes_no_checksums
 from tests.support.seed import seed_crashed_upload
 
@@ -123,6 +125,35 @@ def test_corrupt_stored_part_is_sent_again(mock_s3, tmp_path):
         result = engine.run(resume_upload_id=earlier_id)
     assert (result.parts_resumed, result.parts_sent) == (1, 3)
     assert sha256_object(mock_s3, BUCKET, "obj") == sha256_file(path)
+
+
+def _list_part_checksums_as_aws_does(client, checksums: dict[int, str]) -> None:
+    """moto's ListParts lists no part checksums; AWS lists each part's (here: the ones the seed sent)."""
+
+    def add(parsed, **_):
+        for part in parsed.get("Parts", []):
+            part["ChecksumCRC32C"] = checksums[part["PartNumber"]]
+
+    client.meta.events.register("after-call.s3.ListParts", add)
+
+
+def test_a_stored_part_with_a_forged_crc_is_sent_again(mock_s3, tmp_path, caplog):
+    """Part 1 in S3 holds other bytes with part 1's CRC32C (4 bytes adjusted) and the store lists that CRC,
+    as AWS does: its MD5 ETag still shows the difference, so it is re-sent, never completed into the object."""
+    path = make_file(tmp_path / "f", 12 * MiB)
+    data = path.read_bytes()
+    forged = forge_same_crc(data[: 5 * MiB], "CRC32C")
+    earlier_id = seed_crashed_upload(mock_s3, BUCKET, "obj", forged + data[5 * MiB :], (1, 2))
+    _list_part_checksums_as_aws_does(
+        mock_s3, {n: checksum_b64("CRC32C", data[(n - 1) * 5 * MiB : n * 5 * MiB]) for n in (1, 2)}
+    )
+    engine, source = engine_for(mock_s3, path)
+    with source, caplog.at_level(logging.WARNING):
+        result = engine.run(resume_upload_id=earlier_id)
+    assert (result.parts_resumed, result.parts_sent) == (1, 2)
+    assert "Stored part 1 will be sent again: its bytes differ" in caplog.text
+    assert sha256_object(mock_s3, BUCKET, "obj") == sha256_file(path)
+    assert result.crc_only is None  # part 2 was proven by its MD5 ETag too
 
 
 def test_upload_of_another_file_size_is_aborted_and_started_afresh(mock_s3, tmp_path):

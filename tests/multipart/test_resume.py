@@ -7,6 +7,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -16,11 +17,15 @@ from airflow_mpu_provider.multipart.plan import plan_parts
 from airflow_mpu_provider.multipart.resume import (
     LISTING_UNAVAILABLE_CODES,
     check_plan_fits,
+    crc_only,
     find_adoptable_upload,
+    find_adoptable_uploads,
+    object_args_fingerprint,
     review_stored_part,
 )
 from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import MultipartUpload
+from tests.support.crc_forge import forge_same_crc
 from tests.support.seed import seed_crashed_upload
 
 BUCKET = "test-bucket"
@@ -111,7 +116,7 @@ class _Listing:
     def __init__(self, initiated_hours_ago: list[int], vanished: frozenset[str] = frozenset()) -> None:
         now = datetime.now(UTC)
         self.uploads = [
-            {"Key": "k", "UploadId": f"u{i}", "Initiated": now - timedelta(hours=h)}
+            {"Key": "k", "UploadId": f"u{i}", "Initiated": now - timedelta(hours=h), "ChecksumAlgorithm": "CRC32C"}
             for i, h in enumerate(initiated_hours_ago)
         ]
         self.vanished = vanished
@@ -133,12 +138,20 @@ class _Listing:
         return {"Parts": [{"PartNumber": 1, "Size": 5 * MiB, "ETag": '"x"'}]}
 
 
-def test_every_page_is_read_and_the_newest_quiet_upload_is_the_one_adopted():
+def test_every_page_is_read_and_every_quiet_upload_is_a_candidate_newest_first():
     store = _Listing(initiated_hours_ago=[5, 1, 3])
     found = find(store, "k", 6 * MiB)
     assert len(store.listed) == 3  # the listing is followed to its last page
     assert found is not None and found.upload_id == "u1"  # initiated 1 hour ago: the newest
-    assert store.parts_asked == ["u1"]  # older ones are not even looked at once one is adoptable
+    # Every one is a candidate (the engine adopts the first whose parts verify), newest first.
+    assert store.parts_asked == ["u1", "u2", "u0"]
+    assert [
+        f.upload_id for f in find_adoptable_uploads(store, BUCKET, "k", plan_parts(6 * MiB, 5 * MiB), "CRC32C")
+    ] == [
+        "u1",
+        "u2",
+        "u0",
+    ]
 
 
 def test_an_upload_that_vanishes_after_the_listing_is_skipped_quietly(caplog):
@@ -240,3 +253,62 @@ def test_a_part_that_cannot_be_verified_is_never_kept():
     assert local.asked == []  # nothing is read for a part that can only be sent again
     multipart_looking = stored(1, len(DATA), ETag='"0123-2"')  # no checksum, and no MD5 in the ETag
     assert "cannot be verified" in review_stored_part(multipart_looking, "CRC32C", LocalDigests())
+
+
+def test_a_part_whose_crc_was_forged_is_caught_by_its_md5_etag():
+    """Other bytes with the local part's CRC32C (4 bytes adjusted): the MD5 ETag is checked too."""
+    forged = forge_same_crc(DATA, "CRC32C")
+    local = LocalDigests()
+    part = stored(1, len(DATA), ChecksumCRC32C=crc32c(DATA), ETag=md5_etag(forged))
+    assert review_stored_part(part, "CRC32C", local) == "its bytes differ from the local file"
+    assert local.asked == [(True, True)]
+    genuine = stored(1, len(DATA), ChecksumCRC32C=crc32c(DATA), ETag=md5_etag(DATA))
+    assert review_stored_part(genuine, "CRC32C", LocalDigests()) is None
+    assert not crc_only(genuine, "CRC32C", etag_is_md5=True)
+    assert crc_only(genuine, "CRC32C", etag_is_md5=False)  # SSE-KMS: the CRC is all there is, and it is said
+
+
+# -- identity of a found upload --------------------------------------------------------------------
+
+
+def test_a_found_upload_whose_checksum_algorithm_no_answer_shows_is_not_adopted(caplog):
+    store = _Listing(initiated_hours_ago=[3])
+    del store.uploads[0]["ChecksumAlgorithm"]  # nor does ListParts name one, nor list part checksums
+    with caplog.at_level(logging.WARNING):
+        assert find(store, "k", 6 * MiB) is None
+    assert "does not say which checksum it was created with" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "adopted"),
+    [
+        ({}, True),
+        ({"RequestPayer": "requester", "ExpectedBucketOwner": "123456789012"}, True),  # who asks, not the object
+        ({"StorageClass": "STANDARD"}, True),  # shown by S3, and equal
+        ({"StorageClass": "STANDARD_IA"}, False),  # shown by S3, and different
+        ({"ContentType": "application/x-backup"}, False),
+        ({"Metadata": {"owner": "backups"}}, False),
+        ({"ACL": "bucket-owner-full-control"}, False),
+        ({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/backups"}, False),
+        ({"SSECustomerAlgorithm": "AES256", "SSECustomerKey": "k" * 32}, False),
+    ],
+)
+def test_a_found_upload_is_adopted_only_when_everything_the_task_sets_is_shown_by_s3(extra_args, adopted, caplog):
+    store = _Listing(initiated_hours_ago=[3])
+    store.uploads[0]["StorageClass"] = "STANDARD"
+    store.meta = boto3.client("s3", region_name="us-east-1").meta  # the S3 model: which call takes which argument
+    with caplog.at_level(logging.WARNING):
+        found = find(store, "k", 6 * MiB, extra_args=extra_args)
+    assert (found is not None) == adopted, caplog.text
+
+
+def test_the_object_arguments_fingerprint_binds_every_setting_and_never_holds_a_key():
+    base = {"ContentType": "application/x-backup", "Metadata": {"a": "1"}, "StorageClass": "STANDARD_IA"}
+    fingerprint = object_args_fingerprint(base)
+    assert object_args_fingerprint(dict(reversed(list(base.items())))) == fingerprint  # order does not matter
+    assert object_args_fingerprint({**base, "RequestPayer": "requester"}) == fingerprint  # who asks: not bound
+    for changed in ({"Metadata": {"a": "2"}}, {"ACL": "public-read"}, {"Tagging": "a=1"}, {"ContentType": "x/y"}):
+        assert object_args_fingerprint({**base, **changed}) != fingerprint
+    with_key = object_args_fingerprint({**base, "SSECustomerAlgorithm": "AES256", "SSECustomerKey": "s" * 32})
+    assert "s" * 32 not in with_key and with_key != fingerprint
+    assert with_key != object_args_fingerprint({**base, "SSECustomerAlgorithm": "AES256", "SSECustomerKey": "t" * 32})

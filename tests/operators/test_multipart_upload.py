@@ -186,6 +186,40 @@ def test_keep_or_abort_on_failure_follows_the_policy_and_airflows_retry_decision
         mock_s3.abort_multipart_upload(Bucket="test-bucket", Key=upload["Key"], UploadId=upload["UploadId"])
 
 
+@pytest.mark.parametrize(
+    ("settings", "left"),
+    [
+        ({}, 1),
+        ({"storage_class": "STANDARD_IA"}, 1),
+        ({"content_type": "application/x-backup"}, 0),
+        ({"tags": {"a": "1"}}, 0),
+    ],
+)
+def test_without_task_state_store_a_task_whose_settings_s3_does_not_show_aborts_rather_than_keeps(
+    mock_s3, tmp_path, monkeypatch, put_part_hooks, settings, left
+):
+    """No record (Airflow < 3.3): the retry could find the upload only by listing, and never adopts a found
+    upload when the task sets something S3 does not show for it; keeping it would leave it to the janitor."""
+    path = make_file(tmp_path / "f", 12 * MiB)
+    operator = op(
+        file=str(path),
+        key="s3://test-bucket/hidden-settings.bin",
+        part_size=5 * MiB,
+        concurrency=1,
+        retries=2,
+        adopt_quiet_after=0,
+        **settings,
+    )
+    monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
+    put_part_hooks.fail_part(2, ConnectionError("connection reset by peer"))
+    ti = SimpleNamespace(try_number=1, max_tries=2, xcom_push=lambda **kw: None)
+    with pytest.raises(ConnectionError):
+        operator.execute({"ti": ti})
+    assert len(incomplete_uploads(mock_s3, "test-bucket")) == left
+    for upload in incomplete_uploads(mock_s3, "test-bucket"):  # leave the shared moto clean
+        mock_s3.abort_multipart_upload(Bucket="test-bucket", Key=upload["Key"], UploadId=upload["UploadId"])
+
+
 # -- argument types ---------------------------------------------------------------------------
 
 
