@@ -396,7 +396,7 @@ class S3MultipartHook(S3Hook):
         replace: bool = False,
         resume: bool = True,
         part_size: int | None = None,
-        adopt_quiet_after: float | timedelta = DEFAULT_ADOPT_QUIET_AFTER,
+        adopt_quiet_after: float | timedelta | None = DEFAULT_ADOPT_QUIET_AFTER,
         **options: Any,
     ) -> dict[str, Any]:
         """Upload ``file`` to ``key`` (or an ``s3://bucket/key`` URL) and return the operator's result dict.
@@ -407,12 +407,12 @@ class S3MultipartHook(S3Hook):
         ``replace=False``: an object already holding exactly the file's bytes is success with nothing
         sent; any other object raises before anything is created. ``resume``: continue an incomplete
         upload of the key found with ListMultipartUploads, once it has been quiet for
-        ``adopt_quiet_after`` and its stored parts verify against the file (else it is left alone).
-        On failure, the upload this call created or adopted is aborted.
+        ``adopt_quiet_after`` and its stored parts verify against the file (else it is left alone);
+        ``adopt_quiet_after=None`` adopts none. On failure, the upload this call created or adopted is aborted.
         """
         self._raise_if_cancelled()
         bucket, key = object_target(bucket, key)
-        quiet_after = validation.duration("adopt_quiet_after", adopt_quiet_after)
+        quiet_after = validation.adopt_quiet_after(adopt_quiet_after)
         settings = upload_options(replace=replace, **options)
         started = time.monotonic()
         with FileSource(file) as source:
@@ -424,7 +424,7 @@ class S3MultipartHook(S3Hook):
                 if existing is not None:
                     return upload.result_for_existing(existing, started).to_dict()
             self._raise_if_cancelled()
-            found = upload.find_upload_to_adopt(quiet_after) if resume else []
+            found = upload.find_upload_to_adopt(quiet_after) if resume and quiet_after is not None else []
             return upload.run(adopt=found).to_dict()
 
     def upload_stream(

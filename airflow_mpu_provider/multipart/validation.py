@@ -120,3 +120,8 @@ def duration(name: str, value: Any, *, positive: bool = False) -> timedelta:
     """A duration given as seconds or a ``timedelta``, as a ``timedelta`` (see ``seconds``)."""
     number = seconds(name, value, positive=positive)
     return value if isinstance(value, timedelta) else timedelta(seconds=number)
+
+
+def adopt_quiet_after(value: Any) -> timedelta | None:
+    """``adopt_quiet_after``: a duration, or None for "never adopt an upload found by listing"."""
+    return None if value is None else duration("adopt_quiet_after", value)

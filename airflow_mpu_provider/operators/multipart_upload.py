@@ -151,7 +151,9 @@ class MultipartUploadOperator(BaseOperator):
         only when it was initiated, and its last part written, longer ago than this (seconds or a
         ``timedelta``; default 15 minutes): a younger one may be another run's live upload and is left
         alone. On Airflow < 3.3 a retry can only find its predecessor's upload this way, so a failed try
-        keeps its upload for the retry only if ``retry_delay`` is at least this long.
+        keeps its upload for the retry only if ``retry_delay`` is at least this long. None: never adopt
+        a found upload (only this task's own record resumes one); for buckets where others may create
+        uploads at your keys.
     :param progress_interval: seconds (int or float, >= 0) or a ``timedelta`` between progress lines in
         the task log.
     """
@@ -201,7 +203,7 @@ class MultipartUploadOperator(BaseOperator):
         extra_args: Mapping[str, Any] | None = None,
         resume: bool = True,
         keep_upload_for_retry: bool = True,
-        adopt_quiet_after: float | timedelta = DEFAULT_ADOPT_QUIET_AFTER,
+        adopt_quiet_after: float | timedelta | None = DEFAULT_ADOPT_QUIET_AFTER,
         progress_interval: float | timedelta = DEFAULT_PROGRESS_INTERVAL,
         **kwargs: Any,
     ) -> None:
@@ -232,7 +234,7 @@ class MultipartUploadOperator(BaseOperator):
         self.extra_args = dict(extra_args or {})
         self.resume = resume
         self.keep_upload_for_retry = keep_upload_for_retry
-        self.adopt_quiet_after = validation.duration("adopt_quiet_after", adopt_quiet_after)
+        self.adopt_quiet_after = validation.adopt_quiet_after(adopt_quiet_after)
         self.progress_interval = validation.seconds("progress_interval", progress_interval)
         self.check_rendered_arguments(rendered=False)  # again at execute, once templates are rendered
         if (file is None) == (command is None):
@@ -357,6 +359,9 @@ class MultipartUploadOperator(BaseOperator):
         """The found uploads (ListMultipartUploads, no record) quiet for ``adopt_quiet_after`` that show this
         task's settings, newest first; whether the listing worked decides, on Airflow < 3.3, whether a
         failed try may keep its upload."""
+        if self.adopt_quiet_after is None:
+            self.log.info("Not looking for uploads left at the key by others (adopt_quiet_after=None).")
+            return []
         found = upload.find_upload_to_adopt(
             self.adopt_quiet_after,
             when_unlisted="" if has_store else " and a failed try's upload is aborted rather than kept",
@@ -376,6 +381,12 @@ class MultipartUploadOperator(BaseOperator):
         if self._state_store(context) is not None:
             return True
         if self._listing_available is False:
+            return False
+        if self.adopt_quiet_after is None:
+            self.log.info(
+                "A failed try's upload will be aborted, not kept: without task_state_store (Airflow < 3.3) the retry "
+                "could find it only with ListMultipartUploads, and adopt_quiet_after=None adopts no found upload."
+            )
             return False
         hidden = hidden_object_args(self.object_args())
         if hidden:

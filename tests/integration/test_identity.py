@@ -177,6 +177,32 @@ def test_an_object_with_the_files_size_and_crc_but_other_bytes_is_not_the_file(
 # -- 19.4: every candidate upload is considered, newest first ---------------------------------------
 
 
+def test_adopt_quiet_after_none_never_lists_nor_adopts_a_found_upload(connection, proxy, s3, tmp_path):
+    """The opt-out for buckets where others may create uploads at your keys: an upload at the key that
+    the defaults would adopt (quiet, the task's settings, every part verifying) is not even listed; the
+    task uploads into one of its own and leaves the found one alone."""
+    key = "identity/no-adoption.bin"
+    path = make_file(tmp_path / "f", 16 * MiB, seed=5)
+    found = seed_crashed_upload(s3, BUCKET, key, path.read_bytes(), (1, 2))
+    try:
+        proxy.reset_counts()
+        result = operator(connection(), path, key, adopt_quiet_after=None).execute({"ti": FakeTaskInstance()})
+        assert result["upload_id"] != found and result["parts_resumed"] == 0
+        assert proxy.count("ListMultipartUploads") == 0 and proxy.count("CreateMultipartUpload") == 1
+        assert found not in aborted_ids(proxy) and uploads_of(s3, key) == [found]
+        assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+        hook = S3MultipartHook(aws_conn_id=connection())
+        proxy.reset_counts()
+        again = hook.upload_file(path, key, BUCKET, replace=True, part_size=5 * MiB, adopt_quiet_after=None)
+        assert again["parts_resumed"] == 0 and proxy.count("ListMultipartUploads") == 0
+        assert uploads_of(s3, key) == [found]
+        # the defaults would have taken it: the seeded upload is a real candidate
+        taken = hook.upload_file(path, key, BUCKET, replace=True, part_size=5 * MiB, adopt_quiet_after=0)
+        assert (taken["upload_id"], taken["parts_resumed"]) == (found, 2)
+    finally:
+        abort_all(s3, key)
+
+
 def test_an_older_resumable_upload_is_adopted_when_a_newer_one_does_not_verify(
     connection, proxy, s3, tmp_path, caplog, capsys, monkeypatch
 ):

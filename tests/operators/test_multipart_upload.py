@@ -303,6 +303,9 @@ def test_adopt_quiet_after_takes_seconds_or_a_timedelta_and_never_a_negative():
     assert op(adopt_quiet_after=timedelta(hours=1)).adopt_quiet_after == timedelta(hours=1)
     with pytest.raises(ValueError, match="adopt_quiet_after"):
         op(adopt_quiet_after=-1)
+    assert op(adopt_quiet_after=None).adopt_quiet_after is None  # never adopt a found upload
+    with pytest.raises(ValueError, match="adopt_quiet_after"):
+        op(adopt_quiet_after="15m")
 
 
 @pytest.mark.parametrize(
@@ -314,6 +317,7 @@ def test_adopt_quiet_after_takes_seconds_or_a_timedelta_and_never_a_negative():
         ({"retries": 1, "retry_delay": timedelta(minutes=20), "resume": False}, True, False),
         ({"retries": 1, "retry_delay": timedelta(minutes=20), "keep_upload_for_retry": False}, True, False),
         ({"retries": 0, "retry_delay": timedelta(minutes=20)}, True, False),
+        ({"retries": 1, "retry_delay": timedelta(minutes=20), "adopt_quiet_after": None}, True, False),
     ],
 )
 def test_without_task_state_store_an_upload_is_kept_only_where_the_retry_will_find_it(kwargs, listing, expected):
