@@ -142,6 +142,16 @@ def find_adoptable_uploads(
             )
         if isinstance(reason, FoundUpload):
             found.append(reason)
+            if algorithm and not reason.checksum_algorithm:
+                log.warning(
+                    "Incomplete upload %s of s3://%s/%s shows no checksum algorithm (the store keeps none, as "
+                    "Swift, or it was created without one): if adopted, its parts are proven by their MD5 ETags "
+                    "and the object gets a %s checksum only if the store keeps one (the result says which).",
+                    upload["UploadId"],
+                    bucket,
+                    key,
+                    algorithm,
+                )
         elif reason:
             log.warning(
                 "Leaving incomplete upload %s of s3://%s/%s alone: %s; %s.",
@@ -221,14 +231,13 @@ def revealed_settings_mismatch(
     """How what S3 shows of an incomplete upload differs from the task's settings (None: it does not).
 
     Storage class (S3 lists STANDARD for the default), checksum algorithm and checksum type. An upload
-    whose algorithm the store does not show cannot be proven to use the task's: it does not match.
+    for which no answer shows an algorithm (a store that keeps no checksums, as Swift) is no mismatch:
+    its parts are then proven by their MD5 ETags, and only what the store verifies is reported.
     """
     wanted_class = str((extra_args or {}).get("StorageClass") or "STANDARD")
     listed_class = listed.get("StorageClass")
     if (listed_class or "STANDARD") != wanted_class:
         return f"storage class {listed_class}, this task asks for {wanted_class}"
-    if algorithm and not stored_algorithm:
-        return f"the store does not say which checksum it was created with, and this task uses {algorithm}"
     if stored_algorithm and not algorithm:
         return f"it was created with checksum {stored_algorithm.upper()}, this task sends none"
     if stored_algorithm and algorithm and stored_algorithm.upper() != algorithm:

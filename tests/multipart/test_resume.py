@@ -271,12 +271,15 @@ def test_a_part_whose_crc_was_forged_is_caught_by_its_md5_etag():
 # -- identity of a found upload --------------------------------------------------------------------
 
 
-def test_a_found_upload_whose_checksum_algorithm_no_answer_shows_is_not_adopted(caplog):
+def test_a_found_upload_whose_checksum_algorithm_no_answer_shows_is_adopted_on_its_md5s_and_said_so(caplog):
+    """A store that keeps no checksums (Swift) shows no algorithm for any upload: the upload may still be
+    adopted (its parts are proven by MD5 ETags, and the completion reports only what the store keeps)."""
     store = _Listing(initiated_hours_ago=[3])
     del store.uploads[0]["ChecksumAlgorithm"]  # nor does ListParts name one, nor list part checksums
     with caplog.at_level(logging.WARNING):
-        assert find(store, "k", 6 * MiB) is None
-    assert "does not say which checksum it was created with" in caplog.text
+        found = find(store, "k", 6 * MiB)
+    assert found is not None and found.checksum_algorithm is None
+    assert "shows no checksum algorithm" in caplog.text and "MD5 ETags" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -250,7 +250,12 @@ def test_the_janitor_reports_then_aborts_stale_uploads_and_leaves_other_prefixes
 
     assert janitor(older_than=3600)["aborted"] == 0  # they are young
     report = janitor(older_than=0, dry_run=True)
-    assert (report["aborted"], report["bytes"], report["size_unknown"]) == (2, 2 * 10 * MiB, 0)
+    assert (report["aborted"], report["would_abort"], report["bytes"], report["size_unknown"]) == (
+        0,
+        2,
+        2 * 10 * MiB,
+        0,
+    )
     assert len(incomplete_uploads(swift_s3, BUCKET, "janitor/")) == 2  # a dry run aborts nothing
     report = janitor(older_than=0)
     assert report["aborted"] == 2 and sorted(u["key"] for u in report["uploads"]) == stale
