@@ -10,10 +10,12 @@ Each round runs three DAGs with ``airflow dags test`` (a fresh process each, con
 Wall time, CPU (user + system of the ``airflow`` process and everything it waited for, from wait4) and
 peak RSS are measured per run; the two uploads are reported net of the idle DAG's median (time and CPU),
 so the table compares the uploads, not Airflow's start-up. The metadata DB is SQLite under a throw-away
-AIRFLOW_HOME; the S3 server is moto in its own process on 127.0.0.1 (as in bench_upload.py), or
+AIRFLOW_HOME; the S3 server is moto in its own process on 127.0.0.1 (as in bench_upload.py), OpenStack
+Swift's s3api with ``--store swift`` (bench_upload.py's SwiftStore: tests/support/swift_server.py), or
 ``--endpoint``.
 
     python benchmarks/bench_dag.py --size 1GiB --rounds 3
+    python benchmarks/bench_dag.py --store swift --size 1GiB --rounds 3
     python benchmarks/bench_dag.py --size 256MiB --rounds 1      # quick look
 """
 
@@ -35,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_upload import GiB, LocalServer, MiB, child_env, ensure_file, format_size, machine, parse_size
+from bench_upload import GiB, LocalServer, MiB, SwiftStore, child_env, ensure_file, format_size, machine, parse_size
 
 CONTENDERS = ("mpu", "local_to_s3", "idle")
 
@@ -179,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--endpoint", help="an existing S3 endpoint instead of moto in its own process")
     p.add_argument("--https", action="store_true", help="moto over HTTPS with a self-signed certificate")
+    p.add_argument("--store", choices=("moto", "swift"), default="moto",
+                   help="the local store to start: moto (default) or OpenStack Swift with s3api (needs the Debian "
+                        "swift packages, see tests/support/swift_server.py); ignored with --endpoint")
+    p.add_argument("--swift-workers", default="auto",
+                   help="with --store swift: worker processes per Swift server ('auto': one per core; 0: none)")
     p.add_argument("--bucket", default="mpu-bench")
     p.add_argument("--tmpdir", default=os.path.join(tempfile.gettempdir(), "mpu-bench"))
     p.add_argument("--checksum-type", choices=("FULL_OBJECT", "COMPOSITE"),
@@ -186,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="save raw results to this file")
     p.add_argument("--keep-log", help="copy the task logs of every run (airflow dags test output) to this file")
     args = p.parse_args(argv)
+    if args.store == "swift" and args.https:
+        p.error("--store swift serves plain HTTP only")
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine().items()))
     file = ensure_file(Path(args.tmpdir), args.size)
@@ -195,8 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         (home / "dags").mkdir(parents=True)
         (home / "dags" / "bench_dags.py").write_text(DAG_FILE)
         log = Path(scratch) / "dags-test.log"
-        server = None if args.endpoint else LocalServer(args.https, Path(scratch) / "moto.log").__enter__()
-        endpoint = args.endpoint or server.endpoint  # type: ignore[union-attr]
+        server: LocalServer | SwiftStore | None = None
+        if args.endpoint:
+            endpoint, where = args.endpoint, "existing"
+        elif args.store == "swift":  # sets tempauth's credentials in os.environ, which child_env copies
+            server = SwiftStore(Path(scratch) / "swift", args.swift_workers).__enter__()
+            endpoint, where = server.endpoint, f"OpenStack Swift s3api, workers={args.swift_workers}"
+        else:
+            server = LocalServer(args.https, Path(scratch) / "moto.log").__enter__()
+            endpoint, where = server.endpoint, "moto, own process"
         try:
             import boto3
             from botocore.config import Config
@@ -211,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 client.create_bucket(Bucket=args.bucket)
             env = airflow_env(home, endpoint, file, args.bucket, "unused")
             subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
-            print(f"endpoint: {endpoint}, file: {file} ({format_size(args.size)}), AIRFLOW_HOME: {home}")
+            print(f"endpoint: {endpoint} ({where}), file: {file} ({format_size(args.size)}), AIRFLOW_HOME: {home}")
             for round_no in range(1, args.rounds + 1):
                 for contender in CONTENDERS:
                     record = run_dag(home, endpoint, file, args.bucket, contender, log, args.checksum_type)
