@@ -9,11 +9,16 @@ Each round runs three DAGs with ``airflow dags test`` (a fresh process each, con
 
 Wall time, CPU (user + system of the ``airflow`` process and everything it waited for, from wait4) and
 peak RSS are measured per run; the two uploads are reported net of the idle DAG's median (time and CPU),
-so the table compares the uploads, not Airflow's start-up. The metadata DB is SQLite under a throw-away
-AIRFLOW_HOME; the S3 server is moto in its own process on 127.0.0.1 (as in bench_upload.py), or
+so the table compares the uploads, not Airflow's start-up. The task's own process also times its
+``execute`` (wall time and its CPU, all threads, from getrusage, between ``on_execute_callback`` and
+``on_success_callback``): the "in-task" columns, which no start-up noise reaches (on a busy machine the idle
+DAG's time varies by more than an upload takes). The metadata DB is SQLite under a throw-away
+AIRFLOW_HOME; the S3 server is moto in its own process on 127.0.0.1 (as in bench_upload.py), OpenStack
+Swift's s3api with ``--store swift`` (bench_upload.py's SwiftStore: tests/support/swift_server.py), or
 ``--endpoint``.
 
     python benchmarks/bench_dag.py --size 1GiB --rounds 3
+    python benchmarks/bench_dag.py --store swift --size 1GiB --rounds 3
     python benchmarks/bench_dag.py --size 256MiB --rounds 1      # quick look
 """
 
@@ -35,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_upload import GiB, LocalServer, MiB, child_env, ensure_file, format_size, machine, parse_size
+from bench_upload import GiB, LocalServer, MiB, SwiftStore, child_env, ensure_file, format_size, machine, parse_size
 
 CONTENDERS = ("mpu", "local_to_s3", "idle")
 
@@ -54,6 +59,30 @@ FILE = os.environ.get("BENCH_FILE", "/nonexistent")
 BUCKET = os.environ.get("BENCH_BUCKET", "mpu-bench")
 KEY = os.environ.get("BENCH_KEY", "bench/object")
 START = datetime(2026, 1, 1)
+_STARTED = {}
+
+
+def _usage():
+    import resource
+    import time
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), usage.ru_utime + usage.ru_stime
+
+
+def _started(context):
+    _STARTED["usage"] = _usage()
+
+
+def _finished(context):
+    import json
+
+    (t0, cpu0), (t1, cpu1) = _STARTED["usage"], _usage()
+    with open(os.environ["BENCH_TASK_FILE"], "w") as f:
+        json.dump({"task_s": t1 - t0, "task_cpu_s": cpu1 - cpu0}, f)
+
+
+TIMED = {"on_execute_callback": _started, "on_success_callback": _finished}
 
 with DAG("bench_mpu", schedule=None, start_date=START, catchup=False):
     MultipartUploadOperator(
@@ -62,14 +91,17 @@ with DAG("bench_mpu", schedule=None, start_date=START, catchup=False):
         key=KEY,
         bucket=BUCKET,
         replace=True,
+        **TIMED,
         **({"checksum_type": os.environ["BENCH_CHECKSUM_TYPE"]} if os.environ.get("BENCH_CHECKSUM_TYPE") else {}),
     )
 
 with DAG("bench_local_to_s3", schedule=None, start_date=START, catchup=False):
-    LocalFilesystemToS3Operator(task_id="upload", filename=FILE, dest_key=KEY, dest_bucket=BUCKET, replace=True)
+    LocalFilesystemToS3Operator(
+        task_id="upload", filename=FILE, dest_key=KEY, dest_bucket=BUCKET, replace=True, **TIMED
+    )
 
 with DAG("bench_idle", schedule=None, start_date=START, catchup=False):
-    PythonOperator(task_id="upload", python_callable=lambda: None)
+    PythonOperator(task_id="upload", python_callable=lambda: None, **TIMED)
 '''
 
 
@@ -111,6 +143,9 @@ def run_dag(
     """One ``airflow dags test`` in a fresh process; its own rusage (and its descendants') from wait4."""
     key = f"bench-dag/{contender}/{uuid.uuid4().hex}"
     env = airflow_env(home, endpoint, file, bucket, key, checksum_type)
+    task_file = home / "task.json"
+    task_file.unlink(missing_ok=True)
+    env["BENCH_TASK_FILE"] = str(task_file)
     with log.open("a") as sink:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
@@ -121,11 +156,14 @@ def run_dag(
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         return {"contender": contender, "error": f"dags test exited {proc.returncode}; see {log}"}
+    task = json.loads(task_file.read_text())
     return {
         "contender": contender,
         "key": key,
         "seconds": round(seconds, 3),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        "task_s": round(task["task_s"], 3),
+        "task_cpu_s": round(task["task_cpu_s"], 3),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
     }
 
@@ -143,33 +181,51 @@ def check_and_delete(endpoint: str, bucket: str, record: dict[str, Any], size: i
 
 def table(results: list[dict[str, Any]], size: int) -> str:
     ok = [r for r in results if "error" not in r]
+    gib = size / GiB
 
     def med(contender: str, field: str) -> float | None:
         values = [r[field] for r in ok if r["contender"] == contender]
         return statistics.median(values) if values else None
 
+    def ratio(value: float | None, base: float | None) -> str:
+        return f"{value / base:.2f}x" if value is not None and base else "-"
+
+    def num(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
     idle_s, idle_cpu = med("idle", "seconds") or 0.0, med("idle", "cpu_s") or 0.0
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for contender in ("mpu", "local_to_s3"):
-        seconds, cpu, rss = med(contender, "seconds"), med(contender, "cpu_s"), med(contender, "peak_rss_mb")
-        if seconds is None or cpu is None or rss is None:
+        values = {field: med(contender, field) for field in ("seconds", "cpu_s", "task_s", "task_cpu_s", "peak_rss_mb")}
+        if any(v is None for v in values.values()):
             continue
-        net_s, net_cpu = max(seconds - idle_s, 1e-6), max(cpu - idle_cpu, 0.0)
-        rows[contender] = (size / MiB / net_s, net_cpu / (size / GiB), rss, seconds, cpu)
-    base = rows.get("local_to_s3")
+        net_s = values["seconds"] - idle_s  # type: ignore[operator]
+        rows[contender] = {
+            **values,
+            # None when the idle DAG's median outlasts the upload's: start-up noise larger than the upload.
+            "net_mib_s": size / MiB / net_s if net_s > 0 else None,
+            "net_cpu_gib": max(values["cpu_s"] - idle_cpu, 0.0) / gib,  # type: ignore[operator]
+            "task_mib_s": size / MiB / max(values["task_s"], 1e-6),  # type: ignore[type-var]
+            "task_cpu_gib": values["task_cpu_s"] / gib,  # type: ignore[operator]
+        }
+    base = rows.get("local_to_s3", {})
     head = (
-        f"{'contender':<12} {'net MiB/s':>10} {'net CPU s/GiB':>14} {'peak RSS MB':>12} {'MiB/s vs L2S3':>14} "
-        f"{'CPU vs L2S3':>12} {'raw s':>7} {'raw CPU s':>10}"
+        f"{'contender':<12} {'net MiB/s':>10} {'net CPU s/GiB':>14} {'in-task MiB/s':>14} {'in-task CPU s/GiB':>18} "
+        f"{'peak RSS MB':>12} {'vs L2S3: net MiB/s':>19} {'net CPU':>8} {'in-task MiB/s':>14} {'in-task CPU':>12} "
+        f"{'raw s':>7} {'raw CPU s':>10}"
     )
     lines = [head, "-" * len(head)]
-    for contender, (mib_s, cpu_gib, rss, seconds, cpu) in rows.items():
-        r_mib = f"{mib_s / base[0]:.2f}x" if base else "-"
-        r_cpu = f"{cpu_gib / base[1]:.2f}x" if base and base[1] else "-"
+    for contender, row in rows.items():
         lines.append(
-            f"{contender:<12} {mib_s:>10.1f} {cpu_gib:>14.2f} {rss:>12.0f} {r_mib:>14} {r_cpu:>12} "
-            f"{seconds:>7.1f} {cpu:>10.1f}"
+            f"{contender:<12} {num(row['net_mib_s'], 1):>10} {row['net_cpu_gib']:>14.2f} {row['task_mib_s']:>14.1f} "
+            f"{row['task_cpu_gib']:>18.2f} {row['peak_rss_mb']:>12.0f} "
+            f"{ratio(row['net_mib_s'], base.get('net_mib_s')):>19} "
+            f"{ratio(row['net_cpu_gib'], base.get('net_cpu_gib')):>8} "
+            f"{ratio(row['task_mib_s'], base.get('task_mib_s')):>14} "
+            f"{ratio(row['task_cpu_gib'], base.get('task_cpu_gib')):>12} {row['seconds']:>7.1f} {row['cpu_s']:>10.1f}"
         )
-    lines.append(f"{'idle':<12} (median {idle_s:.1f} s, {idle_cpu:.1f} s CPU: subtracted from the rows above)")
+    lines.append(f"{'idle':<12} (median {idle_s:.1f} s, {idle_cpu:.1f} s CPU: subtracted from the net columns above)")
+    lines.append("in-task: execute() alone, timed by the task's own process (its CPU: every thread, getrusage)")
     return "\n".join(lines)
 
 
@@ -179,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--endpoint", help="an existing S3 endpoint instead of moto in its own process")
     p.add_argument("--https", action="store_true", help="moto over HTTPS with a self-signed certificate")
+    p.add_argument("--store", choices=("moto", "swift"), default="moto",
+                   help="the local store to start: moto (default) or OpenStack Swift with s3api (needs the Debian "
+                        "swift packages, see tests/support/swift_server.py); ignored with --endpoint")
+    p.add_argument("--swift-workers", default="auto",
+                   help="with --store swift: worker processes per Swift server ('auto': one per core; 0: none)")
     p.add_argument("--bucket", default="mpu-bench")
     p.add_argument("--tmpdir", default=os.path.join(tempfile.gettempdir(), "mpu-bench"))
     p.add_argument("--checksum-type", choices=("FULL_OBJECT", "COMPOSITE"),
@@ -186,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="save raw results to this file")
     p.add_argument("--keep-log", help="copy the task logs of every run (airflow dags test output) to this file")
     args = p.parse_args(argv)
+    if args.store == "swift" and args.https:
+        p.error("--store swift serves plain HTTP only")
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine().items()))
     file = ensure_file(Path(args.tmpdir), args.size)
@@ -195,8 +258,15 @@ def main(argv: list[str] | None = None) -> int:
         (home / "dags").mkdir(parents=True)
         (home / "dags" / "bench_dags.py").write_text(DAG_FILE)
         log = Path(scratch) / "dags-test.log"
-        server = None if args.endpoint else LocalServer(args.https, Path(scratch) / "moto.log").__enter__()
-        endpoint = args.endpoint or server.endpoint  # type: ignore[union-attr]
+        server: LocalServer | SwiftStore | None = None
+        if args.endpoint:
+            endpoint, where = args.endpoint, "existing"
+        elif args.store == "swift":  # sets tempauth's credentials in os.environ, which child_env copies
+            server = SwiftStore(Path(scratch) / "swift", args.swift_workers).__enter__()
+            endpoint, where = server.endpoint, f"OpenStack Swift s3api, workers={args.swift_workers}"
+        else:
+            server = LocalServer(args.https, Path(scratch) / "moto.log").__enter__()
+            endpoint, where = server.endpoint, "moto, own process"
         try:
             import boto3
             from botocore.config import Config
@@ -211,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 client.create_bucket(Bucket=args.bucket)
             env = airflow_env(home, endpoint, file, args.bucket, "unused")
             subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
-            print(f"endpoint: {endpoint}, file: {file} ({format_size(args.size)}), AIRFLOW_HOME: {home}")
+            print(f"endpoint: {endpoint} ({where}), file: {file} ({format_size(args.size)}), AIRFLOW_HOME: {home}")
             for round_no in range(1, args.rounds + 1):
                 for contender in CONTENDERS:
                     record = run_dag(home, endpoint, file, args.bucket, contender, log, args.checksum_type)

@@ -432,7 +432,9 @@ class SwiftStore:
     """OpenStack Swift with s3api on 127.0.0.1 (tests/support/swift_server.py), for ``--store swift``.
 
     Its server CPU is the sum over the Swift daemons (account, container, object, proxy and their worker
-    processes) and memcached, read with psutil.
+    processes) and memcached, read with psutil. Entering it puts tempauth's user into this process's
+    ``AWS_*`` environment, for its own clients and every child (:func:`child_env` copies ``os.environ``):
+    ``bench_dag.py --store swift`` uses it too.
     """
 
     def __init__(self, root: Path, workers: str) -> None:
@@ -444,10 +446,14 @@ class SwiftStore:
 
     def __enter__(self) -> SwiftStore:
         _checkout_on_path()
-        from tests.support.swift_server import swift_server
+        from tests.support import swift_server as swift
 
+        os.environ.update(
+            {"AWS_ACCESS_KEY_ID": swift.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": swift.SECRET_KEY,
+             "AWS_DEFAULT_REGION": swift.REGION}
+        )
         workers: int | str = int(self.workers) if self.workers.isdigit() else self.workers
-        self._context = swift_server(self.root, workers=workers)
+        self._context = swift.swift_server(self.root, workers=workers)
         server = self._context.__enter__()
         self.endpoint = server.endpoint
         self._daemons = list(server.processes.values())
@@ -705,13 +711,6 @@ def run_parent(args: argparse.Namespace) -> int:
         if args.endpoint:
             endpoint = args.endpoint
         elif args.store == "swift":
-            _checkout_on_path()
-            from tests.support import swift_server
-
-            # Swift's tempauth user, for this process and every worker (child_env copies os.environ).
-            os.environ.update({"AWS_ACCESS_KEY_ID": swift_server.ACCESS_KEY,
-                               "AWS_SECRET_ACCESS_KEY": swift_server.SECRET_KEY,
-                               "AWS_DEFAULT_REGION": swift_server.REGION})
             server = SwiftStore(Path(scratch) / "swift", args.swift_workers).__enter__()
             endpoint = server.endpoint
         else:
