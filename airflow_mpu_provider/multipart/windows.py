@@ -32,9 +32,10 @@ from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
 from airflow_mpu_provider.multipart.units import format_bytes
 
-#: Minutes in a day; "24:00" (the end of a day) is the only time of day that reaches it.
-DAY = 24 * 60
-_TIME = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
+#: Seconds in a day; "24:00" (the end of a day) is the only time of day that reaches it.
+DAY = 24 * 3600
+#: "HH:MM", or "HH:MM:SS" (windows of seconds, as the end-to-end tests use).
+_TIME = re.compile(r"^\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*$")
 #: How far projections look ahead before giving up (segments of open window and constant rate).
 _MAX_SEGMENTS = 10_000
 
@@ -69,26 +70,30 @@ def timezone_name(tz: tzinfo) -> str:
 
 
 def parse_time_of_day(text: Any, *, what: str, allow_end_of_day: bool = False) -> int:
-    """ "HH:MM" as minutes after midnight; "24:00" only where ``allow_end_of_day`` (the end of a range)."""
+    """``"HH:MM"`` (or ``"HH:MM:SS"``) as seconds after midnight; "24:00" only where ``allow_end_of_day`` (the
+    end of a range)."""
     match = _TIME.match(text) if isinstance(text, str) else None
     if match is None:
         raise InvalidUploadRequest(f"{what}: {text!r} is not a time of day; write it as HH:MM, e.g. '22:00'.")
-    hours, minutes = int(match.group(1)), int(match.group(2))
-    if minutes > 59 or hours > 24 or (hours == 24 and (minutes or not allow_end_of_day)):
+    hours, minutes, seconds = int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+    if minutes > 59 or seconds > 59 or hours > 24 or (hours == 24 and (minutes or seconds or not allow_end_of_day)):
         end = " ('24:00' only as the end of a range)" if hours == 24 else ""
         raise InvalidUploadRequest(f"{what}: {text!r} is not a time of day (00:00 to 23:59){end}.")
-    return hours * 60 + minutes
+    return hours * 3600 + minutes * 60 + seconds
 
 
-def _hhmm(minute: int) -> str:
-    return f"{minute // 60:02d}:{minute % 60:02d}"
+def _hhmm(second: int) -> str:
+    hours, rest = divmod(second, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours:02d}:{minutes:02d}" + (f":{seconds:02d}" if seconds else "")
 
 
-def _instant(day: date, minute: int, tz: tzinfo) -> datetime:
-    """The UTC instant the clocks in ``tz`` show ``minute`` after midnight of ``day`` (see the module doc)."""
-    if minute >= DAY:
-        day, minute = day + timedelta(days=1), minute - DAY
-    local = datetime.combine(day, time(minute // 60, minute % 60), tzinfo=tz)
+def _instant(day: date, second: int, tz: tzinfo) -> datetime:
+    """The UTC instant the clocks in ``tz`` show ``second`` after midnight of ``day`` (see the module doc)."""
+    if second >= DAY:
+        day, second = day + timedelta(days=1), second - DAY
+    hours, rest = divmod(second, 3600)
+    local = datetime.combine(day, time(hours, rest // 60, rest % 60), tzinfo=tz)
     return local.astimezone(UTC)
 
 
@@ -100,7 +105,7 @@ def _aware(at: datetime, what: str = "the time asked about") -> datetime:
 
 @dataclass(frozen=True)
 class UploadWindow:
-    """The times of day when an upload may send: ranges of minutes after local midnight in ``tz``.
+    """The times of day when an upload may send: ranges of seconds after local midnight in ``tz``.
 
     A range whose end is before its start runs past midnight ("22:00-06:00"). Ranges may touch
     ("06:00-08:00, 08:00-09:00" is one window 06:00-09:00) but not overlap, and may not cover the whole day.
@@ -214,7 +219,7 @@ def _check_ranges(ranges: Iterable[tuple[int, int]]) -> None:
 
 @dataclass(frozen=True)
 class BandwidthTimetable:
-    """A bandwidth cap that changes at times of day: ``(minute, bytes per second or None = uncapped)``,
+    """A bandwidth cap that changes at times of day: ``(second, bytes per second or None = uncapped)``,
     sorted; each rate holds from its time until the next one's, the last one past midnight until the first."""
 
     entries: tuple[tuple[int, int | None], ...]
@@ -233,10 +238,10 @@ class BandwidthTimetable:
         zone = resolve_timezone(tz)
         entries: dict[int, int | None] = {}
         for when, rate in spec.items():
-            minute = parse_time_of_day(when, what="max_bandwidth timetable")
-            if minute in entries:
-                raise InvalidUploadRequest(f"max_bandwidth timetable: {_hhmm(minute)} is given twice.")
-            entries[minute] = validation.max_bandwidth(rate)
+            second = parse_time_of_day(when, what="max_bandwidth timetable")
+            if second in entries:
+                raise InvalidUploadRequest(f"max_bandwidth timetable: {_hhmm(second)} is given twice.")
+            entries[second] = validation.max_bandwidth(rate)
         return cls(tuple(sorted(entries.items())), zone)
 
     def describe(self) -> str:
@@ -246,9 +251,9 @@ class BandwidthTimetable:
     def _changes(self, at: datetime) -> list[tuple[datetime, int | None]]:
         today = _aware(at).astimezone(self.tz).date()
         changes = [
-            (_instant(today + timedelta(days=offset), minute, self.tz), rate)
+            (_instant(today + timedelta(days=offset), second, self.tz), rate)
             for offset in range(-2, 3)
-            for minute, rate in self.entries
+            for second, rate in self.entries
         ]
         changes.sort(key=lambda change: change[0])
         return changes
@@ -305,10 +310,10 @@ def deadline_at(value: Any, tz: tzinfo, start: datetime) -> datetime | None:
     if isinstance(value, timedelta):
         return start + value
     if isinstance(value, str) and _TIME.match(value):
-        minute = parse_time_of_day(value, what="finish_by")
+        second = parse_time_of_day(value, what="finish_by")
         local_day = start.astimezone(tz).date()
         for offset in range(3):
-            instant = _instant(local_day + timedelta(days=offset), minute, tz)
+            instant = _instant(local_day + timedelta(days=offset), second, tz)
             if instant > start:
                 return instant
         raise AssertionError("unreachable")  # pragma: no cover

@@ -54,6 +54,12 @@ class TestWindow:
             assert w.next_opening(utc(2026, 12, 8, 13, 0)) == utc(2026, 12, 8, 22, 0)
             assert w.closes_at(utc(2026, 12, 8, 12, 30)) == utc(2026, 12, 8, 13, 0)
 
+    def test_seconds(self):
+        w = UploadWindow.parse("10:00:05-10:00:15, 10:00:25-10:00:35")
+        assert w.next_opening(utc(2026, 12, 8, 10, 0, 16)) == utc(2026, 12, 8, 10, 0, 25)
+        assert w.closes_at(utc(2026, 12, 8, 10, 0, 5)) == utc(2026, 12, 8, 10, 0, 15)
+        assert w.describe() == "10:00:05-10:00:15, 10:00:25-10:00:35 (UTC)"
+
     def test_touching_ranges_are_one_window(self):
         w = UploadWindow.parse("22:00-24:00, 00:00-06:00, 06:00-07:00")
         assert w.closes_at(utc(2026, 12, 7, 22, 30)) == utc(2026, 12, 8, 7, 0)
@@ -102,6 +108,7 @@ class TestWindow:
             ("22-06", "not a time of day"),
             ("25:00-06:00", "not a time of day"),
             ("22:60-06:00", "not a time of day"),
+            ("22:00:60-06:00", "not a time of day"),
             ("24:00-06:00", "only as the end of a range"),
             ("10:00-10:00", "empty"),
             ("00:00-24:00", "whole day"),
