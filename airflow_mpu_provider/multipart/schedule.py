@@ -214,7 +214,7 @@ class UploadSchedule:
                 return False
             self.paused = True
         self.log.info(
-            "Upload window %s closed at %s: no new part is started; parts in flight finish.",
+            "Upload window %s is closed (%s): no new part is started; parts in flight finish.",
             self.window.describe(),
             at.isoformat(timespec="seconds"),
         )

@@ -359,11 +359,20 @@ class MultipartUploadOperator(BaseOperator):
         if ti is not None:
             ti.xcom_push(key="upload_paused", value=paused.to_dict())
         self._emit_pause_metrics(paused)
+        if self._state_store(context) is None:
+            self.log.warning(
+                "No task_state_store (Airflow < 3.3): the next run can find upload %s only with ListMultipartUploads, "
+                "once it has been quiet for adopt_quiet_after (%s), and continues it only if it may adopt it and its "
+                "parts verify; otherwise it starts afresh and this upload is left for S3AbortStaleUploadsOperator or "
+                "a lifecycle rule.",
+                paused.upload_id,
+                self.adopt_quiet_after,
+            )
         self.log.info(
-            "Paused until the upload window opens again: %s The task is rescheduled for %s (up_for_reschedule; "
-            "try_number and retries untouched).",
-            paused,
+            "Paused until the upload window opens again at %s: upload %s kept and recorded for the next run; the "
+            "task is rescheduled (up_for_reschedule; try_number and retries untouched).",
             paused.resumes_at.isoformat(timespec="seconds"),
+            paused.upload_id,
         )
         self._raise_reschedule(paused.resumes_at)
 
