@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import psutil
 
+from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.e2e.conftest import BUCKET, task_process
 
@@ -77,6 +78,9 @@ def test_a_file_that_needs_three_windows_reschedules_between_them_and_resumes(ru
         upload_window=spec,
         retries=0,
         timeout=480,
+        # Airflow < 3.3 (no task_state_store): the next run finds the paused upload by listing, and adopts it
+        # once it has been quiet this long (seconds here, against the windows' gaps of 12 s).
+        **({} if AIRFLOW_V_3_3_PLUS else {"adopt_quiet_after": 2}),
     )
     log = result.text
     print("\n" + "\n".join(_story(log)))
@@ -94,7 +98,9 @@ def test_a_file_that_needs_three_windows_reschedules_between_them_and_resumes(ru
     assert proxy.count("CreateMultipartUpload") == 1
     sent = sorted(r.part_number for r in proxy.requests() if r.kind == "UploadPart" and r.status == 200)
     assert sent == list(range(1, parts + 1))
-    assert log.count("to resume in task_state_store") >= pauses
+    # Each later run found the paused upload: its record (Airflow >= 3.3), or by listing (the fallback).
+    found = "to resume in task_state_store" if AIRFLOW_V_3_3_PLUS else "with ListMultipartUploads"
+    assert log.count(found) >= pauses
     # No task process between windows: after each pause the process was gone before the next run started.
     assert any(not alive for _, alive in watch.samples), "a task process was alive throughout"
     assert all(p.name.startswith("attempt=1") for p in result.logs_folder.rglob("*.log")), "try_number changed"
