@@ -16,6 +16,7 @@ from airflow_mpu_provider.multipart.windows import BandwidthTimetable
 from airflow_mpu_provider.operators.multipart_upload import STATE_KEY, MultipartUploadOperator
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object
+from tests.operators.test_metrics import RecordingStats
 
 NIGHT = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)
 MORNING = datetime(2026, 12, 8, 6, 0, tzinfo=UTC)
@@ -108,9 +109,18 @@ def test_outside_the_window_reschedules_before_anything_is_created(mock_s3, monk
     assert pushed == {}
 
 
+@pytest.fixture
+def stats(monkeypatch) -> RecordingStats:
+    import airflow.providers.common.compat.sdk as compat
+
+    recorder = RecordingStats()
+    monkeypatch.setattr(compat, "Stats", recorder, raising=False)
+    return recorder
+
+
 @pytest.mark.parametrize("with_store", [True, False], ids=["task_state_store", "listing-fallback"])
 def test_window_closing_mid_upload_keeps_records_reschedules_and_the_next_run_resumes(
-    mock_s3, tmp_path, monkeypatch, put_part_hooks, with_store
+    mock_s3, tmp_path, monkeypatch, put_part_hooks, stats, with_store
 ):
     if with_store and not AIRFLOW_V_3_3_PLUS:
         pytest.skip("task_state_store is Airflow >= 3.3's")
@@ -132,6 +142,7 @@ def test_window_closing_mid_upload_keeps_records_reschedules_and_the_next_run_re
             upload_window="22:00-06:00",
             adopt_quiet_after=0,  # the fallback adopts what it finds by listing at once
             retries=0,  # a pause keeps the upload whatever the retry policy
+            finish_by=NIGHT,  # already due: the first judgement says it cannot be met
         )
         monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
         monkeypatch.setattr(operator, "_window_now", clock)
@@ -151,6 +162,10 @@ def test_window_closing_mid_upload_keeps_records_reschedules_and_the_next_run_re
     assert paused["left_bytes"] == 16 * MiB
     assert paused["resumes_at"] == NEXT_OPENING.isoformat()
     assert paused["rate"] > 0
+    counted = [(kind, name, value) for kind, name, value, _ in stats.calls]
+    assert ("incr", "mpu.pauses", 1) in counted
+    assert ("incr", "mpu.bytes_sent", 10 * MiB) in counted  # what this run sent before the window closed
+    assert counted.count(("incr", "mpu.deadline_at_risk", 1)) == 1  # once, however many parts followed
 
     put_part_hooks.clear()
     clock.at = NEXT_OPENING
