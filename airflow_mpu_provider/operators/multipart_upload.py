@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from airflow_mpu_provider import version_compat
 from airflow_mpu_provider.hooks.multipart import (
     FileUpload,
     S3MultipartHook,
@@ -79,6 +80,10 @@ STATE_KEY = "multipart_upload"
 STREAM_STATE_KEY = "multipart_stream_upload"
 #: Prefix of every metric the operator sends through Airflow's Stats (README: "Metrics").
 METRICS_PREFIX = "mpu"
+#: Seconds to the window's opening that a task started outside it waits for instead of rescheduling: a
+#: reschedule costs a task process and a scheduler round trip, and one due at once can race the scheduler's
+#: handling of the run that asked for it.
+WAIT_FOR_OPENING = 10
 
 
 class MultipartUploadOperator(BaseOperator):
@@ -298,6 +303,12 @@ class MultipartUploadOperator(BaseOperator):
                 "upload_window and finish_by work for file=... uploads only: a command's output is a stream, which "
                 "cannot pause and resume, and whose size is unknown. Write the output to a file first, or drop them."
             )
+        if self.upload_window is not None and not version_compat.AIRFLOW_V_3_1_8_PLUS:
+            raise InvalidUploadRequest(
+                "upload_window needs Airflow >= 3.1.8: older schedulers run a task that rescheduled itself again at "
+                "once instead of at its reschedule date (seen on 3.1.3), so the task would start over and over "
+                "outside its window. Upgrade Airflow, or schedule the DAG inside the window without upload_window."
+            )
         if self.upload_window is not None and not self.resume:
             raise InvalidUploadRequest(
                 "upload_window needs resume=True: the next window continues the upload this one paused."
@@ -339,6 +350,14 @@ class MultipartUploadOperator(BaseOperator):
         if self._window.is_open(now):
             return
         opening = self._window.next_opening(now)
+        wait = (opening - now).total_seconds()
+        if wait <= WAIT_FOR_OPENING:
+            self.log.info("Outside the upload window %s; it opens in %.1f s: waiting.", self._window.describe(), wait)
+            until = time.monotonic() + wait
+            while (left := until - time.monotonic()) > 0:
+                self._stop_if_killed()
+                time.sleep(min(0.5, left))
+            return
         self.log.info(
             "Outside the upload window %s: nothing is sent now; rescheduled for its next opening, %s.",
             self._window.describe(),

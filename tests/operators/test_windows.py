@@ -4,7 +4,7 @@ task rescheduled, the next run resuming it (in-process moto, a clock the test se
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -14,9 +14,12 @@ from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
 from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.windows import BandwidthTimetable
 from airflow_mpu_provider.operators.multipart_upload import STATE_KEY, MultipartUploadOperator
-from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
+from airflow_mpu_provider.version_compat import AIRFLOW_V_3_1_8_PLUS, AIRFLOW_V_3_3_PLUS
 from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.operators.test_metrics import RecordingStats
+
+#: upload_window is refused on older Airflow (see test_refused_where_the_scheduler_would_not_wait).
+needs_3_1_8 = pytest.mark.skipif(not AIRFLOW_V_3_1_8_PLUS, reason="upload_window needs Airflow >= 3.1.8")
 
 NIGHT = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)
 MORNING = datetime(2026, 12, 8, 6, 0, tzinfo=UTC)
@@ -71,11 +74,26 @@ def context(store: Store | None) -> tuple[dict, dict]:
         ({"max_bandwidth": {"08:00": 0}}, "at least 1 byte"),
     ],
 )
-def test_bad_windows_are_refused_when_the_dag_is_parsed(kwargs, message):
+def test_bad_windows_are_refused_when_the_dag_is_parsed(kwargs, message, monkeypatch):
+    from airflow_mpu_provider import version_compat
+
+    monkeypatch.setattr(version_compat, "AIRFLOW_V_3_1_8_PLUS", True)  # the other refusals, on every version
     with pytest.raises(InvalidUploadRequest, match=message):
         op(**kwargs)
 
 
+def test_refused_where_the_scheduler_would_not_wait(monkeypatch):
+    """Airflow 3.1.3's scheduler re-runs a non-sensor task that rescheduled itself at once (tests/e2e/test_windows.py
+    saw it loop): a window there would start the task over and over, so it is refused when the DAG is parsed."""
+    from airflow_mpu_provider import version_compat
+
+    monkeypatch.setattr(version_compat, "AIRFLOW_V_3_1_8_PLUS", False)
+    with pytest.raises(InvalidUploadRequest, match="upload_window needs Airflow >= 3.1.8"):
+        op(upload_window="22:00-06:00")
+    op(max_bandwidth={"08:00": MiB, "23:00": None}, finish_by="06:00")  # no reschedule involved: fine
+
+
+@needs_3_1_8
 def test_templated_window_is_checked_once_rendered():
     operator = op(upload_window="{{ var.value.window }}")
     operator.upload_window = "22:00-6"  # what the template rendered
@@ -84,6 +102,7 @@ def test_templated_window_is_checked_once_rendered():
     assert {"upload_window", "window_timezone", "finish_by"} <= set(MultipartUploadOperator.template_fields)
 
 
+@needs_3_1_8
 def test_timezone_defaults_to_the_dags():
     import pendulum
     from airflow.sdk import DAG
@@ -97,6 +116,7 @@ def test_timezone_defaults_to_the_dags():
     assert op(upload_window="22:00-06:00")._timezone() is UTC  # no DAG, no window_timezone: UTC
 
 
+@needs_3_1_8
 def test_outside_the_window_reschedules_before_anything_is_created(mock_s3, monkeypatch):
     operator = op(upload_window="22:00-06:00")
     monkeypatch.setattr(operator, "_window_now", Clock(MORNING))
@@ -109,6 +129,20 @@ def test_outside_the_window_reschedules_before_anything_is_created(mock_s3, monk
     assert pushed == {}
 
 
+@needs_3_1_8
+def test_an_opening_seconds_away_is_waited_for_not_rescheduled(mock_s3, tmp_path, monkeypatch):
+    import time
+
+    path = make_file(tmp_path / "dump", 6 * MiB)
+    operator = op(file=str(path), upload_window="22:00-06:00")
+    started, base = time.monotonic(), datetime(2026, 12, 7, 21, 59, 58, tzinfo=UTC)  # 2 s before the opening
+    monkeypatch.setattr(operator, "_window_now", lambda: base + timedelta(seconds=time.monotonic() - started))
+    monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
+    result = operator.execute(context(Store())[0])  # no AirflowRescheduleException
+    assert result["parts_sent"] == 1
+    assert sha256_object(mock_s3, "test-bucket", "dumps/x.sql") == sha256_file(path)
+
+
 @pytest.fixture
 def stats(monkeypatch) -> RecordingStats:
     import airflow.providers.common.compat.sdk as compat
@@ -118,6 +152,7 @@ def stats(monkeypatch) -> RecordingStats:
     return recorder
 
 
+@needs_3_1_8
 @pytest.mark.parametrize("with_store", [True, False], ids=["task_state_store", "listing-fallback"])
 def test_window_closing_mid_upload_keeps_records_reschedules_and_the_next_run_resumes(
     mock_s3, tmp_path, monkeypatch, put_part_hooks, stats, with_store
