@@ -23,6 +23,9 @@ def get_base_airflow_version_tuple() -> tuple[int, int, int]:
 AIRFLOW_V_3_0_PLUS = get_base_airflow_version_tuple() >= (3, 0, 0)
 #: Airflow 3.3 added ``context["task_state_store"]``, which survives retries (XCom does not).
 AIRFLOW_V_3_3_PLUS = get_base_airflow_version_tuple() >= (3, 3, 0)
+#: Airflow 3.1.8 (3.1.3 did not) makes the scheduler wait for the reschedule date of any task that rescheduled
+#: itself, not only of reschedule-mode sensors: what ``upload_window`` relies on.
+AIRFLOW_V_3_1_8_PLUS = get_base_airflow_version_tuple() >= (3, 1, 8)
 
 if AIRFLOW_V_3_0_PLUS:
     from airflow.sdk import BaseOperator
@@ -45,6 +48,7 @@ def secrets_masker() -> tuple[Callable[..., Any], Callable[..., Any]]:
 
 __all__ = [
     "AIRFLOW_V_3_0_PLUS",
+    "AIRFLOW_V_3_1_8_PLUS",
     "AIRFLOW_V_3_3_PLUS",
     "BaseOperator",
     "get_base_airflow_version_tuple",

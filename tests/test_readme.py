@@ -50,6 +50,10 @@ def test_the_first_screen_has_the_two_commands_then_install_and_a_dag():
 
 @pytest.mark.parametrize("source", DAG_BLOCKS, ids=[f"dag-{i}" for i in range(len(DAG_BLOCKS))])
 def test_readme_dag_examples_build_a_dag_of_this_providers_operators(source):
+    from airflow_mpu_provider.version_compat import AIRFLOW_V_3_1_8_PLUS
+
+    if "upload_window=" in source and not AIRFLOW_V_3_1_8_PLUS:
+        pytest.skip("upload_window needs Airflow >= 3.1.8 (refused when the DAG is parsed before)")
     dag = build_dag(source)
     assert dag.start_date is not None, "a DAG without start_date is what new users copy and then fight with"
     assert dag.tasks

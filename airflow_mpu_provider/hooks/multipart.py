@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -67,6 +67,14 @@ from airflow_mpu_provider.multipart.stale import DEFAULT_OLDER_THAN, StaleUpload
 from airflow_mpu_provider.multipart.stream import Stream, StreamUploadEngine
 from airflow_mpu_provider.multipart.stream_sources import as_stream
 from airflow_mpu_provider.multipart.upload import OBJECT_ARGS, MultipartUpload, head_object
+from airflow_mpu_provider.multipart.windows import (
+    BandwidthTimetable,
+    UploadWindow,
+    bandwidth_setting,
+    deadline_at,
+    finish_by_setting,
+    resolve_timezone,
+)
 from airflow_mpu_provider.version_compat import secrets_masker
 
 #: Seconds the abort started by a cancel waits on the network: it races a kill's grace period, and the
@@ -93,7 +101,7 @@ OBJECT_ARGUMENT_NAMES = (
 _OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "concurrency": validation.concurrency,
     "max_buffer_bytes": validation.max_buffer_bytes,
-    "max_bandwidth": validation.max_bandwidth,
+    "max_bandwidth": bandwidth_setting,
     "checksum_algorithm": normalize_checksum_algorithm,
     "progress_interval": lambda value: validation.seconds("progress_interval", value),
 }
@@ -167,6 +175,27 @@ def upload_options(*, replace: bool, **options: Any) -> UploadOptions:
 
 def _as_is(value: Any) -> Any:
     return value
+
+
+def _scheduled(options: dict[str, Any], window_timezone: Any) -> dict[str, Any]:
+    """``options`` with ``upload_window``, a ``max_bandwidth`` timetable and ``finish_by`` in ``window_timezone``."""
+    tz = resolve_timezone(window_timezone)
+    scheduled = dict(options)
+    if scheduled.get("upload_window") is not None:
+        scheduled["upload_window"] = UploadWindow.parse(scheduled["upload_window"], tz)
+    if isinstance(scheduled.get("max_bandwidth"), Mapping):
+        scheduled["max_bandwidth"] = BandwidthTimetable.parse(scheduled["max_bandwidth"], tz)
+    if scheduled.get("finish_by") is not None:
+        scheduled["finish_by"] = deadline_at(finish_by_setting(scheduled["finish_by"]), tz, datetime.now(UTC))
+    return scheduled
+
+
+def _refuse_windows_for_streams(options: Mapping[str, Any]) -> None:
+    if options.get("upload_window") is not None or options.get("finish_by") is not None:
+        raise InvalidUploadRequest(
+            "upload_window and finish_by work for files only: a stream cannot pause and resume, and its size is "
+            "unknown. Upload a file (upload_file) to use them."
+        )
 
 
 def first_stream_part_size(part_size: Any) -> int:
@@ -397,6 +426,8 @@ class S3MultipartHook(S3Hook):
         resume: bool = True,
         part_size: int | None = None,
         adopt_quiet_after: float | timedelta | None = DEFAULT_ADOPT_QUIET_AFTER,
+        window_timezone: str | None = None,
+        resume_upload_id: str | None = None,
         **options: Any,
     ) -> dict[str, Any]:
         """Upload ``file`` to ``key`` (or an ``s3://bucket/key`` URL) and return the operator's result dict.
@@ -409,11 +440,16 @@ class S3MultipartHook(S3Hook):
         upload of the key found with ListMultipartUploads, once it has been quiet for
         ``adopt_quiet_after`` and its stored parts verify against the file (else it is left alone);
         ``adopt_quiet_after=None`` adopts none. On failure, the upload this call created or adopted is aborted.
+
+        ``upload_window`` ("22:00-06:00"), a ``max_bandwidth`` timetable (``{"08:00": 4 * MiB, "23:00": None}``)
+        and ``finish_by`` are read in ``window_timezone`` (default UTC). When the window closes, the call raises
+        ``UploadPaused`` (the upload kept; ``resumes_at``, ``upload_id``): call again with
+        ``resume_upload_id=paused.upload_id`` in the next window to continue it (stored parts verified first).
         """
         self._raise_if_cancelled()
         bucket, key = object_target(bucket, key)
         quiet_after = validation.adopt_quiet_after(adopt_quiet_after)
-        settings = upload_options(replace=replace, **options)
+        settings = upload_options(replace=replace, **_scheduled(options, window_timezone))
         started = time.monotonic()
         with FileSource(file) as source:
             upload = self.file_upload(
@@ -424,8 +460,9 @@ class S3MultipartHook(S3Hook):
                 if existing is not None:
                     return upload.result_for_existing(existing, started).to_dict()
             self._raise_if_cancelled()
-            found = upload.find_upload_to_adopt(quiet_after) if resume and quiet_after is not None else []
-            return upload.run(adopt=found).to_dict()
+            adopting = resume and quiet_after is not None and not resume_upload_id
+            found = upload.find_upload_to_adopt(quiet_after) if adopting else None
+            return upload.run(resume_upload_id=resume_upload_id, adopt=found).to_dict()
 
     def upload_stream(
         self,
@@ -445,6 +482,7 @@ class S3MultipartHook(S3Hook):
         ``replace=False`` refuses any existing object (there is nothing to compare it with).
         """
         bucket, key = object_target(bucket, key)
+        _refuse_windows_for_streams(options)
         settings = upload_options(replace=replace, **options)
         first_part_size = first_stream_part_size(part_size)
         client = self._ready_for_stream(bucket, key, settings, first_part_size, replace=replace)
@@ -468,6 +506,7 @@ class S3MultipartHook(S3Hook):
         kills the whole pipeline and aborts the upload.
         """
         bucket, key = object_target(bucket, key)
+        _refuse_windows_for_streams(options)
         settings = upload_options(replace=replace, **options)
         first_part_size = first_stream_part_size(part_size)
         find_bash()  # before any request: without bash there is no pipefail, and nothing may be created

@@ -31,6 +31,7 @@ from airflow_mpu_provider.multipart.errors import (
 )
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.plan import plan_parts
+from airflow_mpu_provider.multipart.schedule import UploadPaused
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 
@@ -44,6 +45,7 @@ __all__ = [
     "SourceChangedError",
     "UploadCancelledError",
     "UploadOptions",
+    "UploadPaused",
     "UploadResult",
     "upload_file",
 ]

@@ -111,6 +111,18 @@ class BandwidthLimit:
             if self._wait(delay, cancel):
                 raise UploadCancelledError("upload cancelled while waiting for bandwidth (max_bandwidth)")
 
+    def set_rate(self, rate: int) -> None:
+        """Change the cap from now on (a bandwidth timetable's switch), smoothly: bytes already reserved keep
+        their slots, later ones are paced at ``rate``; the chunk and the burst follow the new rate."""
+        rate = validation.max_bandwidth(rate)
+        if rate is None:
+            raise ValueError("set_rate needs a rate")
+        with self._lock:
+            self.rate = rate
+            self.chunk = chunk_for(rate)
+            self.burst = max(self.chunk, int(rate * BURST_SECONDS))
+            self._tolerance = self.burst / rate
+
     def body(
         self,
         data: bytes | bytearray | memoryview,

@@ -61,6 +61,7 @@ from airflow_mpu_provider.multipart.resume import (
     crc_only,
     review_stored_part,
 )
+from airflow_mpu_provider.multipart.schedule import UploadPaused, UploadSchedule
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.units import GiB, format_bytes, format_rate, plural
 from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object
@@ -113,8 +114,15 @@ class UploadOptions:
     #: after the caller checked the key cannot be overwritten by this one.
     overwrite: bool = True
     #: Cap in bytes per second on all parts together (like s3transfer's ``TransferConfig.max_bandwidth``);
-    #: None: as fast as the link goes.
-    max_bandwidth: int | None = None
+    #: None: as fast as the link goes. Or a timetable (``windows.BandwidthTimetable``, or a dict such as
+    #: ``{"08:00": 4 * MiB, "23:00": None}`` read in UTC), switched while the upload runs.
+    max_bandwidth: Any = None
+    #: When a file upload may send (``windows.UploadWindow``, or a string such as "22:00-06:00" read in UTC);
+    #: None: any time. When it closes, no new part starts and ``run`` raises ``UploadPaused`` (upload kept).
+    upload_window: Any = None
+    #: When the upload should be done (an aware datetime, "HH:MM", an ISO string or a timedelta): a warning
+    #: as soon as the projection at the current rate says it cannot be (``schedule.py``).
+    finish_by: Any = None
 
     def workers_for(self, part_size: int, *, held_by_reader: int = 0) -> int:
         """Parts of ``part_size`` that may be in flight at once: as many as fit in ``max_buffer_bytes``
@@ -222,8 +230,14 @@ class BaseUploadEngine(CompleteAndVerify):
         self.upload: MultipartUpload | None = None
         #: Part bytes in memory, counted where parts are read and released (peak -> peak_buffer_bytes).
         self.buffers = BufferBudget(options.max_buffer_bytes)
+        #: The window, bandwidth timetable and deadline of this run (None: none of them); see schedule.py.
+        self.schedule = UploadSchedule.for_options(options, self.log)
         #: The bandwidth every part of this run draws from (None: no cap); checked here, before any request.
-        self.bandwidth: BandwidthLimit | None = bandwidth_limit(options.max_bandwidth)
+        self.bandwidth: BandwidthLimit | None = (
+            self.schedule.bandwidth
+            if self.schedule is not None and self.schedule.timetable is not None
+            else bandwidth_limit(options.max_bandwidth)
+        )
         # Part bodies report (and a cap charges) their socket reads only, not botocore's signer's pass.
         meter_only_what_is_sent(client)
         #: Set when a failed run kept its upload for a later run to resume (rather than aborting it).
@@ -387,7 +401,8 @@ class BaseUploadEngine(CompleteAndVerify):
             self._raise_if_cancelled()
             for future in done:
                 record = future.result()
-                records[record.number] = record
+                if record is not None:  # None: a part the closed upload window did not start
+                    records[record.number] = record
         return pending
 
     def _etag_is_not_md5(self) -> bool:
@@ -412,6 +427,9 @@ class BaseUploadEngine(CompleteAndVerify):
 
     def _after_failure(self, error: BaseException, keep_on_failure: bool) -> None:
         assert self.upload is not None
+        if isinstance(error, UploadPaused):  # the window closed: kept, whatever keep_on_failure says
+            self.kept_for_resume = True
+            return
         if keep_on_failure and upload_stays_usable(error) and not self.cancelled:
             self.kept_for_resume = True
             self.log.warning(
@@ -486,6 +504,8 @@ class FileUploadEngine(BaseUploadEngine):
         upload usable for a later ``run(resume_upload_id=...)`` (``kept_for_resume`` then says so).
         """
         started = time.monotonic()
+        if self.schedule is not None and not self.schedule.window_open():  # before anything is created
+            raise self._paused(resume_upload_id or "", None)
         workers = self.options.workers_for(self.plan.part_size)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
             try:
@@ -751,9 +771,13 @@ class FileUploadEngine(BaseUploadEngine):
                 self._cap_note(),
             )
         records = dict(kept)
+        if self.schedule is not None:
+            self.schedule.begin(sum(p.length for p in missing), workers)
         with progress.ticking():  # a line every interval, even while no part finishes
             records.update(self._send(missing, pool, progress))
         self._raise_if_cancelled()
+        if len(records) < self.plan.count:  # only a closed window leaves parts unsent without an error
+            raise self._paused(self.upload.upload_id or "", records)
         self.source.check_unchanged()
         parts = [records[n] for n in range(1, self.plan.count + 1)]
         self.log.info("%s", progress.summary())
@@ -770,7 +794,8 @@ class FileUploadEngine(BaseUploadEngine):
 
     def _send(self, missing: list[Part], pool: ThreadPoolExecutor, progress: ProgressReporter) -> dict[int, PartRecord]:
         records: dict[int, PartRecord] = {}
-        pending = {pool.submit(self._send_part, p, progress) for p in missing}
+        send = self._send_part if self.schedule is None else self._send_part_in_window
+        pending = {pool.submit(send, p, progress) for p in missing}
         while pending:
             pending = self._collect(pending, records, until=0)
         return records
@@ -785,3 +810,28 @@ class FileUploadEngine(BaseUploadEngine):
         self.source.check_unchanged()
         progress.advance(part.length, meter)
         return record
+
+    def _send_part_in_window(self, part: Part, progress: ProgressReporter) -> PartRecord | None:
+        """``_send_part`` if the upload window is open when the part would start, else None (not started)."""
+        assert self.schedule is not None
+        if not self._stop.is_set() and not self.schedule.window_open():
+            return None
+        record = self._send_part(part, progress)
+        self.schedule.part_sent(part.length)
+        return record
+
+    def _paused(self, upload_id: str, records: dict[int, PartRecord] | None) -> UploadPaused:
+        """The outcome of a run the window stopped: what is stored (None: not looked at), what is left."""
+        assert self.schedule is not None
+        stored = None if records is None else sum(self.plan.part(n).length for n in records)
+        paused = self.schedule.paused_outcome(
+            bucket=self.bucket,
+            key=self.key,
+            upload_id=upload_id,
+            size=self.plan.size,
+            parts=self.plan.count,
+            stored_bytes=stored,
+            stored_parts=None if records is None else len(records),
+        )
+        self.log.info("%s", paused)
+        return paused

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from airflow_mpu_provider import version_compat
 from airflow_mpu_provider.hooks.multipart import (
     FileUpload,
     S3MultipartHook,
@@ -50,10 +51,19 @@ from airflow_mpu_provider.multipart.resume import (
     object_args_fingerprint,
 )
 from airflow_mpu_provider.multipart.s3_target import object_target
+from airflow_mpu_provider.multipart.schedule import UploadPaused
 from airflow_mpu_provider.multipart.sources import FileSource
 from airflow_mpu_provider.multipart.stream import StreamUploadEngine
 from airflow_mpu_provider.multipart.units import format_bytes, format_rate, plural
 from airflow_mpu_provider.multipart.upload import MultipartUpload
+from airflow_mpu_provider.multipart.windows import (
+    BandwidthTimetable,
+    UploadWindow,
+    bandwidth_setting,
+    deadline_at,
+    finish_by_setting,
+    resolve_timezone,
+)
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
 if TYPE_CHECKING:
@@ -75,6 +85,10 @@ STATE_KEY = "multipart_upload"
 STREAM_STATE_KEY = "multipart_stream_upload"
 #: Prefix of every metric the operator sends through Airflow's Stats (README: "Metrics").
 METRICS_PREFIX = "mpu"
+#: Seconds to the window's opening that a task started outside it waits for instead of rescheduling: a
+#: reschedule costs a task process and a scheduler round trip, and one due at once can race the scheduler's
+#: handling of the run that asked for it.
+WAIT_FOR_OPENING = 10
 
 
 class MultipartUploadOperator(BaseOperator):
@@ -117,7 +131,22 @@ class MultipartUploadOperator(BaseOperator):
     :param max_bandwidth: cap (an int, in bytes per second) on the upload's rate, all parallel parts
         together, like s3transfer's ``TransferConfig.max_bandwidth``: e.g. ``32 * 1024 * 1024`` keeps a
         nightly dump from saturating the production link. Smooth (a token bucket charged per socket
-        write), for files and commands; re-sent bytes count too. None (the default): no cap.
+        write), for files and commands; re-sent bytes count too. None (the default): no cap. Or a
+        timetable, ``{"08:00": 4 * MiB, "19:00": 64 * MiB, "23:00": None}`` (None: uncapped), in
+        ``window_timezone``: each rate holds from its time until the next, switched while the upload runs.
+    :param upload_window: for ``file``: the times of day when the upload may send, e.g. ``"22:00-06:00"``,
+        or several ranges (``"22:00-06:00, 12:00-13:00"`` or a list), in ``window_timezone``. Started
+        outside it, the task reschedules itself for the next opening (``up_for_reschedule``) before
+        creating anything; when it closes mid-upload, no new part starts, the parts in flight finish, the
+        upload is kept and recorded as this task's, and the task reschedules itself; the next run resumes
+        it as a retry would. Refused with ``command`` (a stream cannot pause) and with ``resume=False``.
+        (templated)
+    :param window_timezone: IANA name of the timezone of ``upload_window``, ``max_bandwidth``'s timetable and
+        an "HH:MM" ``finish_by``; None (default): the DAG's timezone, else UTC. (templated)
+    :param finish_by: for ``file``: when the upload should be complete: "HH:MM" (the next such time), an ISO
+        8601 date-time, a ``datetime`` or a ``timedelta`` from the start of the run. As soon as the upload
+        cannot finish by then at the current rate (windows and timetable included) the log says so, once
+        (again only if it could meanwhile), and ``mpu.deadline_at_risk`` is counted. (templated)
     :param checksum_algorithm: S3 checksum sent with every part and verified end to end: "CRC32C"
         (default), "CRC32", "SHA1", "SHA256". None sends Content-MD5 only and turns botocore's default
         checksums off, for S3-compatible stores that reject S3 checksums. "CRC64NVME" (S3's default for new
@@ -171,6 +200,9 @@ class MultipartUploadOperator(BaseOperator):
         "content_type",
         "metadata",
         "tags",
+        "upload_window",
+        "window_timezone",
+        "finish_by",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"metadata": "json", "tags": "json"}
     ui_color = "#f0eee4"
@@ -190,7 +222,10 @@ class MultipartUploadOperator(BaseOperator):
         part_size: int | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
-        max_bandwidth: int | None = None,
+        max_bandwidth: int | Mapping[str, int | None] | None = None,
+        upload_window: str | Sequence[str] | None = None,
+        window_timezone: str | None = None,
+        finish_by: Any = None,
         checksum_algorithm: str | None = DEFAULT_CHECKSUM_ALGORITHM,
         checksum_type: str | None = None,
         encrypt: bool = False,
@@ -220,7 +255,10 @@ class MultipartUploadOperator(BaseOperator):
         self.part_size = validation.part_size(part_size)
         self.concurrency = validation.concurrency(concurrency)
         self.max_buffer_bytes = validation.max_buffer_bytes(max_buffer_bytes)
-        self.max_bandwidth = validation.max_bandwidth(max_bandwidth)
+        self.upload_window = upload_window
+        self.window_timezone = window_timezone
+        self.finish_by = finish_by
+        self.max_bandwidth = bandwidth_setting(max_bandwidth)  # its timezone is set at execute
         self.checksum_algorithm = checksum_algorithm
         self.checksum_type = checksum_type
         _check_checksum_type(checksum_algorithm, checksum_type)
@@ -242,6 +280,10 @@ class MultipartUploadOperator(BaseOperator):
                 "give exactly one of file=... (a local file) or command=... (a command whose output to upload)"
             )
         check_object_arguments(encrypt=encrypt, sse_kms_key_id=sse_kms_key_id, extra_args=self.extra_args)
+        self._check_schedule_arguments()
+        #: This run's window and deadline, resolved at execute (timezone, rendered templates).
+        self._window: UploadWindow | None = None
+        self._finish_by: Any = None
         self._engine: BaseUploadEngine | None = None
         self._killed = False
         #: Whether execute() is running: on_kill after it ended must not touch what it left (see on_kill).
@@ -263,6 +305,127 @@ class MultipartUploadOperator(BaseOperator):
             )
         for name in ("aws_conn_id", "sse_kms_key_id", "storage_class", "acl_policy"):
             validation.optional_text(name, getattr(self, name))
+
+    def _check_schedule_arguments(self) -> None:
+        """Refuse a window or deadline that cannot work, when the DAG is parsed (templates: at execute)."""
+        if self.command is not None and (self.upload_window is not None or self.finish_by is not None):
+            raise InvalidUploadRequest(
+                "upload_window and finish_by work for file=... uploads only: a command's output is a stream, which "
+                "cannot pause and resume, and whose size is unknown. Write the output to a file first, or drop them."
+            )
+        if self.upload_window is not None and not version_compat.AIRFLOW_V_3_1_8_PLUS:
+            raise InvalidUploadRequest(
+                "upload_window needs Airflow >= 3.1.8: older schedulers run a task that rescheduled itself again at "
+                "once instead of at its reschedule date (seen on 3.1.3), so the task would start over and over "
+                "outside its window. Upgrade Airflow, or schedule the DAG inside the window without upload_window."
+            )
+        if self.upload_window is not None and not self.resume:
+            raise InvalidUploadRequest(
+                "upload_window needs resume=True: the next window continues the upload this one paused."
+            )
+        if self.window_timezone is not None and not _is_template(self.window_timezone):
+            resolve_timezone(self.window_timezone)
+        if self.upload_window is not None and not _is_template(self.upload_window):
+            UploadWindow.parse(self.upload_window, self._timezone())
+        if not _is_template(self.finish_by):
+            finish_by_setting(self.finish_by)
+
+    def _timezone(self, context: Context | None = None) -> Any:
+        """``window_timezone``, else the DAG's timezone, else UTC."""
+        if self.window_timezone is not None and not _is_template(self.window_timezone):
+            return resolve_timezone(self.window_timezone)
+        dag = (context or {}).get("dag") or (self.dag if self.has_dag() else None)
+        return resolve_timezone(getattr(dag, "timezone", None))
+
+    def _resolve_schedule(self, context: Context | None = None) -> None:
+        """This run's window, timetable timezone and deadline, from the rendered arguments."""
+        self._check_schedule_arguments()
+        tz = self._timezone(context)
+        self._window = UploadWindow.parse(self.upload_window, tz) if self.upload_window is not None else None
+        if isinstance(self.max_bandwidth, BandwidthTimetable):
+            self.max_bandwidth = BandwidthTimetable(self.max_bandwidth.entries, tz)
+        self._finish_by = deadline_at(finish_by_setting(self.finish_by), tz, self._window_now())
+
+    def _window_now(self) -> Any:
+        """The wall clock windows and deadlines are judged by (tests replace it)."""
+        from datetime import UTC, datetime
+
+        return datetime.now(UTC)
+
+    def _reschedule_if_outside_window(self) -> None:
+        """Started outside the upload window: reschedule for its next opening before anything is created."""
+        if self._window is None or self.command is not None:
+            return
+        now = self._window_now()
+        if self._window.is_open(now):
+            return
+        opening = self._window.next_opening(now)
+        wait = (opening - now).total_seconds()
+        if wait <= WAIT_FOR_OPENING:
+            self.log.info("Outside the upload window %s; it opens in %.1f s: waiting.", self._window.describe(), wait)
+            until = time.monotonic() + wait
+            while (left := until - time.monotonic()) > 0:
+                self._stop_if_killed()
+                time.sleep(min(0.5, left))
+            return
+        self.log.info(
+            "Outside the upload window %s: nothing is sent now; rescheduled for its next opening, %s.",
+            self._window.describe(),
+            opening.isoformat(timespec="seconds"),
+        )
+        self._raise_reschedule(opening)
+
+    def _raise_reschedule(self, when: Any) -> None:
+        from airflow.exceptions import AirflowRescheduleException
+
+        raise AirflowRescheduleException(when)
+
+    def _paused(self, context: Context, paused: UploadPaused) -> None:
+        """The window closed mid-upload (kept and recorded, like a failed try's upload for its retry): say
+        what is stored and left, the rate, when it resumes and the projected finish, in the log and XCom;
+        count the pause; reschedule for the next opening."""
+        ti = context.get("ti")
+        if ti is not None:
+            ti.xcom_push(key="upload_paused", value=paused.to_dict())
+        self._emit_pause_metrics(paused)
+        if self._state_store(context) is None:
+            self.log.warning(
+                "No task_state_store (Airflow < 3.3): the next run can find upload %s only with ListMultipartUploads, "
+                "once it has been quiet for adopt_quiet_after (%s), and continues it only if it may adopt it and its "
+                "parts verify; otherwise it starts afresh and this upload is left for S3AbortStaleUploadsOperator or "
+                "a lifecycle rule.",
+                paused.upload_id,
+                self.adopt_quiet_after,
+            )
+        self.log.info(
+            "Paused until the upload window opens again at %s: upload %s kept and recorded for the next run; the "
+            "task is rescheduled (up_for_reschedule; try_number and retries untouched).",
+            paused.resumes_at.isoformat(timespec="seconds"),
+            paused.upload_id,
+        )
+        self._raise_reschedule(paused.resumes_at)
+
+    def _emit_pause_metrics(self, paused: UploadPaused) -> None:
+        """``mpu.pauses`` and the bytes this run sent before the window closed (see ``_emit_metrics``)."""
+        try:
+            from airflow.providers.common.compat.sdk import Stats
+
+            tags = {"dag_id": self.dag_id, "task_id": self.task_id}
+            Stats.incr(f"{METRICS_PREFIX}.pauses", tags=tags)
+            Stats.incr(f"{METRICS_PREFIX}.bytes_sent", paused.sent_bytes, tags=tags)
+        except Exception as e:
+            self.log.warning("Could not send the pause metrics (this does not change the task's outcome): %s", e)
+
+    def _deadline_metric(self, on_time: bool, projected: Any) -> None:
+        """``mpu.deadline_at_risk``: counted each time the projection passes ``finish_by``."""
+        if on_time:
+            return
+        try:
+            from airflow.providers.common.compat.sdk import Stats
+
+            Stats.incr(f"{METRICS_PREFIX}.deadline_at_risk", tags={"dag_id": self.dag_id, "task_id": self.task_id})
+        except Exception as e:
+            self.log.warning("Could not send the deadline metric: %s", e)
 
     def resolve_target(self) -> tuple[str, str]:
         """(bucket, key) from ``bucket`` + ``key`` or an ``s3://`` key, checked against S3's rules.
@@ -289,6 +452,8 @@ class MultipartUploadOperator(BaseOperator):
             concurrency=self.concurrency,
             max_buffer_bytes=self.max_buffer_bytes,
             max_bandwidth=self.max_bandwidth,
+            upload_window=self._window if self.command is None else None,
+            finish_by=self._finish_by if self.command is None else None,
             checksum_algorithm=checksum_algorithm,
             checksum_type=self.checksum_type,
             extra_args=self.object_args(),
@@ -431,13 +596,19 @@ class MultipartUploadOperator(BaseOperator):
 
     def _execute(self, context: Context) -> dict[str, Any]:
         self.check_rendered_arguments()
+        self._resolve_schedule(context)
+        self._reschedule_if_outside_window()
         bucket, key = self.resolve_target()
         checksum = normalize_checksum_algorithm(self.checksum_algorithm)
         resolve_checksum_type(self.checksum_type, checksum)  # refused here, before any S3 call
         if self.command is not None:
             result = self._upload_command_output(context, bucket, key, checksum)
         else:
-            result = self._upload_file(context, bucket, key, checksum)
+            try:
+                result = self._upload_file(context, bucket, key, checksum)
+            except UploadPaused as paused:
+                self._paused(context, paused)
+                raise
         self._emit_metrics(result)
         if self._killed:
             raise UploadCancelledError("the task was killed; failing it although the upload had finished")
@@ -517,6 +688,8 @@ class MultipartUploadOperator(BaseOperator):
                     found = self.find_upload_to_adopt(upload, has_store=store is not None)
                 self._stop_if_killed()
                 engine = upload.make_engine(functools.partial(self._announce, context, bucket, key, record))
+                if engine.schedule is not None:
+                    engine.schedule.now, engine.schedule.on_deadline = self._window_now, self._deadline_metric
                 keep = self.keep_for_retry(context)
                 run = functools.partial(engine.run, resume_upload_id=resume_id, adopt=found, keep_on_failure=keep)
                 result = self._run(engine, run)
@@ -550,7 +723,8 @@ class MultipartUploadOperator(BaseOperator):
             return
         if self._ours is None:
             return
-        if not self._killed and upload_stays_usable(error) and self.keep_for_retry(context):
+        paused = isinstance(error, UploadPaused)  # the window closed: kept for the next run, as for a retry
+        if not self._killed and (paused or (upload_stays_usable(error) and self.keep_for_retry(context))):
             self.log.warning(
                 "Keeping upload %s of s3://%s/%s for the retry (recorded in task_state_store).",
                 self._ours.upload_id,

@@ -341,3 +341,56 @@ def test_a_sigkilled_scripts_upload_is_resumed_by_the_next_run(connection, proxy
 
 def hook_for(conn_id: str) -> S3MultipartHook:
     return S3MultipartHook(aws_conn_id=conn_id)
+
+
+def test_upload_file_pauses_when_its_window_closes_and_the_next_call_resumes_it(
+    hook, proxy, s3, tmp_path, monkeypatch, put_part_hooks
+):
+    """A script's window (Europe/Berlin): closed at the start, nothing is created; closing mid-upload, the
+    call raises UploadPaused with the upload kept; the next call (resume_upload_id) sends only the rest."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from airflow_mpu_provider.multipart import schedule
+    from airflow_mpu_provider.multipart.schedule import UploadPaused
+
+    berlin = ZoneInfo("Europe/Berlin")
+    clock = {"at": datetime(2026, 12, 8, 12, 0, tzinfo=berlin)}
+    monkeypatch.setattr(schedule, "_utc_now", lambda: clock["at"].astimezone(UTC))
+    path = make_file(tmp_path / "f", 16 * MiB, seed=3)
+    key = "hook/windowed.bin"
+    window = {"upload_window": "22:00-06:00", "window_timezone": "Europe/Berlin", "part_size": PART}
+    with pytest.raises(UploadPaused, match="Outside the upload window") as outside:
+        hook.upload_file(path, key, BUCKET, concurrency=1, **window)
+    assert outside.value.resumes_at == datetime(2026, 12, 8, 22, 0, tzinfo=berlin)
+    assert proxy.count("CreateMultipartUpload") == 0
+
+    clock["at"] = datetime(2026, 12, 8, 23, 0, tzinfo=berlin)
+
+    def close_during_part_2(number: int) -> None:
+        if number == 2:
+            clock["at"] = datetime(2026, 12, 9, 6, 0, tzinfo=berlin)
+
+    put_part_hooks.before = close_during_part_2
+    with pytest.raises(UploadPaused) as paused:
+        hook.upload_file(path, key, BUCKET, concurrency=1, **window)
+    assert paused.value.stored_parts == 2 and proxy.count("UploadPart") == 2
+    assert [u["UploadId"] for u in incomplete_uploads(s3, BUCKET, key)] == [paused.value.upload_id]
+
+    put_part_hooks.clear()
+    clock["at"] = datetime(2026, 12, 9, 22, 30, tzinfo=berlin)
+    result = hook.upload_file(path, key, BUCKET, resume_upload_id=paused.value.upload_id, **window)
+    assert (result["upload_id"], result["parts_resumed"], result["parts_sent"]) == (paused.value.upload_id, 2, 2)
+    assert proxy.count("UploadPart") == 4  # 2 + 2: nothing sent twice
+    assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+    assert incomplete_uploads(s3, BUCKET, key) == []
+
+
+def test_windows_are_refused_for_streams_and_commands_before_any_request(hook, proxy):
+    from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
+
+    with pytest.raises(InvalidUploadRequest, match="files only"):
+        hook.upload_stream(io.BytesIO(b"x"), "hook/never.bin", BUCKET, upload_window="22:00-06:00")
+    with pytest.raises(InvalidUploadRequest, match="files only"):
+        hook.upload_command("echo x", "hook/never.bin", BUCKET, finish_by="06:00")
+    assert proxy.requests() == []

@@ -17,6 +17,13 @@ if env("MPU_E2E_ADOPT_QUIET_AFTER"):
     optional["adopt_quiet_after"] = timedelta(seconds=float(env("MPU_E2E_ADOPT_QUIET_AFTER")))
 if env("MPU_E2E_EXECUTION_TIMEOUT"):
     optional["execution_timeout"] = timedelta(seconds=float(env("MPU_E2E_EXECUTION_TIMEOUT")))
+if env("MPU_E2E_UPLOAD_WINDOW"):
+    optional["upload_window"] = env("MPU_E2E_UPLOAD_WINDOW")
+    optional["window_timezone"] = env("MPU_E2E_WINDOW_TIMEZONE", "UTC")
+if env("MPU_E2E_MAX_BANDWIDTH"):
+    optional["max_bandwidth"] = int(env("MPU_E2E_MAX_BANDWIDTH"))
+if env("MPU_E2E_FINISH_BY"):
+    optional["finish_by"] = env("MPU_E2E_FINISH_BY")
 
 with DAG(dag_id="mpu_e2e", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     MultipartUploadOperator(
