@@ -34,6 +34,7 @@ from airflow_mpu_provider.multipart.errors import (
     UploadCancelledError,
     error_code,
 )
+from airflow_mpu_provider.multipart.file_range import FileRange, range_footprint
 from airflow_mpu_provider.multipart.full_object import (
     FULL_OBJECT,
     checksum_type_mismatch,
@@ -292,7 +293,9 @@ class BaseUploadEngine(CompleteAndVerify):
             self.on_upload_started(upload_id)
         return upload_id
 
-    def _put(self, number: int, data: bytes | bytearray | memoryview, meter: PartMeter | None = None) -> PartRecord:
+    def _put(
+        self, number: int, data: bytes | bytearray | memoryview | FileRange, meter: PartMeter | None = None
+    ) -> PartRecord:
         """Hash and send one part; its record carries the part's MD5 when one was computed. ``meter``
         hears of the body's bytes as they go out (progress in bytes, not in finished parts)."""
         assert self.upload is not None
@@ -300,7 +303,10 @@ class BaseUploadEngine(CompleteAndVerify):
         # Until the store proves it echoes checksums, parts also carry Content-MD5 so that they (and the
         # object's ETag) can be verified; moto and many S3-compatible stores report only ETags.
         with_md5 = algorithm is None or not self.upload.store_echoes_checksums
-        digest = digest_part(number, data, algorithm=algorithm, with_md5=with_md5)
+        if isinstance(data, FileRange):  # a file's part: one pass through the range, a chunk at a time
+            digest = data.digest(number, algorithm=algorithm, with_md5=with_md5)
+        else:
+            digest = digest_part(number, data, algorithm=algorithm, with_md5=with_md5)
         return self.upload.put_part(number, data, digest, cancel=self._stop, throttle=self.bandwidth, meter=meter)
 
     def _cap_note(self) -> str:
@@ -466,7 +472,7 @@ class FileUploadEngine(BaseUploadEngine):
         upload usable for a later ``run(resume_upload_id=...)`` (``kept_for_resume`` then says so).
         """
         started = time.monotonic()
-        workers = self.options.workers_for(self.plan.part_size)
+        workers = self.options.workers_for(range_footprint(self.plan.part_size))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
             try:
                 opened = self._resume_or_create(resume_upload_id, adopt, pool)
@@ -643,11 +649,11 @@ class FileUploadEngine(BaseUploadEngine):
         def digest_local(number: int, with_checksum: bool, with_md5: bool) -> PartDigest:
             self._raise_if_cancelled()
             part = self.plan.part(number)
-            with self.buffers.holding(part.length):
-                data = self.source.read(part.offset, part.length)
-                checksum = algorithm if with_checksum or crcs_needed else None
-                digest = digest_part(number, data, algorithm=checksum, with_md5=with_md5)
-                del data
+            checksum = algorithm if with_checksum or crcs_needed else None
+            with self.buffers.holding(range_footprint(part.length)):  # one pass, a chunk at a time
+                digest = FileRange(self.source, part.offset, part.length).digest(
+                    number, algorithm=checksum, with_md5=with_md5
+                )
             if digest.checksum is not None:
                 local_crcs[number] = digest.checksum
             return digest
@@ -737,8 +743,9 @@ class FileUploadEngine(BaseUploadEngine):
         if self._stop.is_set():
             raise UploadCancelledError(f"stopped before sending part {part.number}")
         meter = progress.part_meter()
-        with self.buffers.holding(part.length):  # the part is alive only inside this block
-            record = self._put(part.number, self.source.read(part.offset, part.length), meter)
+        # Read from the file as the socket asks: one chunk of the part in memory at a time (file_range.py).
+        with self.buffers.holding(range_footprint(part.length)):
+            record = self._put(part.number, FileRange(self.source, part.offset, part.length), meter)
         self.source.check_unchanged()
         progress.advance(part.length, meter)
         return record
