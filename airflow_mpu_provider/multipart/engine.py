@@ -18,9 +18,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from airflow_mpu_provider.multipart.adaptive_parts import AdaptiveParts, adaptive_parts_for
 from airflow_mpu_provider.multipart.bandwidth import BandwidthLimit, bandwidth_limit, meter_only_what_is_sent
 from airflow_mpu_provider.multipart.buffers import BufferBudget
 from airflow_mpu_provider.multipart.compare import ObjectComparison, compare_object
@@ -51,6 +53,7 @@ from airflow_mpu_provider.multipart.integrity import (
     digest_part,
     etag_is_md5_for_args,
 )
+from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.plan import Part, PartPlan
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, PartMeter, ProgressReporter
@@ -85,7 +88,9 @@ def upload_stays_usable(error: BaseException) -> bool:
 class UploadOptions:
     """How to upload; every field has a default that works up to S3's largest object."""
 
-    concurrency: int = DEFAULT_CONCURRENCY
+    #: Parts in flight: a fixed number, or None (the default) to adapt it while the upload runs: a file
+    #: starts at 8 and adds parts while the aggregate rate rises (parallelism.py); a stream keeps 8.
+    concurrency: int | None = None
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
     #: S3 checksum sent with every part; None sends Content-MD5 only (for stores without checksums).
     checksum_algorithm: str | None = DEFAULT_CHECKSUM_ALGORITHM
@@ -102,6 +107,15 @@ class UploadOptions:
     #: Cap in bytes per second on all parts together (like s3transfer's ``TransferConfig.max_bandwidth``);
     #: None: as fast as the link goes.
     max_bandwidth: int | None = None
+    #: Upper bound on parts in flight when ``concurrency`` is None (adaptive).
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+
+    def file_workers_for(self, part_size: int) -> int:
+        """Workers for a file's parts: each holds one read chunk (``range_footprint``), not a whole part;
+        ``concurrency`` if fixed, else the adaptive bound ``max_concurrency``, within ``max_buffer_bytes``."""
+        if self.concurrency is not None:
+            return self.workers_for(range_footprint(part_size))
+        return max(1, min(self.max_concurrency, self.max_buffer_bytes // max(range_footprint(part_size), 1)))
 
     def workers_for(self, part_size: int, *, held_by_reader: int = 0) -> int:
         """Parts of ``part_size`` that may be in flight at once: as many as fit in ``max_buffer_bytes``
@@ -109,7 +123,7 @@ class UploadOptions:
         sent), at most ``concurrency`` and never fewer than one, so that huge parts still upload.
         """
         fit = self.max_buffer_bytes // max(part_size, 1) - held_by_reader
-        return max(1, min(self.concurrency, fit))
+        return max(1, min(DEFAULT_CONCURRENCY if self.concurrency is None else self.concurrency, fit))
 
 
 @dataclass
@@ -135,6 +149,8 @@ class UploadResult:
     checksum_type: str | None = None
     #: The most part bytes this run held in memory at once (<= max_buffer_bytes, or one part if larger).
     peak_buffer_bytes: int = 0
+    #: Parts in flight at the end of the run: what adaptive parallelism settled on (or the fixed count).
+    concurrency_settled: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -450,6 +466,12 @@ class FileUploadEngine(BaseUploadEngine):
         )
         self.source = source
         self.plan = plan
+        #: Parts in flight adapted at runtime (``concurrency=None``), or None for a fixed count.
+        self._adaptive: AdaptiveParts | None = None
+
+    def _in_flight(self, progress: ProgressReporter) -> AbstractContextManager[None]:
+        """Held while a part is in flight: a permit of the adaptive limit, or nothing (fixed workers)."""
+        return nullcontext() if self._adaptive is None else self._adaptive.part(progress)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -472,7 +494,8 @@ class FileUploadEngine(BaseUploadEngine):
         upload usable for a later ``run(resume_upload_id=...)`` (``kept_for_resume`` then says so).
         """
         started = time.monotonic()
-        workers = self.options.workers_for(range_footprint(self.plan.part_size))
+        workers = self.options.file_workers_for(self.plan.part_size)
+        self._adaptive = adaptive_parts_for(self.options, self.plan.part_size, self.client, self._stop, self.log)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
             try:
                 opened = self._resume_or_create(resume_upload_id, adopt, pool)
@@ -720,8 +743,10 @@ class FileUploadEngine(BaseUploadEngine):
         self.source.check_unchanged()
         parts = [records[n] for n in range(1, self.plan.count + 1)]
         self.log.info("%s", progress.summary())
+        if self._adaptive is not None and missing:
+            self.log.info("Adaptive parallelism: %s.", self._adaptive.summary())
         response = self._complete(parts, self.plan.size)
-        return self._result(
+        result = self._result(
             response,
             size=self.plan.size,
             part_size=self.plan.part_size,
@@ -730,6 +755,8 @@ class FileUploadEngine(BaseUploadEngine):
             resumed=(len(kept), sum(self.plan.part(n).length for n in kept)),
             started=started,
         )
+        result.concurrency_settled = workers if self._adaptive is None else self._adaptive.settled
+        return result
 
     def _send(self, missing: list[Part], pool: ThreadPoolExecutor, progress: ProgressReporter) -> dict[int, PartRecord]:
         records: dict[int, PartRecord] = {}
@@ -744,7 +771,7 @@ class FileUploadEngine(BaseUploadEngine):
             raise UploadCancelledError(f"stopped before sending part {part.number}")
         meter = progress.part_meter()
         # Read from the file as the socket asks: one chunk of the part in memory at a time (file_range.py).
-        with self.buffers.holding(range_footprint(part.length)):
+        with self._in_flight(progress), self.buffers.holding(range_footprint(part.length)):
             record = self._put(part.number, FileRange(self.source, part.offset, part.length), meter)
         self.source.check_unchanged()
         progress.advance(part.length, meter)

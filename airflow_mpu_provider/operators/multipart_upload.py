@@ -25,7 +25,6 @@ from airflow_mpu_provider.hooks.multipart import (
 from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.command import command_label, find_bash, program_name
 from airflow_mpu_provider.multipart.engine import (
-    DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BUFFER_BYTES,
     BaseUploadEngine,
     FileUploadEngine,
@@ -40,6 +39,7 @@ from airflow_mpu_provider.multipart.errors import (
 )
 from airflow_mpu_provider.multipart.full_object import resolve_checksum_type
 from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
+from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
 from airflow_mpu_provider.multipart.plan import PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
 from airflow_mpu_provider.multipart.resume import DEFAULT_ADOPT_QUIET_AFTER, FoundUpload
@@ -103,7 +103,12 @@ class MultipartUploadOperator(BaseOperator):
         default) picks 16 MiB, or the smallest size that fits the file into 10,000 parts, so any file up
         to 48.8 TiB works untuned. For a ``command``: the first part's size; parts double every 1,000
         parts (16 MiB: streams up to 12.7 TiB).
-    :param concurrency: parts sent in parallel (an int, 1..10,000).
+    :param concurrency: parts sent in parallel (an int, 1..10,000), fixed; None (the default) adapts it
+        for a ``file``: it starts at 8 and adds parts while the aggregate rate rises, backs off on
+        SlowDown/503, within ``max_concurrency`` (the result's ``concurrency_settled`` says where it
+        settled); a ``command`` sends 8 at a time.
+    :param max_concurrency: upper bound (an int, 1..10,000, default 64) on parts in flight when
+        ``concurrency`` is None.
     :param max_buffer_bytes: cap (an int, in bytes) on part bytes held in memory at once (parts in flight,
         plus for a ``command`` the part being read); parallelism shrinks as parts grow so that memory stays
         within it. At least one part is always in flight, so a single part larger than the cap is the
@@ -177,7 +182,8 @@ class MultipartUploadOperator(BaseOperator):
         verify: str | bool | None = None,
         replace: bool = False,
         part_size: int | None = None,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         max_bandwidth: int | None = None,
         checksum_algorithm: str | None = DEFAULT_CHECKSUM_ALGORITHM,
@@ -207,7 +213,8 @@ class MultipartUploadOperator(BaseOperator):
         self.verify = verify
         self.replace = replace
         self.part_size = validation.part_size(part_size)
-        self.concurrency = validation.concurrency(concurrency)
+        self.concurrency = None if concurrency is None else validation.concurrency(concurrency)
+        self.max_concurrency = validation.concurrency(max_concurrency)
         self.max_buffer_bytes = validation.max_buffer_bytes(max_buffer_bytes)
         self.max_bandwidth = validation.max_bandwidth(max_bandwidth)
         self.checksum_algorithm = checksum_algorithm
@@ -276,6 +283,7 @@ class MultipartUploadOperator(BaseOperator):
     def upload_options(self, checksum_algorithm: str | None) -> UploadOptions:
         return UploadOptions(
             concurrency=self.concurrency,
+            max_concurrency=self.max_concurrency,
             max_buffer_bytes=self.max_buffer_bytes,
             max_bandwidth=self.max_bandwidth,
             checksum_algorithm=checksum_algorithm,
