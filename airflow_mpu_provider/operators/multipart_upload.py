@@ -40,7 +40,7 @@ from airflow_mpu_provider.multipart.errors import (
 from airflow_mpu_provider.multipart.full_object import resolve_checksum_type
 from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
 from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
-from airflow_mpu_provider.multipart.plan import PartPlan, plan_parts
+from airflow_mpu_provider.multipart.plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
 from airflow_mpu_provider.multipart.resume import DEFAULT_ADOPT_QUIET_AFTER, FoundUpload
 from airflow_mpu_provider.multipart.s3_target import object_target
@@ -321,6 +321,32 @@ class MultipartUploadOperator(BaseOperator):
             "checksum_type": resolve_checksum_type(self.checksum_type, checksum),
         }
 
+    def _part_size_for(self, store: Any, source: FileSource) -> int | None:
+        """``part_size``; or, left to the automatic rule, the part size an earlier try recorded for this very
+        version of the file, so that an upload planned by another version's rule (16 MiB parts before #22)
+        is resumed rather than aborted and restarted. The plan stays a function of the file and arguments:
+        the record is part of them."""
+        if self.part_size is not None or store is None:
+            return self.part_size
+        stored = store.get(STATE_KEY)
+        if not (isinstance(stored, dict) and stored.get("upload_id")):
+            return None
+        fp = source.fingerprint
+        same_file = (stored.get("file"), stored.get("size"), stored.get("mtime_ns"), stored.get("inode")) == (
+            str(source.path),
+            fp.size,
+            fp.mtime_ns,
+            fp.inode,
+        )
+        recorded = stored.get("part_size")
+        if not same_file or not isinstance(recorded, int) or isinstance(recorded, bool):
+            return None
+        if not MIN_PART_SIZE <= recorded <= MAX_PART_SIZE or PartPlan(fp.size, recorded).count > MAX_PARTS:
+            return None
+        if recorded != plan_parts(fp.size).part_size:
+            self.log.info("Keeping the earlier try's part size (%s) to resume its upload.", format_bytes(recorded))
+        return recorded
+
     def take_over_recorded_upload(self, store: Any, upload: FileUpload, record: dict) -> str | None:
         """The UploadId an earlier try recorded in task_state_store, if this try can continue it.
 
@@ -464,7 +490,7 @@ class MultipartUploadOperator(BaseOperator):
         started = time.monotonic()
         store = self._state_store(context)
         with FileSource(self.file) as source:
-            plan = plan_parts(source.size, self.part_size)
+            plan = plan_parts(source.size, self._part_size_for(store, source))
             options = self.upload_options(checksum)
             upload = self.hook.file_upload(
                 source, plan, bucket, key, options, client=self.s3_client(options, plan.part_size)
