@@ -469,9 +469,9 @@ class FileUploadEngine(BaseUploadEngine):
         #: Parts in flight adapted at runtime (``concurrency=None``), or None for a fixed count.
         self._adaptive: AdaptiveParts | None = None
 
-    def _in_flight(self, progress: ProgressReporter) -> AbstractContextManager[None]:
+    def _in_flight(self, progress: ProgressReporter, part: Part) -> AbstractContextManager[None]:
         """Held while a part is in flight: a permit of the adaptive limit, or nothing (fixed workers)."""
-        return nullcontext() if self._adaptive is None else self._adaptive.part(progress)
+        return nullcontext() if self._adaptive is None else self._adaptive.part(progress, part.length)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -771,7 +771,7 @@ class FileUploadEngine(BaseUploadEngine):
             raise UploadCancelledError(f"stopped before sending part {part.number}")
         meter = progress.part_meter()
         # Read from the file as the socket asks: one chunk of the part in memory at a time (file_range.py).
-        with self._in_flight(progress), self.buffers.holding(range_footprint(part.length)):
+        with self._in_flight(progress, part), self.buffers.holding(range_footprint(part.length)):
             record = self._put(part.number, FileRange(self.source, part.offset, part.length), meter)
         self.source.check_unchanged()
         progress.advance(part.length, meter)

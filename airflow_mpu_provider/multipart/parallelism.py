@@ -2,8 +2,8 @@
 
 On a lossy or long link each TCP connection is held to about MSS/RTT x 1.22/√loss, so an upload's
 throughput follows the number of parts in flight; on loopback or a short link a few are enough and
-more only cost CPU. ``AdaptiveParallelism`` measures the aggregate rate (bytes handed to the sockets,
-as the part bodies meter them) over epochs of a few seconds and applies AIMD:
+more only cost CPU. ``AdaptiveParallelism`` measures the aggregate rate over epochs of a few seconds (and
+at least half a round of parts) and applies AIMD:
 
 * **additive increase** while the rate keeps rising: ``step`` more parts after every epoch whose rate
   rose with the parts added, each added part bringing at least ``efficiency`` (half) of what a part
@@ -37,8 +37,9 @@ DEFAULT_MAX_CONCURRENCY = 64
 class AdaptiveParallelism:
     """AIMD on the number of parts in flight; thread-safe. ``limit`` is the count to keep in flight now.
 
-    Feed it ``sent(total_bytes)`` (the upload's bytes handed to sockets so far, monotonic) whenever
-    convenient, ``part_done(seconds)`` as parts finish, and ``throttled(in_flight)`` on SlowDown/503.
+    Feed it ``sent(total_bytes)`` (the upload's bytes so far, monotonic: the file engine gives the bytes of
+    the parts S3 has acknowledged) whenever convenient, ``part_done(seconds)`` as parts finish, and
+    ``throttled(in_flight)`` on SlowDown/503.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class AdaptiveParallelism:
         decrease: float = 0.5,
         latency_decrease: float = 0.75,
         latency_rise: float = 1.5,
+        parts_per_epoch: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= floor <= ceiling:
@@ -67,6 +69,8 @@ class AdaptiveParallelism:
         self.decrease = decrease
         self.latency_decrease = latency_decrease
         self.latency_rise = latency_rise
+        #: An epoch also lasts until this fraction of ``limit`` parts finished in it (a rate over whole parts).
+        self.parts_per_epoch = parts_per_epoch
         self._clock = clock
         self._lock = threading.Lock()
         self.limit = min(max(start, floor), ceiling)
@@ -90,7 +94,7 @@ class AdaptiveParallelism:
         with self._lock:
             self._last_total = total_bytes
             elapsed = self._clock() - self._epoch_started
-            if elapsed >= self.epoch:
+            if elapsed >= self.epoch and len(self._latencies) >= max(1, int(self.limit * self.parts_per_epoch)):
                 rate = (total_bytes - self._epoch_bytes_at_start) / elapsed
                 self._end_epoch(rate)
             return self.limit

@@ -27,7 +27,8 @@ class Link:
             for _ in range(3):  # three reports per epoch, a second apart
                 self.now += 1.0
                 self.total += int(self.rate_for(limit))
-                self.controller.part_done(latency_for(limit))
+                for _ in range(limit):  # a round of parts a second
+                    self.controller.part_done(latency_for(limit))
                 self.controller.sent(self.total)
             self.history.append(self.controller.limit)
         return self.history
@@ -101,6 +102,17 @@ def test_respects_every_bound(kwargs, low, high):
         link.run_epochs(2)
     assert all(low <= limit <= high for limit in link.history)
     assert low <= link.controller.limit <= high
+
+
+def test_an_epoch_waits_for_half_a_round_of_parts():
+    now = [0.0]
+    controller = AdaptiveParallelism(clock=lambda: now[0], epoch=3.0, start=8)
+    now[0] = 10.0
+    controller.part_done(1.0)
+    assert controller.sent(100 * MB) == 8  # 10 s but one part: no rate worth deciding on yet
+    for _ in range(3):
+        controller.part_done(1.0)
+    assert controller.sent(100 * MB) == 12
 
 
 def test_bounds_are_checked():
