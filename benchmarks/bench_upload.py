@@ -64,18 +64,35 @@ def parse_size(text: str) -> int:
 
 
 def format_size(n: int) -> str:
+    if n == 0:
+        return "auto"
     for unit, factor in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
     return f"{n}B"
 
 
+#: ``auto`` in --part-size / --concurrency: the engine's automatic choice (part size by plan_parts,
+#: adaptive parallelism), stored as 0.
+AUTO = 0
+
+
 def size_list(text: str) -> list[int]:
-    return [parse_size(t) for t in text.split(",") if t.strip()]
+    return [AUTO if t.strip() == "auto" else parse_size(t) for t in text.split(",") if t.strip()]
 
 
 def int_list(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
+    return [AUTO if t.strip() == "auto" else int(t) for t in text.split(",") if t.strip()]
+
+
+def _auto_part_size(args: argparse.Namespace) -> int:
+    """``--part-size`` for contenders that need a number: with ``auto``, what plan_parts picks for the file."""
+    if args.part_size_value:
+        return args.part_size_value
+    _checkout_on_path()
+    from airflow_mpu_provider.multipart.plan import plan_parts
+
+    return plan_parts(os.path.getsize(args.file)).part_size
 
 
 # -- the worker: one upload in a fresh process ------------------------------------------------
@@ -96,7 +113,7 @@ def make_client(args: argparse.Namespace, concurrency: int, *, default_config: b
         config = Config(s3=s3)
     else:
         config = Config(
-            max_pool_connections=concurrency + 4,
+            max_pool_connections=(concurrency or 64) + 4,  # auto: the engine's max_concurrency
             retries={"mode": "standard", "max_attempts": 10},
             s3=s3,
         )
@@ -119,17 +136,17 @@ def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str,
         from tests.support.local_airflow import store_echoes_no_checksums
 
         store_echoes_no_checksums(client)
-    chosen: dict[str, Any] = {"concurrency": args.concurrency_value, "max_bandwidth": args.max_bandwidth}
+    chosen: dict[str, Any] = {"concurrency": args.concurrency_value or None, "max_bandwidth": args.max_bandwidth}
     if args.checksum_algorithm != "default":
         chosen["checksum_algorithm"] = args.checksum_algorithm
     if args.checksum_type != "default":
         chosen["checksum_type"] = args.checksum_type
     options = UploadOptions(**chosen)
     with FileSource(args.file) as src:
-        plan = plan_parts(src.size, args.part_size_value)
+        plan = plan_parts(src.size, args.part_size_value or None)
         engine = FileUploadEngine(client, bucket=args.bucket, key=key, source=src, plan=plan, options=options)
         result = engine.run()
-    return {"parts": result.parts, "part_size": result.part_size, "workers": options.workers_for(plan.part_size),
+    return {"parts": result.parts, "part_size": result.part_size, "workers": result.concurrency_settled,
             "etag": result.etag, "checksum": result.checksum}
 
 
@@ -139,8 +156,8 @@ def _boto3_upload(client: Any, args: argparse.Namespace, key: str, tuned: bool) 
     if tuned:
         config = TransferConfig(
             multipart_threshold=8 * MiB,
-            multipart_chunksize=args.part_size_value,
-            max_concurrency=args.concurrency_value,
+            multipart_chunksize=_auto_part_size(args),
+            max_concurrency=args.concurrency_value or 8,
             max_bandwidth=args.max_bandwidth,
         )
     else:
@@ -170,7 +187,7 @@ def _crt_upload(args: argparse.Namespace, key: str) -> dict[str, Any]:
         crt_credentials_provider=AwsCredentialsProvider.new_static(
             credentials.access_key, credentials.secret_key, credentials.token
         ),
-        part_size=args.part_size_value,
+        part_size=_auto_part_size(args),
         use_ssl=https,
         verify=(args.verify_tls if https else None),
     )
@@ -184,12 +201,12 @@ def _crt_upload(args: argparse.Namespace, key: str) -> dict[str, Any]:
     )
     with CRTTransferManager(crt_client, serializer) as manager:
         manager.upload(args.file, args.bucket, key).result()
-    return {"part_size": args.part_size_value, "workers": "crt"}
+    return {"part_size": _auto_part_size(args), "workers": "crt"}
 
 
 def _sequential_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str, Any]:
     """The simplest correct multipart upload: one part read and sent at a time, botocore's defaults."""
-    part_size = args.part_size_value
+    part_size = _auto_part_size(args)
     upload_id = client.create_multipart_upload(Bucket=args.bucket, Key=key)["UploadId"]
     parts = []
     try:
@@ -525,7 +542,7 @@ class Variant:
         if self.contender in USES_PART_SIZE:
             extra.append(format_size(self.part_size))
         if self.contender in USES_CONCURRENCY:
-            extra.append(f"c{self.concurrency}")
+            extra.append(f"c{self.concurrency or 'auto'}")
         return self.contender + (f" [{' '.join(extra)}]" if extra else "")
 
 
@@ -800,10 +817,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify-tls", action="store_true", help="verify the endpoint's certificate (default: not)")
     p.add_argument("--part-size", default=format_size(from_engine["part_size"]),
                    help="part size(s) for engine, boto3-tuned, sequential; comma-separated list for a grid "
-                        f"(default {format_size(from_engine['part_size'])} = plan.DEFAULT_PART_SIZE)")
+                        f"(default {format_size(from_engine['part_size'])}: plan_parts' choice for the file)")
     p.add_argument("--concurrency", default=str(from_engine["concurrency"]),
                    help="parallel parts for engine and boto3-tuned; comma-separated list for a grid "
-                        f"(default {from_engine['concurrency']} = engine.DEFAULT_CONCURRENCY)")
+                        f"(default {from_engine['concurrency'] or 'auto'}: adaptive for the engine, 8 for boto3-tuned)")
     p.add_argument("--checksum", default="default",
                    help="engine checksum_algorithm: default (UploadOptions' default: CRC32C with awscrt), "
                         "CRC32C, CRC32, SHA256, ... or none (Content-MD5 only)")
@@ -866,12 +883,9 @@ def _checkout_on_path() -> None:
 
 
 def _engine_defaults() -> dict[str, int]:
-    """The engine's defaults (plan.DEFAULT_PART_SIZE, engine.DEFAULT_CONCURRENCY), from this checkout."""
+    """The engine's defaults: automatic part size and adaptive parallelism (``auto``)."""
     _checkout_on_path()
-    from airflow_mpu_provider.multipart.engine import DEFAULT_CONCURRENCY
-    from airflow_mpu_provider.multipart.plan import DEFAULT_PART_SIZE
-
-    return {"part_size": DEFAULT_PART_SIZE, "concurrency": DEFAULT_CONCURRENCY}
+    return {"part_size": AUTO, "concurrency": AUTO}  # plan_parts' automatic size, adaptive parallelism
 
 
 def main(argv: list[str] | None = None) -> int:

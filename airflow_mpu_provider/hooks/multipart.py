@@ -99,7 +99,8 @@ OBJECT_ARGUMENT_NAMES = (
 )
 #: Checks of the UploadOptions fields callers pass by name; any other field is forwarded as given.
 _OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "concurrency": validation.concurrency,
+    "concurrency": lambda value: None if value is None else validation.concurrency(value),
+    "max_concurrency": validation.concurrency,
     "max_buffer_bytes": validation.max_buffer_bytes,
     "max_bandwidth": bandwidth_setting,
     "checksum_algorithm": normalize_checksum_algorithm,
@@ -729,7 +730,9 @@ class S3MultipartHook(S3Hook):
     def upload_client_for(self, options: UploadOptions, part_size: int) -> Any:
         """The upload client sized for the parts of ``part_size`` that ``options`` lets fly at once."""
         return self.get_upload_client(
-            workers=options.workers_for(part_size), checksum_algorithm=options.checksum_algorithm
+            # a file's parts may be more than workers_for's (read on demand; adaptive up to max_concurrency)
+            workers=max(options.workers_for(part_size), options.file_workers_for(part_size)),
+            checksum_algorithm=options.checksum_algorithm,
         )
 
     def get_abort_client(self) -> Any:

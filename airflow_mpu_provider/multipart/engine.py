@@ -18,9 +18,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from airflow_mpu_provider.multipart.adaptive_parts import AdaptiveParts, adaptive_parts_for
 from airflow_mpu_provider.multipart.bandwidth import BandwidthLimit, bandwidth_limit, meter_only_what_is_sent
 from airflow_mpu_provider.multipart.buffers import BufferBudget
 from airflow_mpu_provider.multipart.compare import ObjectComparison, compare_object
@@ -35,6 +37,7 @@ from airflow_mpu_provider.multipart.errors import (
     UploadNotRecordedError,
     error_code,
 )
+from airflow_mpu_provider.multipart.file_range import FileRange, range_footprint
 from airflow_mpu_provider.multipart.full_object import (
     FULL_OBJECT,
     checksum_type_mismatch,
@@ -51,6 +54,7 @@ from airflow_mpu_provider.multipart.integrity import (
     digest_part,
     etag_is_md5_for_args,
 )
+from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.plan import Part, PartPlan
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, PartMeter, ProgressReporter
@@ -99,7 +103,9 @@ def upload_stays_usable(error: BaseException) -> bool:
 class UploadOptions:
     """How to upload; every field has a default that works up to S3's largest object."""
 
-    concurrency: int = DEFAULT_CONCURRENCY
+    #: Parts in flight: a fixed number, or None (the default) to adapt it while the upload runs: a file
+    #: starts at 8 and adds parts while the aggregate rate rises (parallelism.py); a stream keeps 8.
+    concurrency: int | None = None
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
     #: S3 checksum sent with every part; None sends Content-MD5 only (for stores without checksums).
     checksum_algorithm: str | None = DEFAULT_CHECKSUM_ALGORITHM
@@ -123,6 +129,15 @@ class UploadOptions:
     #: When the upload should be done (an aware datetime, "HH:MM", an ISO string or a timedelta): a warning
     #: as soon as the projection at the current rate says it cannot be (``schedule.py``).
     finish_by: Any = None
+    #: Upper bound on parts in flight when ``concurrency`` is None (adaptive).
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+
+    def file_workers_for(self, part_size: int) -> int:
+        """Workers for a file's parts: each holds one read chunk (``range_footprint``), not a whole part;
+        ``concurrency`` if fixed, else the adaptive bound ``max_concurrency``, within ``max_buffer_bytes``."""
+        if self.concurrency is not None:
+            return self.workers_for(range_footprint(part_size))
+        return max(1, min(self.max_concurrency, self.max_buffer_bytes // max(range_footprint(part_size), 1)))
 
     def workers_for(self, part_size: int, *, held_by_reader: int = 0) -> int:
         """Parts of ``part_size`` that may be in flight at once: as many as fit in ``max_buffer_bytes``
@@ -130,7 +145,7 @@ class UploadOptions:
         sent), at most ``concurrency`` and never fewer than one, so that huge parts still upload.
         """
         fit = self.max_buffer_bytes // max(part_size, 1) - held_by_reader
-        return max(1, min(self.concurrency, fit))
+        return max(1, min(DEFAULT_CONCURRENCY if self.concurrency is None else self.concurrency, fit))
 
 
 @dataclass
@@ -158,6 +173,8 @@ class UploadResult:
     peak_buffer_bytes: int = 0
     #: What rests on a CRC alone (no MD5 or SHA digest to prove it), e.g. "the existing object"; None: nothing.
     crc_only: str | None = None
+    #: Parts in flight at the end of the run: what adaptive parallelism settled on (or the fixed count).
+    concurrency_settled: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -325,7 +342,9 @@ class BaseUploadEngine(CompleteAndVerify):
             self.on_upload_started(upload_id)
         return upload_id
 
-    def _put(self, number: int, data: bytes | bytearray | memoryview, meter: PartMeter | None = None) -> PartRecord:
+    def _put(
+        self, number: int, data: bytes | bytearray | memoryview | FileRange, meter: PartMeter | None = None
+    ) -> PartRecord:
         """Hash and send one part; its record carries the part's MD5 when one was computed. ``meter``
         hears of the body's bytes as they go out (progress in bytes, not in finished parts)."""
         assert self.upload is not None
@@ -333,7 +352,10 @@ class BaseUploadEngine(CompleteAndVerify):
         # Until the store proves it echoes checksums, parts also carry Content-MD5 so that they (and the
         # object's ETag) can be verified; moto and many S3-compatible stores report only ETags.
         with_md5 = algorithm is None or not self.upload.store_echoes_checksums
-        digest = digest_part(number, data, algorithm=algorithm, with_md5=with_md5)
+        if isinstance(data, FileRange):  # a file's part: one pass through the range, a chunk at a time
+            digest = data.digest(number, algorithm=algorithm, with_md5=with_md5)
+        else:
+            digest = digest_part(number, data, algorithm=algorithm, with_md5=with_md5)
         return self.upload.put_part(number, data, digest, cancel=self._stop, throttle=self.bandwidth, meter=meter)
 
     def _cap_note(self) -> str:
@@ -482,6 +504,12 @@ class FileUploadEngine(BaseUploadEngine):
         )
         self.source = source
         self.plan = plan
+        #: Parts in flight adapted at runtime (``concurrency=None``), or None for a fixed count.
+        self._adaptive: AdaptiveParts | None = None
+
+    def _in_flight(self, progress: ProgressReporter, part: Part) -> AbstractContextManager[None]:
+        """Held while a part is in flight: a permit of the adaptive limit, or nothing (fixed workers)."""
+        return nullcontext() if self._adaptive is None else self._adaptive.part(progress, part.length)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -506,7 +534,8 @@ class FileUploadEngine(BaseUploadEngine):
         started = time.monotonic()
         if self.schedule is not None and not self.schedule.window_open():  # before anything is created
             raise self._paused(resume_upload_id or "", None)
-        workers = self.options.workers_for(self.plan.part_size)
+        workers = self.options.file_workers_for(self.plan.part_size)
+        self._adaptive = adaptive_parts_for(self.options, self.plan.part_size, self.client, self._stop, self.log)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpu-part") as pool:
             try:
                 opened = self._resume_or_create(resume_upload_id, adopt, pool)
@@ -689,11 +718,11 @@ class FileUploadEngine(BaseUploadEngine):
         def digest_local(number: int, with_checksum: bool, with_md5: bool) -> PartDigest:
             self._raise_if_cancelled()
             part = self.plan.part(number)
-            with self.buffers.holding(part.length):
-                data = self.source.read(part.offset, part.length)
-                checksum = algorithm if with_checksum or crcs_needed else None
-                digest = digest_part(number, data, algorithm=checksum, with_md5=with_md5)
-                del data
+            checksum = algorithm if with_checksum or crcs_needed else None
+            with self.buffers.holding(range_footprint(part.length)):  # one pass, a chunk at a time
+                digest = FileRange(self.source, part.offset, part.length).digest(
+                    number, algorithm=checksum, with_md5=with_md5
+                )
             if digest.checksum is not None:
                 local_crcs[number] = digest.checksum
             return digest
@@ -781,8 +810,10 @@ class FileUploadEngine(BaseUploadEngine):
         self.source.check_unchanged()
         parts = [records[n] for n in range(1, self.plan.count + 1)]
         self.log.info("%s", progress.summary())
+        if self._adaptive is not None and missing:
+            self.log.info("Adaptive parallelism: %s.", self._adaptive.summary())
         response = self._complete(parts, self.plan.size)
-        return self._result(
+        result = self._result(
             response,
             size=self.plan.size,
             part_size=self.plan.part_size,
@@ -791,6 +822,8 @@ class FileUploadEngine(BaseUploadEngine):
             resumed=(len(kept), sum(self.plan.part(n).length for n in kept)),
             started=started,
         )
+        result.concurrency_settled = workers if self._adaptive is None else self._adaptive.settled
+        return result
 
     def _send(self, missing: list[Part], pool: ThreadPoolExecutor, progress: ProgressReporter) -> dict[int, PartRecord]:
         records: dict[int, PartRecord] = {}
@@ -805,8 +838,9 @@ class FileUploadEngine(BaseUploadEngine):
         if self._stop.is_set():
             raise UploadCancelledError(f"stopped before sending part {part.number}")
         meter = progress.part_meter()
-        with self.buffers.holding(part.length):  # the part is alive only inside this block
-            record = self._put(part.number, self.source.read(part.offset, part.length), meter)
+        # Read from the file as the socket asks: one chunk of the part in memory at a time (file_range.py).
+        with self._in_flight(progress, part), self.buffers.holding(range_footprint(part.length)):
+            record = self._put(part.number, FileRange(self.source, part.offset, part.length), meter)
         self.source.check_unchanged()
         progress.advance(part.length, meter)
         return record

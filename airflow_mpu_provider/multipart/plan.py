@@ -25,6 +25,10 @@ MAX_OBJECT_SIZE = MAX_PARTS * MAX_PART_SIZE
 DEFAULT_PART_SIZE = 16 * MiB
 #: Automatic part sizes are rounded up to this, so that logs and resumed plans read cleanly.
 PART_SIZE_GRANULARITY = MiB
+#: An automatic plan cuts a file into at least this many parts where parts of 5 MiB or more allow it, so that
+#: a few hundred MiB still give adaptive parallelism parts to put in flight (16 MiB parts left a 192 MiB
+#: file 12 parts). Files of 1 GiB and more keep DEFAULT_PART_SIZE (or what 10,000 parts need).
+TARGET_PARTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,14 @@ def choose_part_size(size: int, preferred: int = DEFAULT_PART_SIZE) -> int:
     return min(max(preferred, needed), MAX_PART_SIZE)
 
 
+def auto_part_size(size: int) -> int:
+    """The automatic part size for a file of ``size`` bytes: ``size / TARGET_PARTS`` rounded up to a MiB,
+    within 5 MiB..DEFAULT_PART_SIZE, and never less than 10,000 parts need. A pure function of the size
+    (a resumed plan must be the plan it resumes)."""
+    spread = _round_up(-(-size // TARGET_PARTS), PART_SIZE_GRANULARITY) if size else 0
+    return choose_part_size(size, min(DEFAULT_PART_SIZE, max(MIN_PART_SIZE, spread)))
+
+
 def check_part_size(part_size: int) -> int:
     """``part_size`` if S3 accepts parts of that size (5 MiB..5 GiB), else InvalidUploadRequest saying so."""
     if part_size < MIN_PART_SIZE:
@@ -111,7 +123,7 @@ def plan_parts(size: int, part_size: int | None = None) -> PartPlan:
             f"upload ({format_bytes(MAX_OBJECT_SIZE)}: {MAX_PARTS:,} parts of {format_bytes(MAX_PART_SIZE)})."
         )
     if part_size is None:
-        return PartPlan(size, choose_part_size(size))
+        return PartPlan(size, auto_part_size(size))
     check_part_size(part_size)
     plan = PartPlan(size, part_size)
     if plan.count > MAX_PARTS:

@@ -29,6 +29,7 @@ from airflow_mpu_provider.multipart.errors import (
     S3UploadError,
     s3_error,
 )
+from airflow_mpu_provider.multipart.file_range import FileRange, part_body
 from airflow_mpu_provider.multipart.integrity import (
     DEFAULT_CHECKSUM_ALGORITHM,
     PartDigest,
@@ -38,7 +39,7 @@ from airflow_mpu_provider.multipart.integrity import (
     etag_is_md5_for_args,
     part_matches,
 )
-from airflow_mpu_provider.multipart.part_body import PartBody, SendMeter, never_retry_cancelled_parts
+from airflow_mpu_provider.multipart.part_body import SendMeter, never_retry_cancelled_parts
 from airflow_mpu_provider.multipart.parts import PartRecord
 from airflow_mpu_provider.multipart.request_args import request_args
 from airflow_mpu_provider.multipart.signing import sign_payload_only_when_needed
@@ -159,7 +160,7 @@ class MultipartUpload:
     def put_part(
         self,
         number: int,
-        data: bytes | bytearray | memoryview,
+        data: bytes | bytearray | memoryview | FileRange,
         digest: PartDigest,
         *,
         cancel: threading.Event | None = None,
@@ -186,7 +187,7 @@ class MultipartUpload:
             self.client.upload_part,
             UploadId=self.upload_id,
             PartNumber=number,
-            Body=PartBody(data, cancel, meter) if throttle is None else throttle.body(data, cancel, meter),
+            Body=part_body(data, cancel, meter, throttle),
             ContentLength=len(data),
             **args,
         )

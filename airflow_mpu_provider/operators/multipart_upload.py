@@ -26,7 +26,6 @@ from airflow_mpu_provider.hooks.multipart import (
 from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.command import command_label, find_bash, program_name
 from airflow_mpu_provider.multipart.engine import (
-    DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BUFFER_BYTES,
     BaseUploadEngine,
     FileUploadEngine,
@@ -42,7 +41,8 @@ from airflow_mpu_provider.multipart.errors import (
 )
 from airflow_mpu_provider.multipart.full_object import resolve_checksum_type
 from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
-from airflow_mpu_provider.multipart.plan import PartPlan, plan_parts
+from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
+from airflow_mpu_provider.multipart.plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
 from airflow_mpu_provider.multipart.resume import (
     DEFAULT_ADOPT_QUIET_AFTER,
@@ -123,7 +123,12 @@ class MultipartUploadOperator(BaseOperator):
         default) picks 16 MiB, or the smallest size that fits the file into 10,000 parts, so any file up
         to 48.8 TiB works untuned. For a ``command``: the first part's size; parts double every 1,000
         parts (16 MiB: streams up to 12.7 TiB).
-    :param concurrency: parts sent in parallel (an int, 1..10,000).
+    :param concurrency: parts sent in parallel (an int, 1..10,000), fixed; None (the default) adapts it
+        for a ``file``: it starts at 8 and adds parts while the aggregate rate rises, backs off on
+        SlowDown/503, within ``max_concurrency`` (the result's ``concurrency_settled`` says where it
+        settled); a ``command`` sends 8 at a time.
+    :param max_concurrency: upper bound (an int, 1..10,000, default 64) on parts in flight when
+        ``concurrency`` is None.
     :param max_buffer_bytes: cap (an int, in bytes) on part bytes held in memory at once (parts in flight,
         plus for a ``command`` the part being read); parallelism shrinks as parts grow so that memory stays
         within it. At least one part is always in flight, so a single part larger than the cap is the
@@ -220,7 +225,8 @@ class MultipartUploadOperator(BaseOperator):
         verify: str | bool | None = None,
         replace: bool = False,
         part_size: int | None = None,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         max_bandwidth: int | Mapping[str, int | None] | None = None,
         upload_window: str | Sequence[str] | None = None,
@@ -253,7 +259,8 @@ class MultipartUploadOperator(BaseOperator):
         self.verify = verify
         self.replace = replace
         self.part_size = validation.part_size(part_size)
-        self.concurrency = validation.concurrency(concurrency)
+        self.concurrency = None if concurrency is None else validation.concurrency(concurrency)
+        self.max_concurrency = validation.concurrency(max_concurrency)
         self.max_buffer_bytes = validation.max_buffer_bytes(max_buffer_bytes)
         self.upload_window = upload_window
         self.window_timezone = window_timezone
@@ -450,6 +457,7 @@ class MultipartUploadOperator(BaseOperator):
     def upload_options(self, checksum_algorithm: str | None) -> UploadOptions:
         return UploadOptions(
             concurrency=self.concurrency,
+            max_concurrency=self.max_concurrency,
             max_buffer_bytes=self.max_buffer_bytes,
             max_bandwidth=self.max_bandwidth,
             upload_window=self._window if self.command is None else None,
@@ -490,6 +498,32 @@ class MultipartUploadOperator(BaseOperator):
             # Binds what S3 does not show of an incomplete upload (ACL, content type, metadata, tags, encryption).
             "object_args": object_args_fingerprint(self.object_args()),
         }
+
+    def _part_size_for(self, store: Any, source: FileSource) -> int | None:
+        """``part_size``; or, left to the automatic rule, the part size an earlier try recorded for this very
+        version of the file, so that an upload planned by another version's rule (16 MiB parts before #22)
+        is resumed rather than aborted and restarted. The plan stays a function of the file and arguments:
+        the record is part of them."""
+        if self.part_size is not None or store is None:
+            return self.part_size
+        stored = store.get(STATE_KEY)
+        if not (isinstance(stored, dict) and stored.get("upload_id")):
+            return None
+        fp = source.fingerprint
+        same_file = (stored.get("file"), stored.get("size"), stored.get("mtime_ns"), stored.get("inode")) == (
+            str(source.path),
+            fp.size,
+            fp.mtime_ns,
+            fp.inode,
+        )
+        recorded = stored.get("part_size")
+        if not same_file or not isinstance(recorded, int) or isinstance(recorded, bool):
+            return None
+        if not MIN_PART_SIZE <= recorded <= MAX_PART_SIZE or PartPlan(fp.size, recorded).count > MAX_PARTS:
+            return None
+        if recorded != plan_parts(fp.size).part_size:
+            self.log.info("Keeping the earlier try's part size (%s) to resume its upload.", format_bytes(recorded))
+        return recorded
 
     def take_over_recorded_upload(self, store: Any, upload: FileUpload, record: dict) -> str | None:
         """The UploadId an earlier try recorded in task_state_store, if this try can continue it.
@@ -669,7 +703,7 @@ class MultipartUploadOperator(BaseOperator):
         started = time.monotonic()
         store = self._state_store(context)
         with FileSource(self.file) as source:
-            plan = plan_parts(source.size, self.part_size)
+            plan = plan_parts(source.size, self._part_size_for(store, source))
             options = self.upload_options(checksum)
             upload = self.hook.file_upload(
                 source, plan, bucket, key, options, client=self.s3_client(options, plan.part_size)

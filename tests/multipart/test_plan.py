@@ -11,6 +11,7 @@ from airflow_mpu_provider.multipart.plan import (
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
+    TARGET_PARTS,
     choose_part_size,
     plan_parts,
 )
@@ -42,6 +43,24 @@ def test_exact_multiple_has_no_empty_trailing_part():
 
 def test_default_part_size_for_ordinary_files():
     assert plan_parts(1 * GiB).part_size == DEFAULT_PART_SIZE
+    assert plan_parts(100 * GiB).part_size == DEFAULT_PART_SIZE
+
+
+@pytest.mark.parametrize(
+    ("size", "part_size", "parts"),
+    [
+        (192 * MiB, 5 * MiB, 39),  # was 16 MiB: 12 parts, too few for the parallelism a WAN link wants
+        (320 * MiB, 5 * MiB, TARGET_PARTS),
+        (512 * MiB, 8 * MiB, TARGET_PARTS),
+        (700 * MiB + 1, 11 * MiB, TARGET_PARTS),
+        (1 * GiB - 1, 16 * MiB, TARGET_PARTS),
+        (20 * MiB, 5 * MiB, 4),  # the 5 MiB floor
+    ],
+)
+def test_files_under_a_gib_get_enough_parts_for_the_parallelism(size, part_size, parts):
+    plan = plan_parts(size)
+    assert (plan.part_size, plan.count) == (part_size, parts)
+    assert plan == plan_parts(size)  # deterministic: a resumed plan is the plan it resumes
 
 
 @pytest.mark.parametrize("size", [200 * GiB, 5 * TiB, MAX_OBJECT_SIZE - 1, MAX_OBJECT_SIZE])

@@ -123,6 +123,9 @@ class Fault:
     after_bytes: int = 65536
     rate: int = 0  # throttle: request body bytes per second read from the client (per request)
     skip: int = 0  # let this many requests of ``kind`` through (in order of arrival) before the fault applies
+    #: Apply only to a request arriving while more than this many of ``kind`` are in flight (itself included):
+    #: a store that answers SlowDown to a client sending more than N parts at once. None: always.
+    above_in_flight: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -656,6 +659,8 @@ class S3Proxy:
             for armed in self._faults:
                 fault = armed.fault
                 if fault.kind != kind or (fault.times is not None and armed.applied >= fault.times):
+                    continue
+                if fault.above_in_flight is not None and self._in_flight.get(kind, 0) + 1 <= fault.above_in_flight:
                     continue
                 if armed.skipped < fault.skip:
                     armed.skipped += 1
