@@ -139,7 +139,7 @@ def test_an_opening_seconds_away_is_waited_for_not_rescheduled(mock_s3, tmp_path
     monkeypatch.setattr(operator, "_window_now", lambda: base + timedelta(seconds=time.monotonic() - started))
     monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
     result = operator.execute(context(Store())[0])  # no AirflowRescheduleException
-    assert result["parts_sent"] == 1
+    assert result["parts_sent"] == result["parts"] >= 1
     assert sha256_object(mock_s3, "test-bucket", "dumps/x.sql") == sha256_file(path)
 
 

@@ -181,8 +181,8 @@ def test_object_matches_an_upload_file_object_without_being_told_its_part_size(h
     result = hook.upload_file(path, key, BUCKET, checksum_algorithm=None)
     assert (result["part_size"], result["parts"]) == (5 * MiB, 9)
     assert hook.object_matches(path, key, BUCKET)
-    assert hook.object_matches(path, f"s3://{BUCKET}/{key}", part_size=16 * MiB)
-    assert not hook.object_matches(path, key, BUCKET, part_size=PART)  # cut in 5 MiB parts: 9, not 3
+    assert hook.object_matches(path, f"s3://{BUCKET}/{key}", part_size=PART)
+    assert not hook.object_matches(path, key, BUCKET, part_size=16 * MiB)  # cut in 16 MiB parts: 3, not 9
     assert not hook.object_matches(make_file(tmp_path / "g", 40 * MiB + 3, seed=13), key, BUCKET)
 
 
