@@ -53,6 +53,20 @@ def logged(caplog, capsys) -> str:
     return caplog.text + capsys.readouterr().out
 
 
+def fail_a_try_that_keeps_its_upload(connection, proxy, s3, path, key: str) -> tuple[FakeStateStore, str]:
+    """A first try of the operator that fails at part 2 with a retry to come: its upload is kept and
+    recorded in the returned store; returns the store and the kept UploadId."""
+    store = FakeStateStore()
+    proxy.fail_nth("UploadPart", 2)
+    with pytest.raises(S3UploadError):
+        operator(no_retries(connection), path, key, retries=1).execute(
+            {"ti": FakeTaskInstance(try_number=1, max_tries=1), "task_state_store": store}
+        )
+    proxy.clear_faults()
+    [kept] = uploads_of(s3, key)
+    return store, kept
+
+
 # -- 19.1: an upload found at the key carries someone else's settings -----------------------------
 
 
@@ -111,14 +125,7 @@ def test_settings_changed_between_tries_start_a_fresh_upload_and_the_old_one_is_
     the recorded upload (ours) was created without them, so it is aborted, and a fresh one carries them."""
     key = "identity/settings-changed.bin"
     path = make_file(tmp_path / "f", 16 * MiB)
-    store = FakeStateStore()
-    proxy.fail_nth("UploadPart", 2)
-    with pytest.raises(S3UploadError):
-        operator(no_retries(connection), path, key, retries=1).execute(
-            {"ti": FakeTaskInstance(try_number=1, max_tries=1), "task_state_store": store}
-        )
-    proxy.clear_faults()
-    [kept] = uploads_of(s3, key)
+    store, kept = fail_a_try_that_keeps_its_upload(connection, proxy, s3, path, key)
     assert store.data[STATE_KEY]["upload_id"] == kept
     proxy.reset_counts()
     changed = {
@@ -347,14 +354,7 @@ def test_an_upload_recorded_by_the_previous_version_is_aborted_once_and_started_
     the upload's settings: it is ours, so it is aborted, and the retry uploads afresh."""
     key = "identity/old-record.bin"
     path = make_file(tmp_path / "f", 16 * MiB)
-    store = FakeStateStore()
-    proxy.fail_nth("UploadPart", 2)
-    with pytest.raises(S3UploadError):
-        operator(no_retries(connection), path, key, retries=1).execute(
-            {"ti": FakeTaskInstance(try_number=1, max_tries=1), "task_state_store": store}
-        )
-    proxy.clear_faults()
-    [kept] = uploads_of(s3, key)
+    store, kept = fail_a_try_that_keeps_its_upload(connection, proxy, s3, path, key)
     del store.data[STATE_KEY]["object_args"]  # as the previous version recorded it
     proxy.reset_counts()
     with caplog.at_level(logging.WARNING):

@@ -11,21 +11,18 @@ cap is really reached (three parts in flight and one being read), whatever the m
 
 from __future__ import annotations
 
-import hashlib
 import io
 import threading
-import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
 
 from airflow_mpu_provider.multipart.engine import UploadOptions
 from airflow_mpu_provider.multipart.stream import StreamUploadEngine
 from airflow_mpu_provider.multipart.stream_sources import IterableStream, ReadableStream
 from airflow_mpu_provider.multipart.units import KiB, MiB
+from tests.support.in_process_s3 import in_process_client, traced_peak
 
 CAP = 32 * MiB
 PART = 8 * MiB
@@ -87,62 +84,6 @@ def chunks(producer: Producer) -> Iterator[bytes]:
         yield bytes(piece)
 
 
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self._body
-
-
-def discarding_client(producer: Producer) -> Any:
-    """A real boto3 client whose requests are answered in-process: each part's body is read as the
-    HTTP layer reads it (``read(16 KiB)`` until the end), hashed for its ETag, and dropped."""
-    client = boto3.client(
-        "s3",
-        endpoint_url="http://127.0.0.1:9",
-        region_name="us-east-1",
-        aws_access_key_id="k",
-        aws_secret_access_key="s",
-    )
-    md5s: dict[int, bytes] = {}
-
-    def answer(status: int, headers: dict[str, str], body: bytes = b"") -> AWSResponse:
-        return AWSResponse("http://127.0.0.1:9", status, headers, _Raw(body))
-
-    def upload_part(request: Any, **_: Any) -> AWSResponse:
-        number = int(request.url.split("partNumber=")[1].split("&")[0])
-        digest = hashlib.md5(usedforsecurity=False)
-        while piece := request.body.read(16 * KiB):
-            digest.update(piece)
-        md5s[number] = digest.digest()
-        producer.wait_until((number + HOLD_PARTS) * PART)  # hold this part until the reader is further on
-        return answer(200, {"ETag": f'"{digest.hexdigest()}"'})
-
-    def etag() -> str:
-        joined = b"".join(md5s[n] for n in sorted(md5s))
-        return f'"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(md5s)}"'
-
-    def create(**_: Any) -> AWSResponse:
-        return answer(200, {}, b"<InitiateMultipartUploadResult><UploadId>u</UploadId></InitiateMultipartUploadResult>")
-
-    def complete(**_: Any) -> AWSResponse:
-        return answer(
-            200, {}, f"<CompleteMultipartUploadResult><ETag>{etag()}</ETag></CompleteMultipartUploadResult>".encode()
-        )
-
-    def head(**_: Any) -> AWSResponse:
-        return answer(200, {"Content-Length": str(TOTAL), "ETag": etag()})
-
-    events = client.meta.events
-    events.register("before-send.s3.CreateMultipartUpload", create)
-    events.register("before-send.s3.UploadPart", upload_part)
-    events.register("before-send.s3.CompleteMultipartUpload", complete)
-    events.register("before-send.s3.HeadObject", head)
-    events.register("before-send.s3.AbortMultipartUpload", lambda **_: answer(204, {}))
-    return client
-
-
 @pytest.mark.parametrize("kind", ["readinto", "read-only", "iterable"])
 def test_peak_traced_memory_stays_within_max_buffer_bytes_and_peak_buffer_bytes_says_so(kind):
     producer = Producer()
@@ -151,7 +92,8 @@ def test_peak_traced_memory_stays_within_max_buffer_bytes_and_peak_buffer_bytes_
         "read-only": lambda: ReadableStream(ShortReadsOnly(producer)),  # type: ignore[arg-type]
         "iterable": lambda: IterableStream(chunks(producer)),
     }[kind]()
-    client = discarding_client(producer)
+    # each part is held until the reader has read HOLD_PARTS parts further on
+    client, _ = in_process_client(TOTAL, lambda number: producer.wait_until((number + HOLD_PARTS) * PART))
     engine = StreamUploadEngine(
         client,
         bucket="b",
@@ -161,13 +103,7 @@ def test_peak_traced_memory_stays_within_max_buffer_bytes_and_peak_buffer_bytes_
         growing=False,
         options=UploadOptions(max_buffer_bytes=CAP, checksum_algorithm=None, progress_interval=3600),
     )
-    tracemalloc.start()
-    try:
-        baseline = tracemalloc.get_traced_memory()[0]
-        result = engine.run()
-        peak = tracemalloc.get_traced_memory()[1] - baseline
-    finally:
-        tracemalloc.stop()
+    result, peak = traced_peak(engine.run)
     assert result.size == TOTAL and result.parts == TOTAL // PART
     assert result.peak_buffer_bytes == CAP  # three parts in flight and the fourth being read: the cap, reached
     # What was really allocated at the peak: the part bytes the result reports, plus small change.
