@@ -4,7 +4,8 @@ try_number), and each run is a new task process under the supervisor, as in prod
 
 Windows of seconds (HH:MM:SS, UTC) stand in for nights: a file that needs three of them ends byte-identical,
 the task went up_for_reschedule at least twice and never failed, each part was sent once (server-side
-counts), no task process was alive between windows, and nothing is left incomplete.
+counts), no task process was alive between windows, and nothing is left incomplete. A kill inside a window
+is not a pause: after a SIGKILL Airflow's retry resumes the upload; a SIGTERM aborts it and fails the task.
 """
 
 from __future__ import annotations
