@@ -95,7 +95,12 @@ def test_every_request_of_every_path_carries_the_per_request_arguments(connectio
     )
     # Under SSE-C the stored parts' ETags are no MD5s and moto lists no checksums: nothing can be
     # verified, so everything is sent again rather than trusted.
-    assert (result["parts_resumed"], result["parts_sent"]) == ((0, 4) if sse_c else (2, 2))
+    # (Part 4 may have gone out while the first try was stopping after part 3's failure: then 3 resumed.)
+    resumed, sent = result["parts_resumed"], result["parts_sent"]
+    if sse_c:
+        assert (resumed, sent) == (0, 4)
+    else:
+        assert resumed in (2, 3) and resumed + sent == 4, (resumed, sent)
     if unrecorded_sse_c:
         assert proxy.count("CreateMultipartUpload") == 2  # afresh
     else:
