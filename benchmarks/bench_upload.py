@@ -16,20 +16,29 @@ row, e.g. ``--contenders engine --part-size 8MiB,16MiB,32MiB,64MiB --concurrency
 ``--max-bandwidth 32MiB`` caps the engine (``UploadOptions.max_bandwidth``) and s3transfer's contenders
 (``TransferConfig.max_bandwidth``) at that many bytes per second, and reports each one's measured rate
 against the cap, e.g. ``--size 256MiB --contenders engine,boto3-default --max-bandwidth 32MiB``.
+
+``--max-bandwidth-timetable "0:8MiB,6:32MiB,12:off"`` gives the engine a bandwidth timetable instead: seconds
+from the upload's start -> cap (``off``: none), translated at the start into wall-clock ``"HH:MM:SS"`` keys
+(UTC) of ``UploadOptions.max_bandwidth``. A byte-counting TCP relay between the worker and the store records
+the bytes on the wire over time, and the report gives each period's rate / its cap, leaving out
+``--timetable-settle`` seconds (default 1) after the start and each switch and before the next switch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -61,6 +70,24 @@ def parse_size(text: str) -> int:
     if not match or match.group(2).lower() not in _UNITS:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 256MiB, 1GiB, 8GiB)")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_timetable(text: str) -> list[tuple[int, int | None]]:
+    """'0:8MiB,6:32MiB,12:off' -> [(0, 8 MiB), (6, 32 MiB), (12, None)]: whole seconds from the upload's start
+    to a cap in bytes per second (``off``: uncapped), starting at 0, increasing."""
+    periods: list[tuple[int, int | None]] = []
+    for item in text.split(","):
+        offset, sep, rate = item.strip().partition(":")
+        if not sep or not offset.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"not SECONDS:RATE: {item!r} (e.g. '0:8MiB,6:32MiB,12:off')")
+        cap = None if rate.strip().lower() == "off" else parse_size(rate)
+        if cap == 0:
+            raise argparse.ArgumentTypeError(f"a cap of 0 in {item!r}: write 'off' for no cap")
+        periods.append((int(offset), cap))
+    offsets = [o for o, _ in periods]
+    if offsets[0] != 0 or offsets != sorted(set(offsets)) or offsets[-1] >= 86400:
+        raise argparse.ArgumentTypeError(f"offsets must start at 0 and increase (below a day): {text!r}")
+    return periods
 
 
 def format_size(n: int) -> str:
@@ -137,6 +164,18 @@ def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str,
 
         store_echoes_no_checksums(client)
     chosen: dict[str, Any] = {"concurrency": args.concurrency_value or None, "max_bandwidth": args.max_bandwidth}
+    extra: dict[str, Any] = {}
+    if args.max_bandwidth_timetable:
+        # Whole seconds: the timetable's keys are "HH:MM:SS" (UTC, as the engine reads a dict), so the periods
+        # are measured from this second, not from the exact start.
+        from datetime import UTC, datetime
+
+        base = int(time.time())
+        chosen["max_bandwidth"] = {
+            datetime.fromtimestamp(base + offset, UTC).strftime("%H:%M:%S"): cap
+            for offset, cap in args.max_bandwidth_timetable
+        }
+        extra = {"timetable_base": base, "timetable": chosen["max_bandwidth"]}
     if args.checksum_algorithm != "default":
         chosen["checksum_algorithm"] = args.checksum_algorithm
     if args.checksum_type != "default":
@@ -147,7 +186,7 @@ def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str,
         engine = FileUploadEngine(client, bucket=args.bucket, key=key, source=src, plan=plan, options=options)
         result = engine.run()
     return {"parts": result.parts, "part_size": result.part_size, "workers": result.concurrency_settled,
-            "etag": result.etag, "checksum": result.checksum}
+            "etag": result.etag, "checksum": result.checksum, "ended_at": time.time(), **extra}
 
 
 def _boto3_upload(client: Any, args: argparse.Namespace, key: str, tuned: bool) -> dict[str, Any]:
@@ -445,6 +484,113 @@ class LocalServer:
         self._log.close()
 
 
+class WireCounter:
+    """A TCP relay on 127.0.0.1 in front of the store that records, for ``--max-bandwidth-timetable``, when
+    each piece of the client's bytes went to the store (``time.time()``, the clock the worker's timetable uses).
+    It only copies bytes, so it sees HTTP and HTTPS alike (TLS records: the bodies plus a few percent of
+    framing and the requests' headers). It runs in the parent, which is idle during a run.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        scheme, _, rest = endpoint.partition("://")
+        host, _, port = rest.rstrip("/").rpartition(":")
+        self.upstream = (host, int(port))
+        self.sent: list[tuple[float, int]] = []  # (time, bytes) client -> store; list.append is atomic
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                store = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._pipe, args=(client, store, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(store, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        try:
+            while data := src.recv(256 * KiB):
+                dst.sendall(data)
+                if count:
+                    self.sent.append((time.time(), len(data)))
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def bytes_between(self, start: float, end: float) -> int:
+        return sum(n for t, n in list(self.sent) if start <= t < end)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def timetable_periods(record: dict[str, Any], periods: list[tuple[int, int | None]], wire: WireCounter,
+                      settle: float) -> list[dict[str, Any]]:
+    """Bytes on the wire and rate for each period of one run, ``settle`` seconds left out after the start and
+    each switch, and before the next switch (the last period ends with the upload's last byte on the wire; an
+    uncapped last period starts at its switch)."""
+    base = record["timetable_base"]
+    # The last period ends with the upload's last byte on the wire (Complete's request is a few hundred bytes).
+    end = max((t for t, _ in list(wire.sent) if base <= t < record["ended_at"]), default=record["ended_at"])
+    out = []
+    for i, (offset, cap) in enumerate(periods):
+        # After the start (Create, the first parts) and after each switch; an uncapped last period (nothing to
+        # compare with) from its switch on: its few remaining parts often go in less than the margin.
+        start = base + offset + (0 if cap is None and i + 1 == len(periods) else settle)
+        stop = min(base + periods[i + 1][0] - settle, end) if i + 1 < len(periods) else end
+        if stop - start < 0.5:
+            out.append({"offset": offset, "cap": cap, "seconds": 0, "bytes": None, "rate": None,
+                        "last_byte_after_switch": round(end - base - offset, 3)})
+            continue
+        n = wire.bytes_between(start, stop)
+        out.append({"offset": offset, "cap": cap, "seconds": round(stop - start, 3), "bytes": n,
+                    "rate": n / (stop - start)})
+    return out
+
+
+def timetable_report(results: list[dict[str, Any]], vs: list[Variant], args: argparse.Namespace) -> str:
+    lines = [f"max_bandwidth timetable {args.max_bandwidth_timetable_text!r} (seconds from the start: cap), bytes on "
+             f"the wire per period, {args.timetable_settle:g} s left out after the start and each switch and before "
+             "the next switch: "
+             "measured rate / cap"]
+    for v in vs:
+        rs = [r for r in results if "error" not in r and r["label"] == v.label]
+        if v.contender != "engine":
+            lines.append(f"  {v.label}: not applicable (no timetable: "
+                         + ("s3transfer's TransferConfig.max_bandwidth is one fixed rate" if v.contender in
+                            USES_MAX_BANDWIDTH else "no cap at all") + "; ran uncapped)")
+            continue
+        for i, (offset, cap) in enumerate(args.max_bandwidth_timetable):
+            rates = [r["periods"][i] for r in rs if r.get("periods")]
+            measured = [p["rate"] for p in rates if p["rate"] is not None]
+            what = f"  {v.label}, period {i + 1} (from {offset} s, cap {format_size(cap) + '/s' if cap else 'off'})"
+            if not measured:
+                after = ", ".join(f"{p['last_byte_after_switch']:.1f} s" for p in rates)
+                lines.append(f"{what}: not measured, the last byte went {after} after the switch (fewer than "
+                             f"settle {args.timetable_settle:g} s + 0.5 s)")
+                continue
+            rounds = ", ".join(f"{p['rate'] / MiB:.2f} MiB/s over {p['seconds']:.1f} s" for p in rates
+                               if p["rate"] is not None)
+            med = statistics.median(measured)
+            if cap:
+                per_round = " ".join(f"{rate / cap:.3f}" for rate in measured)
+                lines.append(f"{what}: {med / MiB:.2f} MiB/s = {med / cap:.3f}x the cap "
+                             f"(per round: {per_round}; {rounds})")
+            else:
+                lines.append(f"{what}: {med / MiB:.2f} MiB/s, uncapped, from the switch to the last byte ({rounds})")
+    return "\n".join(lines)
+
+
 class SwiftStore:
     """OpenStack Swift with s3api on 127.0.0.1 (tests/support/swift_server.py), for ``--store swift``.
 
@@ -570,6 +716,8 @@ def worker_command(args: argparse.Namespace, v: Variant, file: Path, endpoint: s
         cmd.append("--verify-tls")
     if args.max_bandwidth:
         cmd += ["--max-bandwidth", str(args.max_bandwidth)]
+    if args.max_bandwidth_timetable:
+        cmd += ["--max-bandwidth-timetable", args.max_bandwidth_timetable_text]
     if profile:
         cmd += ["--profile", "--profile-timer", args.profile_timer, "--profile-top", str(args.profile_top)]
     return cmd
@@ -733,10 +881,15 @@ def run_parent(args: argparse.Namespace) -> int:
         else:
             server = LocalServer(args.https, Path(scratch) / "moto.log").__enter__()
             endpoint = server.endpoint
+        wire = None
+        if args.max_bandwidth_timetable:
+            wire = WireCounter(endpoint)
+            server_endpoint, endpoint = endpoint, wire.endpoint
         where = "existing" if args.endpoint else (
             f"OpenStack Swift s3api, workers={args.swift_workers}" if args.store == "swift" else "moto, own process")
         try:
-            print(f"endpoint: {endpoint} ({where}), bucket: {args.bucket}, file: {file} ({format_size(args.size)})")
+            print(f"endpoint: {endpoint} ({where}{f', relay to {server_endpoint} counting bytes' if wire else ''}), "
+                  f"bucket: {args.bucket}, file: {file} ({format_size(args.size)})")
             ensure_bucket(args, endpoint)
             for _ in range(args.warmup):  # the first upload into a fresh moto is slower: not counted
                 warm = run_one(args, vs[0], file, endpoint)
@@ -751,6 +904,9 @@ def run_parent(args: argparse.Namespace) -> int:
                         record["server_cpu_s"] = round(server.cpu_seconds() - server_cpu, 3)
                         record["server_cpu_s_per_gib"] = round(record["server_cpu_s"] / (args.size / GiB), 3)
                     record["round"] = round_no
+                    if wire is not None and "timetable_base" in record:
+                        record["periods"] = timetable_periods(record, args.max_bandwidth_timetable, wire,
+                                                              args.timetable_settle)
                     results.append(record)
                     if "error" in record:
                         print(f"  round {round_no} {v.label}: FAILED {record['error']}", file=sys.stderr, flush=True)
@@ -769,6 +925,8 @@ def run_parent(args: argparse.Namespace) -> int:
                 profile_record = run_one(args, engines[0], file, endpoint, profile=True)
                 print(f"profiled run: {json.dumps(profile_record)}")
         finally:
+            if wire is not None:
+                wire.close()
             if server is not None:
                 server.__exit__()
     elapsed = time.monotonic() - started
@@ -777,11 +935,14 @@ def run_parent(args: argparse.Namespace) -> int:
               f"{'HTTPS' if args.https or endpoint.startswith('https') else 'plain HTTP'}; "
               f"payload signing {args.payload_signing}{'; BOTO_DISABLE_CRT' if args.no_crt else ''}"
               f"; {store_kind(args)}"
-              f"{f'; max_bandwidth {format_size(args.max_bandwidth)}/s' if args.max_bandwidth else ''}; "
+              f"{f'; max_bandwidth {format_size(args.max_bandwidth)}/s' if args.max_bandwidth else ''}"
+              f"{f'; timetable {args.max_bandwidth_timetable_text}' if args.max_bandwidth_timetable else ''}; "
               f"took {elapsed:.0f} s")
         print(table(results, vs))
         if args.max_bandwidth:
             print(cap_report(results, vs, args.max_bandwidth))
+        if args.max_bandwidth_timetable:
+            print(timetable_report(results, vs, args))
         failures = [r for r in results if "error" in r]
         if failures:
             print(f"{len(failures)} run(s) failed; first error: {failures[0]['error']}")
@@ -843,6 +1004,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-bandwidth", type=parse_size, default=None,
                    help="cap in bytes per second, e.g. 32MiB: the engine's max_bandwidth and s3transfer's "
                         "TransferConfig.max_bandwidth; the report compares each measured rate with it")
+    p.add_argument("--max-bandwidth-timetable", default=None, metavar="S:RATE,...",
+                   help="the engine's max_bandwidth as a timetable: seconds from the upload's start -> cap, e.g. "
+                        "'0:8MiB,6:32MiB,12:off' (off: uncapped); the report gives each period's rate on the wire / "
+                        "its cap (engine only: s3transfer has no timetable)")
+    p.add_argument("--timetable-settle", type=float, default=1.0,
+                   help="seconds left out of each period after its start and before the next switch (default 1)")
     p.add_argument("--json", help="save raw results to this file")
     p.add_argument("--profile", action="store_true", help="after the rounds, run the engine once under cProfile")
     p.add_argument("--profile-timer", choices=("cpu", "wall"), default="cpu",
@@ -868,6 +1035,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.checksum_algorithm = None if lowered in ("none", "md5", "") else "default" if lowered == "default" else (
         args.checksum.upper()
     )
+    args.max_bandwidth_timetable_text = args.max_bandwidth_timetable
+    if args.max_bandwidth_timetable:
+        try:
+            args.max_bandwidth_timetable = parse_timetable(args.max_bandwidth_timetable)
+        except argparse.ArgumentTypeError as exc:
+            p.error(f"--max-bandwidth-timetable: {exc}")
+        if args.max_bandwidth:
+            p.error("--max-bandwidth and --max-bandwidth-timetable exclude each other")
     if args.store == "swift" and args.https:
         p.error("--store swift serves plain HTTP only")
     if args.worker and not (args.file and args.endpoint):
