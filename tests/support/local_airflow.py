@@ -77,13 +77,14 @@ def moto_server_process(**env: str) -> Iterator[str]:
         proc.wait(10)
 
 
-def s3_client(endpoint: str, **config: object):
+def s3_client(endpoint: str, *, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, **config: object):
+    """A boto3 S3 client for a local test store (moto's credentials unless others are given)."""
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
         region_name=REGION,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
         config=Config(retries={"mode": "standard", "max_attempts": 3}, **config),
     )
 

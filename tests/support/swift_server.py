@@ -72,22 +72,10 @@ def missing_message(missing: list[str]) -> str:
 
 def s3_client(endpoint: str, **config: object):
     """A boto3 S3 client for ``endpoint`` with Swift's tempauth credentials (path-style, SigV4, us-east-1)."""
-    import boto3
-    from botocore.config import Config
+    from tests.support import local_airflow
 
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        config=Config(
-            s3={"addressing_style": "path"},
-            signature_version="s3v4",
-            retries={"mode": "standard", "max_attempts": 3},
-            **config,
-        ),
-    )
+    config = {"s3": {"addressing_style": "path"}, "signature_version": "s3v4", **config}
+    return local_airflow.s3_client(endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, **config)
 
 
 def aws_connection(endpoint: str, **extra: object) -> str:
