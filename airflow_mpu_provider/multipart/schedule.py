@@ -330,7 +330,7 @@ class UploadSchedule:
             message = (
                 f"Upload window {self.window.describe()} closed: upload {upload_id} of s3://{bucket}/{key} kept, "
                 f"{format_bytes(stored_bytes)} stored ({stored_parts} of {parts} parts), "
-                f"{format_bytes(size - stored_bytes)} left; sent {format_bytes(self._sent)} in this run at {measured}; "
+                f"{format_bytes(left)} left; sent {format_bytes(self._sent)} in this run at {measured}; "
                 f"resumes at {resumes_at.isoformat(timespec='seconds')}; projected finish {finish}."
             )
         return UploadPaused(
