@@ -235,15 +235,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--endpoint", help="an existing S3 endpoint instead of moto in its own process")
     p.add_argument("--https", action="store_true", help="moto over HTTPS with a self-signed certificate")
-    p.add_argument("--store", choices=("moto", "swift"), default="moto",
-                   help="the local store to start: moto (default) or OpenStack Swift with s3api (needs the Debian "
-                        "swift packages, see tests/support/swift_server.py); ignored with --endpoint")
-    p.add_argument("--swift-workers", default="auto",
-                   help="with --store swift: worker processes per Swift server ('auto': one per core; 0: none)")
+    p.add_argument(
+        "--store",
+        choices=("moto", "swift"),
+        default="moto",
+        help="the local store to start: moto (default) or OpenStack Swift with s3api (needs the Debian "
+        "swift packages, see tests/support/swift_server.py); ignored with --endpoint",
+    )
+    p.add_argument(
+        "--swift-workers",
+        default="auto",
+        help="with --store swift: worker processes per Swift server ('auto': one per core; 0: none)",
+    )
     p.add_argument("--bucket", default="mpu-bench")
     p.add_argument("--tmpdir", default=os.path.join(tempfile.gettempdir(), "mpu-bench"))
-    p.add_argument("--checksum-type", choices=("FULL_OBJECT", "COMPOSITE"),
-                   help="the operator's checksum_type (default: the operator's default, FULL_OBJECT)")
+    p.add_argument(
+        "--checksum-type",
+        choices=("FULL_OBJECT", "COMPOSITE"),
+        help="the operator's checksum_type (default: the operator's default, FULL_OBJECT)",
+    )
     p.add_argument("--json", help="save raw results to this file")
     p.add_argument("--keep-log", help="copy the task logs of every run (airflow dags test output) to this file")
     args = p.parse_args(argv)
@@ -295,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
                 server.__exit__()
             if args.keep_log and log.exists():
                 shutil.copyfile(log, args.keep_log)
-    print(f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians, net of the idle DAG"
-          f"{f'; operator checksum_type {args.checksum_type}' if args.checksum_type else ''}")
+    print(
+        f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians, net of the idle DAG"
+        f"{f'; operator checksum_type {args.checksum_type}' if args.checksum_type else ''}"
+    )
     print(table(results, args.size))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -56,11 +56,20 @@ USES_PART_SIZE = {"engine", "crt", "boto3-tuned", "sequential"}
 USES_CONCURRENCY = {"engine", "boto3-tuned"}
 
 _UNITS = {
-    "": 1, "b": 1,
-    "k": KiB, "kb": 1000, "kib": KiB,
-    "m": MiB, "mb": 1000**2, "mib": MiB,
-    "g": GiB, "gb": 1000**3, "gib": GiB,
-    "t": 1024 * GiB, "tb": 1000**4, "tib": 1024 * GiB,
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "kb": 1000,
+    "kib": KiB,
+    "m": MiB,
+    "mb": 1000**2,
+    "mib": MiB,
+    "g": GiB,
+    "gb": 1000**3,
+    "gib": GiB,
+    "t": 1024 * GiB,
+    "tb": 1000**4,
+    "tib": 1024 * GiB,
 }
 
 
@@ -117,7 +126,7 @@ def _auto_part_size(args: argparse.Namespace) -> int:
     if args.part_size_value:
         return args.part_size_value
     _checkout_on_path()
-    from airflow_mpu_provider.multipart.plan import plan_parts
+    from airflow_mpu_provider.multipart.parts.plan import plan_parts
 
     return plan_parts(os.path.getsize(args.file)).part_size
 
@@ -148,15 +157,13 @@ def make_client(args: argparse.Namespace, concurrency: int, *, default_config: b
         import urllib3
 
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-    return boto3.client(
-        "s3", endpoint_url=args.endpoint, config=config, verify=args.verify_tls if args.https else None
-    )
+    return boto3.client("s3", endpoint_url=args.endpoint, config=config, verify=args.verify_tls if args.https else None)
 
 
 def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str, Any]:
     from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
-    from airflow_mpu_provider.multipart.plan import plan_parts
-    from airflow_mpu_provider.multipart.sources import FileSource
+    from airflow_mpu_provider.multipart.parts.plan import plan_parts
+    from airflow_mpu_provider.multipart.sources.file import FileSource
 
     if args.no_checksum_echo:  # a store without checksum support: the engine's parts lose the algorithm name
         _checkout_on_path()
@@ -185,8 +192,15 @@ def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str,
         plan = plan_parts(src.size, args.part_size_value or None)
         engine = FileUploadEngine(client, bucket=args.bucket, key=key, source=src, plan=plan, options=options)
         result = engine.run()
-    return {"parts": result.parts, "part_size": result.part_size, "workers": result.concurrency_settled,
-            "etag": result.etag, "checksum": result.checksum, "ended_at": time.time(), **extra}
+    return {
+        "parts": result.parts,
+        "part_size": result.part_size,
+        "workers": result.concurrency_settled,
+        "etag": result.etag,
+        "checksum": result.checksum,
+        "ended_at": time.time(),
+        **extra,
+    }
 
 
 def _boto3_upload(client: Any, args: argparse.Namespace, key: str, tuned: bool) -> dict[str, Any]:
@@ -424,8 +438,12 @@ def run_server(args: argparse.Namespace) -> int:
         from werkzeug.serving import make_server
 
         server = make_server(
-            "127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), threaded=True,
-            request_handler=MotoRequestHandler, ssl_context="adhoc",
+            "127.0.0.1",
+            0,
+            DomainDispatcherApplication(create_backend_app),
+            threaded=True,
+            request_handler=MotoRequestHandler,
+            ssl_context="adhoc",
         )
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.server_address[1]
@@ -534,8 +552,9 @@ class WireCounter:
         self.listener.close()
 
 
-def timetable_periods(record: dict[str, Any], periods: list[tuple[int, int | None]], wire: WireCounter,
-                      settle: float) -> list[dict[str, Any]]:
+def timetable_periods(
+    record: dict[str, Any], periods: list[tuple[int, int | None]], wire: WireCounter, settle: float
+) -> list[dict[str, Any]]:
     """Bytes on the wire and rate for each period of one run, ``settle`` seconds left out after the start and
     each switch, and before the next switch (the last period ends with the upload's last byte on the wire; an
     uncapped last period starts at its switch)."""
@@ -549,26 +568,43 @@ def timetable_periods(record: dict[str, Any], periods: list[tuple[int, int | Non
         start = base + offset + (0 if cap is None and i + 1 == len(periods) else settle)
         stop = min(base + periods[i + 1][0] - settle, end) if i + 1 < len(periods) else end
         if stop - start < 0.5:
-            out.append({"offset": offset, "cap": cap, "seconds": 0, "bytes": None, "rate": None,
-                        "last_byte_after_switch": round(end - base - offset, 3)})
+            out.append(
+                {
+                    "offset": offset,
+                    "cap": cap,
+                    "seconds": 0,
+                    "bytes": None,
+                    "rate": None,
+                    "last_byte_after_switch": round(end - base - offset, 3),
+                }
+            )
             continue
         n = wire.bytes_between(start, stop)
-        out.append({"offset": offset, "cap": cap, "seconds": round(stop - start, 3), "bytes": n,
-                    "rate": n / (stop - start)})
+        out.append(
+            {"offset": offset, "cap": cap, "seconds": round(stop - start, 3), "bytes": n, "rate": n / (stop - start)}
+        )
     return out
 
 
 def timetable_report(results: list[dict[str, Any]], vs: list[Variant], args: argparse.Namespace) -> str:
-    lines = [f"max_bandwidth timetable {args.max_bandwidth_timetable_text!r} (seconds from the start: cap), bytes on "
-             f"the wire per period, {args.timetable_settle:g} s left out after the start and each switch and before "
-             "the next switch: "
-             "measured rate / cap"]
+    lines = [
+        f"max_bandwidth timetable {args.max_bandwidth_timetable_text!r} (seconds from the start: cap), bytes on "
+        f"the wire per period, {args.timetable_settle:g} s left out after the start and each switch and before "
+        "the next switch: "
+        "measured rate / cap"
+    ]
     for v in vs:
         rs = [r for r in results if "error" not in r and r["label"] == v.label]
         if v.contender != "engine":
-            lines.append(f"  {v.label}: not applicable (no timetable: "
-                         + ("s3transfer's TransferConfig.max_bandwidth is one fixed rate" if v.contender in
-                            USES_MAX_BANDWIDTH else "no cap at all") + "; ran uncapped)")
+            lines.append(
+                f"  {v.label}: not applicable (no timetable: "
+                + (
+                    "s3transfer's TransferConfig.max_bandwidth is one fixed rate"
+                    if v.contender in USES_MAX_BANDWIDTH
+                    else "no cap at all"
+                )
+                + "; ran uncapped)"
+            )
             continue
         for i, (offset, cap) in enumerate(args.max_bandwidth_timetable):
             rates = [r["periods"][i] for r in rs if r.get("periods")]
@@ -576,16 +612,20 @@ def timetable_report(results: list[dict[str, Any]], vs: list[Variant], args: arg
             what = f"  {v.label}, period {i + 1} (from {offset} s, cap {format_size(cap) + '/s' if cap else 'off'})"
             if not measured:
                 after = ", ".join(f"{p['last_byte_after_switch']:.1f} s" for p in rates)
-                lines.append(f"{what}: not measured, the last byte went {after} after the switch (fewer than "
-                             f"settle {args.timetable_settle:g} s + 0.5 s)")
+                lines.append(
+                    f"{what}: not measured, the last byte went {after} after the switch (fewer than "
+                    f"settle {args.timetable_settle:g} s + 0.5 s)"
+                )
                 continue
-            rounds = ", ".join(f"{p['rate'] / MiB:.2f} MiB/s over {p['seconds']:.1f} s" for p in rates
-                               if p["rate"] is not None)
+            rounds = ", ".join(
+                f"{p['rate'] / MiB:.2f} MiB/s over {p['seconds']:.1f} s" for p in rates if p["rate"] is not None
+            )
             med = statistics.median(measured)
             if cap:
                 per_round = " ".join(f"{rate / cap:.3f}" for rate in measured)
-                lines.append(f"{what}: {med / MiB:.2f} MiB/s = {med / cap:.3f}x the cap "
-                             f"(per round: {per_round}; {rounds})")
+                lines.append(
+                    f"{what}: {med / MiB:.2f} MiB/s = {med / cap:.3f}x the cap (per round: {per_round}; {rounds})"
+                )
             else:
                 lines.append(f"{what}: {med / MiB:.2f} MiB/s, uncapped, from the switch to the last byte ({rounds})")
     return "\n".join(lines)
@@ -612,8 +652,11 @@ class SwiftStore:
         from tests.support import swift_server as swift
 
         os.environ.update(
-            {"AWS_ACCESS_KEY_ID": swift.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": swift.SECRET_KEY,
-             "AWS_DEFAULT_REGION": swift.REGION}
+            {
+                "AWS_ACCESS_KEY_ID": swift.ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": swift.SECRET_KEY,
+                "AWS_DEFAULT_REGION": swift.REGION,
+            }
         )
         workers: int | str = int(self.workers) if self.workers.isdigit() else self.workers
         self._context = swift.swift_server(self.root, workers=workers)
@@ -703,10 +746,26 @@ def variants(args: argparse.Namespace) -> list[Variant]:
 
 def worker_command(args: argparse.Namespace, v: Variant, file: Path, endpoint: str, profile: bool) -> list[str]:
     cmd = [
-        sys.executable, os.path.abspath(__file__), "--worker", v.contender, "--file", str(file),
-        "--endpoint", endpoint, "--bucket", args.bucket, "--part-size", str(v.part_size),
-        "--concurrency", str(v.concurrency), "--checksum", args.checksum, "--payload-signing", args.payload_signing,
-        "--checksum-type", args.checksum_type,
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        v.contender,
+        "--file",
+        str(file),
+        "--endpoint",
+        endpoint,
+        "--bucket",
+        args.bucket,
+        "--part-size",
+        str(v.part_size),
+        "--concurrency",
+        str(v.concurrency),
+        "--checksum",
+        args.checksum,
+        "--payload-signing",
+        args.payload_signing,
+        "--checksum-type",
+        args.checksum_type,
     ]
     if args.https:
         cmd.append("--https")
@@ -770,9 +829,11 @@ def table(results: list[dict[str, Any]], vs: list[Variant]) -> str:
     crt_cpu = median(crt, "cpu_s_per_gib") if crt else None
     seq = {v.part_size: by_label[v.label] for v in vs if v.contender == "sequential" and by_label[v.label]}
     width = max(len(v.label) for v in vs) + 2
-    head = (f"{'contender':<{width}} {'runs':>4} {'MiB/s':>8} {'CPU s/GiB':>10} {'peak RSS MB':>12} "
-            f"{'MiB/s vs b':>11} {'CPU vs b':>9} {'MiB/s vs crt':>13} {'CPU vs crt':>11} "
-            f"{'MiB/s vs seq':>13} {'srv CPU s/GiB':>14}   MiB/s per round")
+    head = (
+        f"{'contender':<{width}} {'runs':>4} {'MiB/s':>8} {'CPU s/GiB':>10} {'peak RSS MB':>12} "
+        f"{'MiB/s vs b':>11} {'CPU vs b':>9} {'MiB/s vs crt':>13} {'CPU vs crt':>11} "
+        f"{'MiB/s vs seq':>13} {'srv CPU s/GiB':>14}   MiB/s per round"
+    )
     lines = [head, "-" * len(head)]
     for v in vs:
         rs = by_label[v.label]
@@ -794,8 +855,10 @@ def table(results: list[dict[str, Any]], vs: list[Variant]) -> str:
         per_round = " ".join(f"{r['mib_s']:.0f}" for r in rs)
         srv_rs = [r for r in rs if "server_cpu_s_per_gib" in r]
         srv = f"{median(srv_rs, 'server_cpu_s_per_gib'):.2f}" if srv_rs else "-"
-        lines.append(f"{v.label:<{width}} {len(rs):>4} {mib:>8.1f} {cpu:>10.2f} {rss:>12.0f} "
-                     f"{r_mib:>11} {r_cpu:>9} {c_mib:>13} {c_cpu:>11} {r_seq:>13} {srv:>14}   {per_round}")
+        lines.append(
+            f"{v.label:<{width}} {len(rs):>4} {mib:>8.1f} {cpu:>10.2f} {rss:>12.0f} "
+            f"{r_mib:>11} {r_cpu:>9} {c_mib:>13} {c_cpu:>11} {r_seq:>13} {srv:>14}   {per_round}"
+        )
     return "\n".join(lines)
 
 
@@ -820,8 +883,10 @@ def cap_report(results: list[dict[str, Any]], vs: list[Variant], cap: int) -> st
             ):
                 if rates:
                     per_round = " ".join(f"{rate / cap:.3f}" for rate in rates)
-                    lines.append(f"  {v.label}, {what}: {statistics.median(rates) / MiB:.2f} MiB/s = "
-                                 f"{statistics.median(rates) / cap:.3f}x the cap (per round: {per_round})")
+                    lines.append(
+                        f"  {v.label}, {what}: {statistics.median(rates) / MiB:.2f} MiB/s = "
+                        f"{statistics.median(rates) / cap:.3f}x the cap (per round: {per_round})"
+                    )
     return "\n".join(lines)
 
 
@@ -885,16 +950,26 @@ def run_parent(args: argparse.Namespace) -> int:
         if args.max_bandwidth_timetable:
             wire = WireCounter(endpoint)
             server_endpoint, endpoint = endpoint, wire.endpoint
-        where = "existing" if args.endpoint else (
-            f"OpenStack Swift s3api, workers={args.swift_workers}" if args.store == "swift" else "moto, own process")
+        where = (
+            "existing"
+            if args.endpoint
+            else (
+                f"OpenStack Swift s3api, workers={args.swift_workers}" if args.store == "swift" else "moto, own process"
+            )
+        )
         try:
-            print(f"endpoint: {endpoint} ({where}{f', relay to {server_endpoint} counting bytes' if wire else ''}), "
-                  f"bucket: {args.bucket}, file: {file} ({format_size(args.size)})")
+            print(
+                f"endpoint: {endpoint} ({where}{f', relay to {server_endpoint} counting bytes' if wire else ''}), "
+                f"bucket: {args.bucket}, file: {file} ({format_size(args.size)})"
+            )
             ensure_bucket(args, endpoint)
             for _ in range(args.warmup):  # the first upload into a fresh moto is slower: not counted
                 warm = run_one(args, vs[0], file, endpoint)
-                print(f"  warm-up {vs[0].label}: {warm.get('mib_s', warm.get('error'))} MiB/s (not counted)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  warm-up {vs[0].label}: {warm.get('mib_s', warm.get('error'))} MiB/s (not counted)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             for round_no in range(1, args.rounds + 1):
                 for v in vs:
                     server_cpu = server.cpu_seconds() if server is not None else None
@@ -905,17 +980,21 @@ def run_parent(args: argparse.Namespace) -> int:
                         record["server_cpu_s_per_gib"] = round(record["server_cpu_s"] / (args.size / GiB), 3)
                     record["round"] = round_no
                     if wire is not None and "timetable_base" in record:
-                        record["periods"] = timetable_periods(record, args.max_bandwidth_timetable, wire,
-                                                              args.timetable_settle)
+                        record["periods"] = timetable_periods(
+                            record, args.max_bandwidth_timetable, wire, args.timetable_settle
+                        )
                     results.append(record)
                     if "error" in record:
                         print(f"  round {round_no} {v.label}: FAILED {record['error']}", file=sys.stderr, flush=True)
                     else:
-                        print(f"  round {round_no} {v.label}: {record['seconds']:.2f} s, {record['mib_s']:.1f} MiB/s, "
-                              f"CPU {record['cpu_s']:.2f} s (user {record['cpu_user']:.2f} "
-                              f"sys {record['cpu_sys']:.2f}), peak RSS {record['peak_rss_mb']:.0f} MB"
-                              + (f", server CPU {record['server_cpu_s']:.2f} s" if "server_cpu_s" in record else ""),
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"  round {round_no} {v.label}: {record['seconds']:.2f} s, {record['mib_s']:.1f} MiB/s, "
+                            f"CPU {record['cpu_s']:.2f} s (user {record['cpu_user']:.2f} "
+                            f"sys {record['cpu_sys']:.2f}), peak RSS {record['peak_rss_mb']:.0f} MB"
+                            + (f", server CPU {record['server_cpu_s']:.2f} s" if "server_cpu_s" in record else ""),
+                            file=sys.stderr,
+                            flush=True,
+                        )
             profile_record = None
             if args.profile:
                 engines = [v for v in vs if v.contender == "engine"] or [
@@ -931,13 +1010,15 @@ def run_parent(args: argparse.Namespace) -> int:
                 server.__exit__()
     elapsed = time.monotonic() - started
     if results:
-        print(f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians; checksum for engine: {args.checksum}; "
-              f"{'HTTPS' if args.https or endpoint.startswith('https') else 'plain HTTP'}; "
-              f"payload signing {args.payload_signing}{'; BOTO_DISABLE_CRT' if args.no_crt else ''}"
-              f"; {store_kind(args)}"
-              f"{f'; max_bandwidth {format_size(args.max_bandwidth)}/s' if args.max_bandwidth else ''}"
-              f"{f'; timetable {args.max_bandwidth_timetable_text}' if args.max_bandwidth_timetable else ''}; "
-              f"took {elapsed:.0f} s")
+        print(
+            f"\nsize {format_size(args.size)}, {args.rounds} rounds, medians; checksum for engine: {args.checksum}; "
+            f"{'HTTPS' if args.https or endpoint.startswith('https') else 'plain HTTP'}; "
+            f"payload signing {args.payload_signing}{'; BOTO_DISABLE_CRT' if args.no_crt else ''}"
+            f"; {store_kind(args)}"
+            f"{f'; max_bandwidth {format_size(args.max_bandwidth)}/s' if args.max_bandwidth else ''}"
+            f"{f'; timetable {args.max_bandwidth_timetable_text}' if args.max_bandwidth_timetable else ''}; "
+            f"took {elapsed:.0f} s"
+        )
         print(table(results, vs))
         if args.max_bandwidth:
             print(cap_report(results, vs, args.max_bandwidth))
@@ -948,8 +1029,19 @@ def run_parent(args: argparse.Namespace) -> int:
             print(f"{len(failures)} run(s) failed; first error: {failures[0]['error']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": command, "machine": info, "endpoint": endpoint, "size": args.size,
-                       "rounds": args.rounds, "results": results, "profile": profile_record}, f, indent=2)
+            json.dump(
+                {
+                    "command": command,
+                    "machine": info,
+                    "endpoint": endpoint,
+                    "size": args.size,
+                    "rounds": args.rounds,
+                    "results": results,
+                    "profile": profile_record,
+                },
+                f,
+                indent=2,
+            )
         print(f"raw results: {args.json}")
     if args.cleanup:
         file.unlink(missing_ok=True)
@@ -965,59 +1057,114 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=parse_size, default=GiB, help="file size, e.g. 256MiB, 1GiB, 8GiB (default 1GiB)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of A B C D ... (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed uploads before the rounds (default 1)")
-    p.add_argument("--contenders", default=",".join(CONTENDERS),
-                   help=f"comma-separated subset of {', '.join(CONTENDERS)} (default: all)")
+    p.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated subset of {', '.join(CONTENDERS)} (default: all)",
+    )
     p.add_argument("--endpoint", help="use this S3 endpoint (MinIO, real S3...) instead of starting moto")
     p.add_argument("--bucket", default="mpu-bench", help="bucket (created if missing; default mpu-bench)")
-    p.add_argument("--store", choices=("moto", "swift"), default="moto",
-                   help="the local store to start: moto (default) or OpenStack Swift with s3api (needs the Debian "
-                        "swift packages, see tests/support/swift_server.py); ignored with --endpoint")
-    p.add_argument("--swift-workers", default="auto",
-                   help="with --store swift: worker processes per Swift server ('auto': one per core; 0: none)")
+    p.add_argument(
+        "--store",
+        choices=("moto", "swift"),
+        default="moto",
+        help="the local store to start: moto (default) or OpenStack Swift with s3api (needs the Debian "
+        "swift packages, see tests/support/swift_server.py); ignored with --endpoint",
+    )
+    p.add_argument(
+        "--swift-workers",
+        default="auto",
+        help="with --store swift: worker processes per Swift server ('auto': one per core; 0: none)",
+    )
     p.add_argument("--https", action="store_true", help="moto over HTTPS with a self-signed certificate")
     p.add_argument("--verify-tls", action="store_true", help="verify the endpoint's certificate (default: not)")
-    p.add_argument("--part-size", default=format_size(from_engine["part_size"]),
-                   help="part size(s) for engine, boto3-tuned, sequential; comma-separated list for a grid "
-                        f"(default {format_size(from_engine['part_size'])}: plan_parts' choice for the file)")
-    p.add_argument("--concurrency", default=str(from_engine["concurrency"]),
-                   help="parallel parts for engine and boto3-tuned; comma-separated list for a grid "
-                        f"(default {from_engine['concurrency'] or 'auto'}: adaptive for the engine, 8 for boto3-tuned)")
-    p.add_argument("--checksum", default="default",
-                   help="engine checksum_algorithm: default (UploadOptions' default: CRC32C with awscrt), "
-                        "CRC32C, CRC32, SHA256, ... or none (Content-MD5 only)")
-    p.add_argument("--checksum-type", default="default", choices=("default", "FULL_OBJECT", "COMPOSITE"),
-                   help="engine checksum_type: default (UploadOptions' default), FULL_OBJECT or COMPOSITE")
-    p.add_argument("--payload-signing", choices=("auto", "off"), default="auto",
-                   help="auto: botocore decides (SHA-256 of every body over plain HTTP); off: "
-                        "s3.payload_signing_enabled=False for every contender (experiment)")
-    p.add_argument("--no-crt", action="store_true",
-                   help="workers run with BOTO_DISABLE_CRT=true: botocore's Python SigV4 signer, no CRC32C "
-                        "(the engine then defaults to CRC32)")
-    p.add_argument("--no-checksum-echo", action="store_true",
-                   help="a store that echoes no part checksums (on-prem stores without checksum support): "
-                        "the engine's parts lose x-amz-sdk-checksum-algorithm before signing, so moto "
-                        "answers with the ETag alone and the engine sends and verifies an MD5 with every "
-                        "part. Without it moto echoes, as AWS does")
-    p.add_argument("--assume-checksum-echo", action="store_true",
-                   help="kept for old command lines: echo is now the default (the engine names the "
-                        "algorithm, as boto3 and CRT do, and moto echoes)")
-    p.add_argument("--max-bandwidth", type=parse_size, default=None,
-                   help="cap in bytes per second, e.g. 32MiB: the engine's max_bandwidth and s3transfer's "
-                        "TransferConfig.max_bandwidth; the report compares each measured rate with it")
-    p.add_argument("--max-bandwidth-timetable", default=None, metavar="S:RATE,...",
-                   help="the engine's max_bandwidth as a timetable: seconds from the upload's start -> cap, e.g. "
-                        "'0:8MiB,6:32MiB,12:off' (off: uncapped); the report gives each period's rate on the wire / "
-                        "its cap (engine only: s3transfer has no timetable)")
-    p.add_argument("--timetable-settle", type=float, default=1.0,
-                   help="seconds left out of each period after its start and before the next switch (default 1)")
+    p.add_argument(
+        "--part-size",
+        default=format_size(from_engine["part_size"]),
+        help="part size(s) for engine, boto3-tuned, sequential; comma-separated list for a grid "
+        f"(default {format_size(from_engine['part_size'])}: plan_parts' choice for the file)",
+    )
+    p.add_argument(
+        "--concurrency",
+        default=str(from_engine["concurrency"]),
+        help="parallel parts for engine and boto3-tuned; comma-separated list for a grid "
+        f"(default {from_engine['concurrency'] or 'auto'}: adaptive for the engine, 8 for boto3-tuned)",
+    )
+    p.add_argument(
+        "--checksum",
+        default="default",
+        help="engine checksum_algorithm: default (UploadOptions' default: CRC32C with awscrt), "
+        "CRC32C, CRC32, SHA256, ... or none (Content-MD5 only)",
+    )
+    p.add_argument(
+        "--checksum-type",
+        default="default",
+        choices=("default", "FULL_OBJECT", "COMPOSITE"),
+        help="engine checksum_type: default (UploadOptions' default), FULL_OBJECT or COMPOSITE",
+    )
+    p.add_argument(
+        "--payload-signing",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: botocore decides (SHA-256 of every body over plain HTTP); off: "
+        "s3.payload_signing_enabled=False for every contender (experiment)",
+    )
+    p.add_argument(
+        "--no-crt",
+        action="store_true",
+        help="workers run with BOTO_DISABLE_CRT=true: botocore's Python SigV4 signer, no CRC32C "
+        "(the engine then defaults to CRC32)",
+    )
+    p.add_argument(
+        "--no-checksum-echo",
+        action="store_true",
+        help="a store that echoes no part checksums (on-prem stores without checksum support): "
+        "the engine's parts lose x-amz-sdk-checksum-algorithm before signing, so moto "
+        "answers with the ETag alone and the engine sends and verifies an MD5 with every "
+        "part. Without it moto echoes, as AWS does",
+    )
+    p.add_argument(
+        "--assume-checksum-echo",
+        action="store_true",
+        help="kept for old command lines: echo is now the default (the engine names the "
+        "algorithm, as boto3 and CRT do, and moto echoes)",
+    )
+    p.add_argument(
+        "--max-bandwidth",
+        type=parse_size,
+        default=None,
+        help="cap in bytes per second, e.g. 32MiB: the engine's max_bandwidth and s3transfer's "
+        "TransferConfig.max_bandwidth; the report compares each measured rate with it",
+    )
+    p.add_argument(
+        "--max-bandwidth-timetable",
+        default=None,
+        metavar="S:RATE,...",
+        help="the engine's max_bandwidth as a timetable: seconds from the upload's start -> cap, e.g. "
+        "'0:8MiB,6:32MiB,12:off' (off: uncapped); the report gives each period's rate on the wire / "
+        "its cap (engine only: s3transfer has no timetable)",
+    )
+    p.add_argument(
+        "--timetable-settle",
+        type=float,
+        default=1.0,
+        help="seconds left out of each period after its start and before the next switch (default 1)",
+    )
     p.add_argument("--json", help="save raw results to this file")
     p.add_argument("--profile", action="store_true", help="after the rounds, run the engine once under cProfile")
-    p.add_argument("--profile-timer", choices=("cpu", "wall"), default="cpu",
-                   help="cProfile clock: per-thread CPU time (default) or wall time")
+    p.add_argument(
+        "--profile-timer",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cProfile clock: per-thread CPU time (default) or wall time",
+    )
     p.add_argument("--profile-top", type=int, default=25)
     p.add_argument("--timeout", type=float, default=600, help="seconds before a worker is killed (default 600)")
-    p.add_argument("--tmpdir", default=os.path.join(tempfile.gettempdir(), "mpu-bench"),
-                   help="where the random file is written and kept for reuse (default $TMPDIR/mpu-bench)")
+    p.add_argument(
+        "--tmpdir",
+        default=os.path.join(tempfile.gettempdir(), "mpu-bench"),
+        help="where the random file is written and kept for reuse (default $TMPDIR/mpu-bench)",
+    )
     p.add_argument("--cleanup", action="store_true", help="delete the random file at the end")
     p.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     p.add_argument("--file", help=argparse.SUPPRESS)
@@ -1032,8 +1179,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.part_size_value = args.part_sizes[0]
     args.concurrency_value = args.concurrencies[0]
     lowered = args.checksum.lower()
-    args.checksum_algorithm = None if lowered in ("none", "md5", "") else "default" if lowered == "default" else (
-        args.checksum.upper()
+    args.checksum_algorithm = (
+        None if lowered in ("none", "md5", "") else "default" if lowered == "default" else (args.checksum.upper())
     )
     args.max_bandwidth_timetable_text = args.max_bandwidth_timetable
     if args.max_bandwidth_timetable:

@@ -30,8 +30,8 @@ import crc32c
 from awscrt import checksums
 
 from airflow_mpu_provider.multipart import UploadOptions, upload_file
-from airflow_mpu_provider.multipart.integrity import digest_part
-from airflow_mpu_provider.multipart.plan import plan_parts
+from airflow_mpu_provider.multipart.checksums.digests import digest_part
+from airflow_mpu_provider.multipart.parts.plan import plan_parts
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from tests.support.local_airflow import moto_server_process, s3_client
 

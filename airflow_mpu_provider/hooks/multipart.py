@@ -36,8 +36,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from airflow_mpu_provider.multipart import validation
-from airflow_mpu_provider.multipart.command import CommandSource, command_label, find_bash, inline_values
-from airflow_mpu_provider.multipart.compare import NOT_FOUND_CODES, ObjectComparison, compare_object
+from airflow_mpu_provider.multipart.checksums.compare import NOT_FOUND_CODES, ObjectComparison, compare_object
+from airflow_mpu_provider.multipart.checksums.digests import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
+from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum_type
 from airflow_mpu_provider.multipart.engine import (
     DEFAULT_CONCURRENCY,
     FileUploadEngine,
@@ -51,9 +52,7 @@ from airflow_mpu_provider.multipart.errors import (
     UploadCancelledError,
     s3_error,
 )
-from airflow_mpu_provider.multipart.full_object import resolve_checksum_type
-from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
-from airflow_mpu_provider.multipart.plan import DEFAULT_PART_SIZE, PartPlan, plan_parts
+from airflow_mpu_provider.multipart.parts.plan import DEFAULT_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.request_args import request_args
 from airflow_mpu_provider.multipart.resume import (
     DEFAULT_ADOPT_QUIET_AFTER,
@@ -62,10 +61,11 @@ from airflow_mpu_provider.multipart.resume import (
     find_adoptable_uploads,
 )
 from airflow_mpu_provider.multipart.s3_target import bucket_and_path, object_target
-from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.sources.command import CommandSource, command_label, find_bash, inline_values
+from airflow_mpu_provider.multipart.sources.file import FileSource
+from airflow_mpu_provider.multipart.sources.stream import as_stream
 from airflow_mpu_provider.multipart.stale import DEFAULT_OLDER_THAN, StaleUploadSweep
-from airflow_mpu_provider.multipart.stream import Stream, StreamUploadEngine
-from airflow_mpu_provider.multipart.stream_sources import as_stream
+from airflow_mpu_provider.multipart.stream_engine import Stream, StreamUploadEngine
 from airflow_mpu_provider.multipart.upload import OBJECT_ARGS, MultipartUpload, head_object
 from airflow_mpu_provider.multipart.windows import (
     BandwidthTimetable,

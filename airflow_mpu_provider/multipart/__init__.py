@@ -29,10 +29,10 @@ from airflow_mpu_provider.multipart.errors import (
     SourceChangedError,
     UploadCancelledError,
 )
-from airflow_mpu_provider.multipart.parts import PartRecord
-from airflow_mpu_provider.multipart.plan import plan_parts
+from airflow_mpu_provider.multipart.parts.plan import plan_parts
+from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.schedule import UploadPaused
-from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 __all__ = [

@@ -32,7 +32,7 @@ from typing import Any
 
 from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
-from airflow_mpu_provider.multipart.part_body import PartBody, SendMeter
+from airflow_mpu_provider.multipart.parts.body import PartBody, SendMeter
 from airflow_mpu_provider.multipart.units import KiB
 
 #: Largest piece handed to the socket at once when throttled: what an unthrottled ``PartBody`` hands it.

@@ -21,9 +21,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_mpu_provider.multipart.compare import NOT_FOUND_CODES, ObjectComparison
-from airflow_mpu_provider.multipart.errors import IntegrityError, S3UploadError, is_precondition_failure
-from airflow_mpu_provider.multipart.full_object import (
+from airflow_mpu_provider.multipart.checksums.compare import NOT_FOUND_CODES, ObjectComparison
+from airflow_mpu_provider.multipart.checksums.digests import checksum_field, multipart_etag
+from airflow_mpu_provider.multipart.checksums.verify import (
+    Expected,
+    Verdict,
+    expected_from_parts,
+    identify,
+    judge,
+    quoted,
+    store_defect_hint,
+)
+from airflow_mpu_provider.multipart.checksums.whole_file import (
     COMPOSITE,
     FULL_OBJECT,
     FULL_OBJECT_ALGORITHMS,
@@ -34,19 +43,10 @@ from airflow_mpu_provider.multipart.full_object import (
     full_object_checksum,
     reported_checksum,
 )
-from airflow_mpu_provider.multipart.integrity import checksum_field, multipart_etag
-from airflow_mpu_provider.multipart.parts import PartRecord
+from airflow_mpu_provider.multipart.errors import IntegrityError, S3UploadError, is_precondition_failure
+from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.units import format_bytes
 from airflow_mpu_provider.multipart.upload import MultipartUpload
-from airflow_mpu_provider.multipart.verify import (
-    Expected,
-    Verdict,
-    expected_from_parts,
-    identify,
-    judge,
-    quoted,
-    store_defect_hint,
-)
 
 #: HeadObject errors of a store that does not take IfMatch there (the ETags are then compared by hand).
 _NO_IF_MATCH = frozenset({"NotImplemented", "501", "InvalidArgument", "InvalidRequest", "400"})

@@ -25,7 +25,23 @@ from typing import Any
 from airflow_mpu_provider.multipart.adaptive_parts import AdaptiveParts, adaptive_parts_for
 from airflow_mpu_provider.multipart.bandwidth import BandwidthLimit, bandwidth_limit, meter_only_what_is_sent
 from airflow_mpu_provider.multipart.buffers import BufferBudget
-from airflow_mpu_provider.multipart.compare import ObjectComparison, compare_object
+from airflow_mpu_provider.multipart.checksums.compare import ObjectComparison, compare_object
+from airflow_mpu_provider.multipart.checksums.digests import (
+    DEFAULT_CHECKSUM_ALGORITHM,
+    PartDigest,
+    checksum_b64,
+    checksum_field,
+    digest_part,
+    etag_is_md5_for_args,
+)
+from airflow_mpu_provider.multipart.checksums.whole_file import (
+    FULL_OBJECT,
+    checksum_type_mismatch,
+    create_may_refuse_type,
+    reported_checksum,
+    resolve_checksum_type,
+    stored_checksum_type,
+)
 from airflow_mpu_provider.multipart.completion import CompleteAndVerify, _Local
 from airflow_mpu_provider.multipart.errors import (
     NOT_RESUMABLE_CODES,
@@ -37,26 +53,9 @@ from airflow_mpu_provider.multipart.errors import (
     UploadNotRecordedError,
     error_code,
 )
-from airflow_mpu_provider.multipart.file_range import FileRange, range_footprint
-from airflow_mpu_provider.multipart.full_object import (
-    FULL_OBJECT,
-    checksum_type_mismatch,
-    create_may_refuse_type,
-    reported_checksum,
-    resolve_checksum_type,
-    stored_checksum_type,
-)
-from airflow_mpu_provider.multipart.integrity import (
-    DEFAULT_CHECKSUM_ALGORITHM,
-    PartDigest,
-    checksum_b64,
-    checksum_field,
-    digest_part,
-    etag_is_md5_for_args,
-)
 from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
-from airflow_mpu_provider.multipart.parts import PartRecord
-from airflow_mpu_provider.multipart.plan import Part, PartPlan
+from airflow_mpu_provider.multipart.parts.plan import Part, PartPlan
+from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL, PartMeter, ProgressReporter
 from airflow_mpu_provider.multipart.resume import (
     LEFT_ALONE_HINT,
@@ -66,7 +65,8 @@ from airflow_mpu_provider.multipart.resume import (
     review_stored_part,
 )
 from airflow_mpu_provider.multipart.schedule import UploadPaused, UploadSchedule
-from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.sources.file import FileSource
+from airflow_mpu_provider.multipart.sources.file_range import FileRange, range_footprint
 from airflow_mpu_provider.multipart.units import GiB, format_bytes, format_rate, plural
 from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object
 
@@ -838,7 +838,7 @@ class FileUploadEngine(BaseUploadEngine):
         if self._stop.is_set():
             raise UploadCancelledError(f"stopped before sending part {part.number}")
         meter = progress.part_meter()
-        # Read from the file as the socket asks: one chunk of the part in memory at a time (file_range.py).
+        # Read from the file as the socket asks: one chunk of the part in memory at a time (sources/file_range.py).
         with self._in_flight(progress, part), self.buffers.holding(range_footprint(part.length)):
             record = self._put(part.number, FileRange(self.source, part.offset, part.length), meter)
         self.source.check_unchanged()

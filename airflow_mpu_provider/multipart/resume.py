@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow_mpu_provider.multipart.compare import COLLISION_RESISTANT_ALGORITHMS
+from airflow_mpu_provider.multipart.checksums.compare import COLLISION_RESISTANT_ALGORITHMS
+from airflow_mpu_provider.multipart.checksums.digests import PartDigest, checksum_field, md5_from_etag
+from airflow_mpu_provider.multipart.checksums.whole_file import checksum_type_mismatch, stored_checksum_type
 from airflow_mpu_provider.multipart.errors import S3UploadError
-from airflow_mpu_provider.multipart.full_object import checksum_type_mismatch, stored_checksum_type
-from airflow_mpu_provider.multipart.integrity import PartDigest, checksum_field, md5_from_etag
 from airflow_mpu_provider.multipart.listing import list_incomplete_uploads
-from airflow_mpu_provider.multipart.plan import PartPlan
+from airflow_mpu_provider.multipart.parts.plan import PartPlan
 from airflow_mpu_provider.multipart.request_args import PER_REQUEST_ARGS
 from airflow_mpu_provider.multipart.units import format_bytes, format_duration
 from airflow_mpu_provider.multipart.upload import MultipartUpload

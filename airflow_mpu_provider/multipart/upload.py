@@ -9,7 +9,7 @@
 
 (``async with`` works too.) The parallel, resumable engine in ``engine.py`` drives the same class.
 Listing the incomplete uploads of a prefix is ``listing.py``'s job; how a part's bytes travel (and
-stop on cancel) is ``part_body.py``'s.
+stop on cancel) is ``parts/body.py``'s.
 """
 
 from __future__ import annotations
@@ -24,13 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from airflow_mpu_provider.multipart.errors import (
-    IntegrityError,
-    S3UploadError,
-    s3_error,
-)
-from airflow_mpu_provider.multipart.file_range import FileRange, part_body
-from airflow_mpu_provider.multipart.integrity import (
+from airflow_mpu_provider.multipart.checksums.digests import (
     DEFAULT_CHECKSUM_ALGORITHM,
     PartDigest,
     checksum_field,
@@ -39,10 +33,16 @@ from airflow_mpu_provider.multipart.integrity import (
     etag_is_md5_for_args,
     part_matches,
 )
-from airflow_mpu_provider.multipart.part_body import SendMeter, never_retry_cancelled_parts
-from airflow_mpu_provider.multipart.parts import PartRecord
+from airflow_mpu_provider.multipart.errors import (
+    IntegrityError,
+    S3UploadError,
+    s3_error,
+)
+from airflow_mpu_provider.multipart.parts.body import SendMeter, never_retry_cancelled_parts
+from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.request_args import request_args
 from airflow_mpu_provider.multipart.signing import sign_payload_only_when_needed
+from airflow_mpu_provider.multipart.sources.file_range import FileRange, part_body
 
 if TYPE_CHECKING:
     from airflow_mpu_provider.multipart.bandwidth import BandwidthLimit

@@ -15,7 +15,7 @@ from numbers import Integral, Real
 from typing import Any
 
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
-from airflow_mpu_provider.multipart.plan import MAX_PARTS, check_part_size
+from airflow_mpu_provider.multipart.parts.plan import MAX_PARTS, check_part_size
 
 #: More parts in flight than an upload can have parts makes no sense (and would start that many threads).
 MAX_CONCURRENCY = MAX_PARTS

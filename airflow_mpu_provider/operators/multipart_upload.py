@@ -24,7 +24,8 @@ from airflow_mpu_provider.hooks.multipart import (
     object_arguments,
 )
 from airflow_mpu_provider.multipart import validation
-from airflow_mpu_provider.multipart.command import command_label, find_bash, program_name
+from airflow_mpu_provider.multipart.checksums.digests import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
+from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum_type
 from airflow_mpu_provider.multipart.engine import (
     DEFAULT_MAX_BUFFER_BYTES,
     BaseUploadEngine,
@@ -39,10 +40,8 @@ from airflow_mpu_provider.multipart.errors import (
     UploadCancelledError,
     UploadNotRecordedError,
 )
-from airflow_mpu_provider.multipart.full_object import resolve_checksum_type
-from airflow_mpu_provider.multipart.integrity import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
 from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
-from airflow_mpu_provider.multipart.plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PartPlan, plan_parts
+from airflow_mpu_provider.multipart.parts.plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
 from airflow_mpu_provider.multipart.resume import (
     DEFAULT_ADOPT_QUIET_AFTER,
@@ -52,8 +51,9 @@ from airflow_mpu_provider.multipart.resume import (
 )
 from airflow_mpu_provider.multipart.s3_target import object_target
 from airflow_mpu_provider.multipart.schedule import UploadPaused
-from airflow_mpu_provider.multipart.sources import FileSource
-from airflow_mpu_provider.multipart.stream import StreamUploadEngine
+from airflow_mpu_provider.multipart.sources.command import command_label, find_bash, program_name
+from airflow_mpu_provider.multipart.sources.file import FileSource
+from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 from airflow_mpu_provider.multipart.units import format_bytes, format_rate, plural
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from airflow_mpu_provider.multipart.windows import (

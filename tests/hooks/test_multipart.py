@@ -175,7 +175,7 @@ def test_a_command_is_named_by_its_program_and_logged_whole_only_at_debug_throug
 
 
 def test_program_names_skip_assignments_and_paths():
-    from airflow_mpu_provider.multipart.command import command_label, program_name
+    from airflow_mpu_provider.multipart.sources.command import command_label, program_name
 
     assert program_name("PGPASSWORD=s3cret /usr/bin/pg_dump -h db app | gzip") == "pg_dump"
     assert program_name("A=1") == "command" and command_label("true") == "`true`"

@@ -226,10 +226,11 @@ def test_a_whole_file_value_other_than_the_parts_make_is_judged_by_what_else_pro
     """The check is real: the store's whole-file CRC differs from the one the parts make. A file is read again
     for its parts' MD5s, whose ETag proves the object (success, said so, no checksum reported); a stream cannot
     be, and nothing else proves it: the upload fails as corrupt."""
-    from airflow_mpu_provider.multipart import completion, verify
-    from airflow_mpu_provider.multipart.command import CommandSource
+    from airflow_mpu_provider.multipart import completion
+    from airflow_mpu_provider.multipart.checksums import verify
     from airflow_mpu_provider.multipart.errors import IntegrityError
-    from airflow_mpu_provider.multipart.stream import StreamUploadEngine
+    from airflow_mpu_provider.multipart.sources.command import CommandSource
+    from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 
     path = make_file(tmp_path / "f", 12 * MiB)
     key = f"full/wrong-{source}.bin"
@@ -316,8 +317,8 @@ def test_our_upload_listed_with_another_checksum_type_is_aborted_not_continued(p
 
 def test_growing_stream_parts_combine_into_the_whole_file_crc(proxy, s3, tmp_path):
     """Parts of 5, 5, 10 and 3 MiB (the size doubles every 2 parts here): no single part size exists."""
-    from airflow_mpu_provider.multipart.command import CommandSource
-    from airflow_mpu_provider.multipart.stream import StreamUploadEngine
+    from airflow_mpu_provider.multipart.sources.command import CommandSource
+    from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 
     path = make_file(tmp_path / "f", 23 * MiB)
     key = "full/growing.bin"

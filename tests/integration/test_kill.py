@@ -15,9 +15,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
+from airflow_mpu_provider.multipart.checksums.digests import digest_part
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
-from airflow_mpu_provider.multipart.integrity import digest_part
-from airflow_mpu_provider.multipart.parts import PartRecord
+from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
 from tests.conftest import MiB, incomplete_uploads, make_file

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_mpu_provider.multipart.errors import S3UploadError
-from airflow_mpu_provider.multipart.plan import plan_parts
+from airflow_mpu_provider.multipart.parts.plan import plan_parts
 from airflow_mpu_provider.operators.multipart_upload import STATE_KEY
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object

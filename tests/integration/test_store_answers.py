@@ -19,9 +19,9 @@ import crc32c
 import pytest
 
 from airflow_mpu_provider.multipart import UploadOptions, upload_file
-from airflow_mpu_provider.multipart.command import CommandSource
 from airflow_mpu_provider.multipart.errors import IntegrityError, S3UploadError
-from airflow_mpu_provider.multipart.stream import StreamUploadEngine
+from airflow_mpu_provider.multipart.sources.command import CommandSource
+from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.integration.conftest import BUCKET, upload_operator

@@ -17,9 +17,9 @@ from airflow_mpu_provider.multipart.bandwidth import (
     chunk_for,
     meter_only_what_is_sent,
 )
+from airflow_mpu_provider.multipart.checksums.digests import digest_part
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest, UploadCancelledError
-from airflow_mpu_provider.multipart.integrity import digest_part
-from airflow_mpu_provider.multipart.part_body import PartBody
+from airflow_mpu_provider.multipart.parts.body import PartBody
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from tests.conftest import MiB
 
@@ -300,9 +300,9 @@ def taken(monkeypatch) -> list[int]:
 @pytest.mark.parametrize("kind", ["file", "stream"])
 def test_both_engines_pay_for_every_part_byte_and_only_once(mock_s3, tmp_path, taken, kind):
     from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
-    from airflow_mpu_provider.multipart.plan import plan_parts
-    from airflow_mpu_provider.multipart.sources import FileSource
-    from airflow_mpu_provider.multipart.stream import StreamUploadEngine
+    from airflow_mpu_provider.multipart.parts.plan import plan_parts
+    from airflow_mpu_provider.multipart.sources.file import FileSource
+    from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
     from tests.conftest import make_file
 
     size = 12 * MiB

@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from airflow_mpu_provider.multipart.checksums.digests import checksum_b64
 from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
 from airflow_mpu_provider.multipart.errors import (
     IntegrityError,
@@ -12,10 +13,9 @@ from airflow_mpu_provider.multipart.errors import (
     SourceChangedError,
     UploadCancelledError,
 )
-from airflow_mpu_provider.multipart.file_range import range_footprint
-from airflow_mpu_provider.multipart.integrity import checksum_b64
-from airflow_mpu_provider.multipart.plan import plan_parts
-from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.parts.plan import plan_parts
+from airflow_mpu_provider.multipart.sources.file import FileSource
+from airflow_mpu_provider.multipart.sources.file_range import range_footprint
 from airflow_mpu_provider.multipart.units import GiB, MiB
 from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.support.crc_forge import forge_same_crc
@@ -378,7 +378,7 @@ def test_failure_right_after_create_still_aborts(mock_s3, tmp_path):
 
 @pytest.mark.parametrize(
     ("max_buffer", "workers"),
-    # A file's parts are read as the socket asks (file_range.py): a part in flight holds one 1 MiB chunk,
+    # A file's parts are read as the socket asks (sources/file_range.py): a part in flight holds one 1 MiB chunk,
     # so max_buffer_bytes no longer divides by the part size (it used to allow 2 and 1 workers here).
     [(12 * MiB, 8), (4 * MiB, 4)],
 )

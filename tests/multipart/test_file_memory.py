@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
-from airflow_mpu_provider.multipart.plan import plan_parts
-from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.parts.plan import plan_parts
+from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.units import MiB
 from tests.support.in_process_s3 import in_process_client, traced_peak
 

@@ -223,8 +223,8 @@ def logger_with(handler: logging.Handler) -> logging.Logger:
 
 def test_file_upload_logs_a_stall_while_a_part_hangs_and_stops_its_timer(mock_s3, tmp_path):
     from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
-    from airflow_mpu_provider.multipart.plan import plan_parts
-    from airflow_mpu_provider.multipart.sources import FileSource
+    from airflow_mpu_provider.multipart.parts.plan import plan_parts
+    from airflow_mpu_provider.multipart.sources.file import FileSource
     from tests.conftest import make_file, sha256_file, sha256_object
 
     path = make_file(tmp_path / "f", 6 * MiB)
@@ -250,7 +250,7 @@ def test_file_upload_logs_a_stall_while_a_part_hangs_and_stops_its_timer(mock_s3
 
 def test_stream_upload_logs_a_stall_while_the_command_is_silent(mock_s3):
     from airflow_mpu_provider.multipart.engine import UploadOptions
-    from airflow_mpu_provider.multipart.stream import StreamUploadEngine
+    from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 
     seen = StallLineSeen()
 
@@ -287,8 +287,8 @@ def test_stream_upload_logs_a_stall_while_the_command_is_silent(mock_s3):
 
 def test_timer_stops_when_a_part_fails(mock_s3, tmp_path):
     from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
-    from airflow_mpu_provider.multipart.plan import plan_parts
-    from airflow_mpu_provider.multipart.sources import FileSource
+    from airflow_mpu_provider.multipart.parts.plan import plan_parts
+    from airflow_mpu_provider.multipart.sources.file import FileSource
     from tests.conftest import incomplete_uploads, make_file
 
     class FailingClient(StallingClient):

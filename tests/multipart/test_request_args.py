@@ -7,7 +7,12 @@ import logging
 import boto3
 import pytest
 
-from airflow_mpu_provider.multipart.integrity import digest_part, etag_is_md5, etag_is_md5_for_args, part_matches
+from airflow_mpu_provider.multipart.checksums.digests import (
+    digest_part,
+    etag_is_md5,
+    etag_is_md5_for_args,
+    part_matches,
+)
 from airflow_mpu_provider.multipart.listing import list_incomplete_uploads
 from airflow_mpu_provider.multipart.request_args import PER_REQUEST_ARGS, request_args
 from airflow_mpu_provider.multipart.units import MiB

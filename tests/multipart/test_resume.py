@@ -11,9 +11,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from airflow_mpu_provider.multipart.checksums.digests import digest_part
 from airflow_mpu_provider.multipart.errors import S3UploadError
-from airflow_mpu_provider.multipart.integrity import digest_part
-from airflow_mpu_provider.multipart.plan import plan_parts
+from airflow_mpu_provider.multipart.parts.plan import plan_parts
 from airflow_mpu_provider.multipart.resume import (
     LISTING_UNAVAILABLE_CODES,
     check_plan_fits,

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
-from airflow_mpu_provider.multipart.plan import plan_parts
+from airflow_mpu_provider.multipart.parts.plan import plan_parts
 from airflow_mpu_provider.multipart.schedule import TimetableBandwidth, UploadPaused, UploadSchedule
-from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.units import KiB, MiB
 from airflow_mpu_provider.multipart.windows import BandwidthTimetable, UploadWindow
 from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object

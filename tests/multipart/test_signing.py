@@ -17,7 +17,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.compat import HAS_CRT
 from botocore.config import Config
 
-from airflow_mpu_provider.multipart.integrity import PartDigest, digest_part
+from airflow_mpu_provider.multipart.checksums.digests import PartDigest, digest_part
 from airflow_mpu_provider.multipart.signing import sign_payload_only_when_needed
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from airflow_mpu_provider.multipart.engine import UploadOptions
-from airflow_mpu_provider.multipart.stream import StreamUploadEngine
-from airflow_mpu_provider.multipart.stream_sources import IterableStream, ReadableStream
+from airflow_mpu_provider.multipart.sources.stream import IterableStream, ReadableStream
+from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 from airflow_mpu_provider.multipart.units import KiB, MiB
 from tests.support.in_process_s3 import in_process_client, traced_peak
 

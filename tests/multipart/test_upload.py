@@ -92,7 +92,7 @@ def test_precomputed_checksum_lets_botocore_skip_payload_signing_over_tls_only(s
     import boto3
     from botocore.awsrequest import AWSResponse
 
-    from airflow_mpu_provider.multipart.integrity import digest_part
+    from airflow_mpu_provider.multipart.checksums.digests import digest_part
 
     client = boto3.client("s3", endpoint_url=f"{scheme}://127.0.0.1:9", region_name="us-east-1")
     sent = {}

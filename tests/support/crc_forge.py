@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 
-from airflow_mpu_provider.multipart.integrity import checksum_b64
+from airflow_mpu_provider.multipart.checksums.digests import checksum_b64
 
 
 def crc(algorithm: str, data: bytes) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from airflow_mpu_provider.multipart.integrity import digest_part
+from airflow_mpu_provider.multipart.checksums.digests import digest_part
 from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 

@@ -20,9 +20,9 @@ import threading
 from typing import Any, overload
 
 from airflow_mpu_provider.multipart.bandwidth import BandwidthLimit, ThrottledPartBody
-from airflow_mpu_provider.multipart.integrity import PartDigest, new_checksum
-from airflow_mpu_provider.multipart.part_body import PartBody, SendMeter
-from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.checksums.digests import PartDigest, new_checksum
+from airflow_mpu_provider.multipart.parts.body import PartBody, SendMeter
+from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.units import MiB
 
 #: Bytes read from the file at once, for the digest pass and for each socket write.

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest, SourceChangedError
-from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.sources.file import FileSource
 from tests.conftest import make_file
 
 

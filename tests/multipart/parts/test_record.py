@@ -7,11 +7,11 @@ import hashlib
 
 import pytest
 
+from airflow_mpu_provider.multipart.checksums.digests import multipart_etag
 from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
-from airflow_mpu_provider.multipart.integrity import multipart_etag
-from airflow_mpu_provider.multipart.parts import PartRecord
-from airflow_mpu_provider.multipart.plan import plan_parts
-from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.parts.plan import plan_parts
+from airflow_mpu_provider.multipart.parts.record import PartRecord
+from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from tests.conftest import incomplete_uploads, make_file

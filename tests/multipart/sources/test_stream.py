@@ -7,7 +7,7 @@ import io
 import pytest
 
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
-from airflow_mpu_provider.multipart.stream_sources import IterableStream, ReadableStream, as_stream
+from airflow_mpu_provider.multipart.sources.stream import IterableStream, ReadableStream, as_stream
 
 
 class Trickle(io.RawIOBase):

@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
-from airflow_mpu_provider.multipart.plan import (
+from airflow_mpu_provider.multipart.parts.plan import (
     DEFAULT_PART_SIZE,
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,

@@ -20,15 +20,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_mpu_provider.multipart.full_object import (
+from airflow_mpu_provider.multipart.checksums.digests import composite_checksum, composite_matches, multipart_etag
+from airflow_mpu_provider.multipart.checksums.whole_file import (
     COMPOSITE,
     FULL_OBJECT,
     FULL_OBJECT_ALGORITHMS,
     full_object_checksum,
     reported_checksum,
 )
-from airflow_mpu_provider.multipart.integrity import composite_checksum, composite_matches, multipart_etag
-from airflow_mpu_provider.multipart.parts import PartRecord
+from airflow_mpu_provider.multipart.parts.record import PartRecord
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,16 @@ import tracemalloc
 
 import pytest
 
-from airflow_mpu_provider.multipart.command import CommandSource
 from airflow_mpu_provider.multipart.engine import UploadOptions
 from airflow_mpu_provider.multipart.errors import CommandFailedError, InvalidUploadRequest
-from airflow_mpu_provider.multipart.plan import (
+from airflow_mpu_provider.multipart.parts.plan import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
     stream_capacity,
     stream_part_size,
 )
-from airflow_mpu_provider.multipart.stream import StreamUploadEngine
+from airflow_mpu_provider.multipart.sources.command import CommandSource
+from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 from airflow_mpu_provider.multipart.units import GiB, MiB, TiB
 from tests.conftest import incomplete_uploads
 

@@ -20,8 +20,7 @@ from typing import Any, Protocol
 
 from airflow_mpu_provider.multipart.engine import BaseUploadEngine, UploadResult
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
-from airflow_mpu_provider.multipart.parts import PartRecord
-from airflow_mpu_provider.multipart.plan import (
+from airflow_mpu_provider.multipart.parts.plan import (
     DEFAULT_PART_SIZE,
     MAX_PARTS,
     STREAM_PARTS_PER_SIZE,
@@ -29,6 +28,7 @@ from airflow_mpu_provider.multipart.plan import (
     stream_capacity,
     stream_part_size,
 )
+from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.progress import ProgressReporter
 from airflow_mpu_provider.multipart.units import format_bytes
 

@@ -31,14 +31,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
-from airflow_mpu_provider.multipart.full_object import FULL_OBJECT_ALGORITHMS, full_object_checksum
-from airflow_mpu_provider.multipart.integrity import (
+from airflow_mpu_provider.multipart.checksums.digests import (
     can_recompute,
     composite_checksum,
     multipart_etag,
     new_checksum,
 )
+from airflow_mpu_provider.multipart.checksums.whole_file import FULL_OBJECT_ALGORITHMS, full_object_checksum
+from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
 from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import head_object
 

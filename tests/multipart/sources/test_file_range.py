@@ -9,10 +9,10 @@ import threading
 import pytest
 
 from airflow_mpu_provider.multipart.bandwidth import BandwidthLimit
+from airflow_mpu_provider.multipart.checksums.digests import digest_part
 from airflow_mpu_provider.multipart.errors import SourceChangedError, UploadCancelledError
-from airflow_mpu_provider.multipart.file_range import RANGE_CHUNK, FileRange, part_body
-from airflow_mpu_provider.multipart.integrity import digest_part
-from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.sources.file import FileSource
+from airflow_mpu_provider.multipart.sources.file_range import RANGE_CHUNK, FileRange, part_body
 from airflow_mpu_provider.multipart.units import MiB
 
 OFFSET, LENGTH = 3 * MiB + 7, 5 * MiB + 11

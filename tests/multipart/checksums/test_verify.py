@@ -9,10 +9,10 @@ import zlib
 import crc32c
 import pytest
 
-from airflow_mpu_provider.multipart.full_object import complete_refuses_checksums, complete_wants_checksums
-from airflow_mpu_provider.multipart.integrity import multipart_etag
-from airflow_mpu_provider.multipart.parts import PartRecord
-from airflow_mpu_provider.multipart.verify import expected_from_parts, identify, judge
+from airflow_mpu_provider.multipart.checksums.digests import multipart_etag
+from airflow_mpu_provider.multipart.checksums.verify import expected_from_parts, identify, judge
+from airflow_mpu_provider.multipart.checksums.whole_file import complete_refuses_checksums, complete_wants_checksums
+from airflow_mpu_provider.multipart.parts.record import PartRecord
 
 PIECES = [b"a" * 100, b"b" * 100, b"c" * 7]
 

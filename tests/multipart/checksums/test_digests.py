@@ -6,8 +6,7 @@ import hashlib
 import pytest
 from awscrt import checksums
 
-from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
-from airflow_mpu_provider.multipart.integrity import (
+from airflow_mpu_provider.multipart.checksums.digests import (
     checksum_b64,
     composite_checksum,
     composite_matches,
@@ -17,6 +16,7 @@ from airflow_mpu_provider.multipart.integrity import (
     normalize_checksum_algorithm,
     part_matches,
 )
+from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
 
 
 def test_crc32c_is_s3s_base64_big_endian_form():

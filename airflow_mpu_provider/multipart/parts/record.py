@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_mpu_provider.multipart.integrity import checksum_field, md5_from_etag
+from airflow_mpu_provider.multipart.checksums.digests import checksum_field, md5_from_etag
 
 
 @dataclass(frozen=True, slots=True)

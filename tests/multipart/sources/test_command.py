@@ -13,7 +13,8 @@ from datetime import timedelta
 import psutil
 import pytest
 
-from airflow_mpu_provider.multipart.command import (
+from airflow_mpu_provider.multipart.errors import CommandFailedError, InvalidUploadRequest
+from airflow_mpu_provider.multipart.sources.command import (
     STDERR_LINE_BYTES,
     STDERR_TAIL_BYTES,
     CommandSource,
@@ -21,7 +22,6 @@ from airflow_mpu_provider.multipart.command import (
     find_bash,
     timeout_seconds,
 )
-from airflow_mpu_provider.multipart.errors import CommandFailedError, InvalidUploadRequest
 
 
 def test_reads_exact_sizes_until_the_output_ends():
@@ -200,7 +200,7 @@ def test_read_allocates_one_buffer_per_part_not_a_copy():
 
 HOLDER = """
 import sys, time
-from airflow_mpu_provider.multipart.command import CommandSource
+from airflow_mpu_provider.multipart.sources.command import CommandSource
 source = CommandSource("sleep 1000 | sleep 1001 | cat; echo never")
 print(source.process.pid, source.watchdog.pid, flush=True)
 time.sleep(1000)

@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ConnectionClosedError, HTTPClientError
 
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
-from airflow_mpu_provider.multipart.part_body import PartBody, _cancellation_in, never_retry_cancelled_parts
+from airflow_mpu_provider.multipart.parts.body import PartBody, _cancellation_in, never_retry_cancelled_parts
 from airflow_mpu_provider.multipart.units import MiB
 
 

@@ -10,9 +10,8 @@ import crc32c
 import pytest
 from awscrt import checksums
 
-from airflow_mpu_provider.multipart import full_object
-from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
-from airflow_mpu_provider.multipart.full_object import (
+from airflow_mpu_provider.multipart.checksums import whole_file as full_object
+from airflow_mpu_provider.multipart.checksums.whole_file import (
     COMPOSITE,
     FULL_OBJECT,
     checksum_type_mismatch,
@@ -27,6 +26,7 @@ from airflow_mpu_provider.multipart.full_object import (
     resolve_checksum_type,
     stored_checksum_type,
 )
+from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
 
 #: Independent references: the CRC of a whole byte string, by libraries that share no code with ours.
 REFERENCES = {"CRC32": zlib.crc32, "CRC32C": crc32c.crc32c, "CRC64NVME": checksums.crc64nvme}

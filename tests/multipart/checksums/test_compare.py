@@ -8,12 +8,12 @@ import hashlib
 import pytest
 from botocore.exceptions import ClientError
 
-from airflow_mpu_provider.multipart.compare import CRC_ONLY, _fingerprint, compare_object, object_matches
+from airflow_mpu_provider.multipart.checksums.compare import CRC_ONLY, _fingerprint, compare_object, object_matches
+from airflow_mpu_provider.multipart.checksums.digests import checksum_b64, composite_checksum, multipart_etag
 from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
-from airflow_mpu_provider.multipart.integrity import checksum_b64, composite_checksum, multipart_etag
-from airflow_mpu_provider.multipart.plan import plan_parts
-from airflow_mpu_provider.multipart.sources import FileSource
+from airflow_mpu_provider.multipart.parts.plan import plan_parts
+from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.units import MiB
 from tests.conftest import make_file
 

@@ -42,7 +42,7 @@ if HAS_CRT:
 if HAS_CRT and hasattr(httpchecksum, "CrtCrc64NvmeChecksum"):
     _CHECKSUM_CLASSES["CRC64NVME"] = httpchecksum.CrtCrc64NvmeChecksum
 
-#: Algorithms a part can carry (the object checksum's type, COMPOSITE or FULL_OBJECT: ``full_object.py``).
+#: Algorithms a part can carry (the object checksum's type, COMPOSITE or FULL_OBJECT: ``whole_file.py``).
 SUPPORTED_CHECKSUM_ALGORITHMS = tuple(sorted(_CHECKSUM_CLASSES))
 #: Every checksum this package can recompute from local bytes to compare with what S3 reports for an object.
 _READABLE_CHECKSUM_CLASSES = dict(_CHECKSUM_CLASSES)
