@@ -63,13 +63,30 @@ def test_readme_dag_examples_build_a_dag_of_this_providers_operators(source):
             assert task.key and (task.file or task.command)
 
 
-def test_the_module_map_names_every_engine_module_and_only_those():
-    """The README's map of ``airflow_mpu_provider/multipart/`` is how a newcomer finds their way: it must
-    name every module there is, and none that is gone."""
-    package = README.parent / "airflow_mpu_provider" / "multipart"
-    text = README.read_text()
+def module_map(text: str) -> set[str]:
+    """The module paths the README's map of ``airflow_mpu_provider/multipart/`` names, relative to it.
+
+    The map's sub-bullets are its folders: one that starts with a folder (```checksums/`: ...``) names
+    that folder and the modules in it (``digests.py`` is ``checksums/digests.py``); any other names modules
+    at the top of ``multipart/``."""
     entry = re.search(r"^\* `airflow_mpu_provider/multipart/`:(.*?)^\* ", text, flags=re.S | re.M)
     assert entry, "the README's module map has no entry for airflow_mpu_provider/multipart/"
-    named = set(re.findall(r"`(\w+\.py)`", entry.group(1)))
-    present = {p.name for p in package.glob("*.py")} - {"__init__.py"}
+    named = set()
+    for item in re.split(r"^\s+\* ", entry.group(1), flags=re.M):
+        folder = re.match(r"`((?:\w+/)+)`", item)
+        prefix = folder.group(1) if folder else ""
+        if folder:
+            named.add(prefix)
+        named |= {prefix + name for name in re.findall(r"`(\w+\.py)`", item) if name != "__init__.py"}
+    return named
+
+
+def test_the_module_map_names_every_engine_module_and_only_those():
+    """The README's map of ``airflow_mpu_provider/multipart/`` is how a newcomer finds their way: it must
+    name every module there is, in every folder, and none that is gone."""
+    package = README.parent / "airflow_mpu_provider" / "multipart"
+    named = module_map(README.read_text())
+    modules = {p.relative_to(package).as_posix() for p in package.rglob("*.py")}
+    folders = {p.parent.relative_to(package).as_posix() + "/" for p in package.rglob("*/__init__.py")}
+    present = {m for m in modules if not m.endswith("__init__.py")} | folders
     assert named == present, f"missing from the map: {sorted(present - named)}; gone: {sorted(named - present)}"
