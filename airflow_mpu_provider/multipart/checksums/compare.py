@@ -163,19 +163,6 @@ def _compare_either(
     )
 
 
-def object_matches(
-    client: Any,
-    bucket: str,
-    key: str,
-    source: Readable,
-    *,
-    extra_args: Mapping[str, Any] | None = None,
-    part_size_hint: int | None = None,
-) -> bool:
-    """Whether the object at the key exists and holds exactly ``source``'s bytes (see ``compare_object``)."""
-    return compare_object(client, bucket, key, source, extra_args=extra_args, part_size_hint=part_size_hint).matches
-
-
 def _parts_from_etag(etag: str) -> int | None:
     _, dash, count = etag.strip('"').rpartition("-")
     return int(count) if dash and count.isdigit() else None

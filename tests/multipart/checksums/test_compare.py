@@ -1,4 +1,4 @@
-"""compare_object / object_matches: is the object at a key exactly a local file? Never a false "yes"."""
+"""compare_object: is the object at a key exactly a local file? Never a false "yes"."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from botocore.exceptions import ClientError
 
-from airflow_mpu_provider.multipart.checksums.compare import CRC_ONLY, _fingerprint, compare_object, object_matches
+from airflow_mpu_provider.multipart.checksums.compare import CRC_ONLY, _fingerprint, compare_object
 from airflow_mpu_provider.multipart.checksums.digests import checksum_b64, composite_checksum, multipart_etag
 from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
@@ -41,7 +41,6 @@ def test_a_multipart_object_of_the_file_matches_whatever_its_part_size(mock_s3, 
         # The object's own part size is read from S3 (HeadObject PartNumber=1), not taken from the caller.
         comparison = compare_object(mock_s3, BUCKET, "k", source, part_size_hint=16 * MiB)
         assert comparison.exists and comparison.matches, comparison.detail
-        assert object_matches(mock_s3, BUCKET, "k", source)
 
 
 def test_a_single_request_object_matches_by_checksum_or_md5(mock_s3, tmp_path):
