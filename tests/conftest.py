@@ -24,6 +24,7 @@ __all__ = [
     "PutPartHooks",
     "incomplete_uploads",
     "make_file",
+    "send_part",
     "sha256_file",
     "sha256_object",
 ]  # what the test modules import
@@ -62,6 +63,15 @@ def sha256_object(client, bucket: str, key: str) -> str:
 def incomplete_uploads(client, bucket: str, prefix: str = "") -> list[dict]:
     """Incomplete multipart uploads in ``bucket`` (under ``prefix``: a test checks its own keys)."""
     return client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+
+
+def send_part(upload, number: int, data: bytes):
+    """``upload.put_part`` of ``data`` as part ``number``, with the digest the engine sends: the upload's
+    checksum, or Content-MD5 when it has none. Returns the part's ``PartRecord``."""
+    from airflow_mpu_provider.multipart.checksums.digests import digest_part
+
+    algorithm = upload.checksum_algorithm
+    return upload.put_part(number, data, digest_part(number, data, algorithm=algorithm, with_md5=algorithm is None))
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,22 @@
 """One S3 multipart upload: the five S3 calls around a single UploadId, with S3's errors translated.
 
-``MultipartUpload`` is also the package's simplest public face, the shape the project grew from:
+    upload = MultipartUpload(client, "bucket", "key")
+    upload.create()                             # CreateMultipartUpload
+    record = upload.put_part(1, data, digest)   # UploadPart; digest: checksums.digests.digest_part
+    upload.complete([record])                   # CompleteMultipartUpload (or upload.abort())
 
-    with MultipartUpload(client, "bucket", "key") as upload:   # CreateMultipartUpload
-        for chunk in chunks:                                    # each >= 5 MiB but the last
-            upload.upload_part(chunk)                           # UploadPart, in order
-    # leaving cleanly: CompleteMultipartUpload; leaving with an exception: AbortMultipartUpload
-
-(``async with`` works too.) The parallel, resumable engine in ``engine.py`` drives the same class.
+The file and the stream engine drive it, parts in parallel: it keeps what the store has shown of itself
+(does it echo checksums, are its ETags MD5s), the engines keep the parts' records.
 Listing the incomplete uploads of a prefix is ``listing.py``'s job; how a part's bytes travel (and
 stop on cancel) is ``parts/body.py``'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -28,7 +25,6 @@ from airflow_mpu_provider.multipart.checksums.digests import (
     DEFAULT_CHECKSUM_ALGORITHM,
     PartDigest,
     checksum_field,
-    digest_part,
     etag_is_md5,
     etag_is_md5_for_args,
     part_matches,
@@ -109,8 +105,6 @@ class MultipartUpload:
         #: The upload's ChecksumType as ListParts last reported it (None: not reported).
         self.listed_checksum_type: str | None = None
         self.extra_args = dict(extra_args or {})
-        #: The parts the sequential face (``upload_part``) sent, in order, for ``__exit__`` to complete.
-        self.parts: list[PartRecord] = []
         #: Whether the store echoes part checksums in UploadPart responses (None until a part was sent).
         #: AWS does; moto and many S3-compatible stores report only the ETag (an MD5).
         self.store_echoes_checksums: bool | None = None
@@ -327,43 +321,6 @@ class MultipartUpload:
             key=self.key,
             upload_id=self.upload_id,
         )
-
-    # -- the sequential face ------------------------------------------------------------------
-
-    def upload_part(self, chunk: bytes) -> PartRecord:
-        """Send ``chunk`` as the next part (1, 2, ...) and remember it for completion."""
-        number = len(self.parts) + 1
-        digest = digest_part(number, chunk, algorithm=self.checksum_algorithm, with_md5=self.checksum_algorithm is None)
-        record = self.put_part(number, chunk, digest)
-        self.parts.append(record)
-        return record
-
-    def __enter__(self) -> MultipartUpload:
-        if self.upload_id is None:
-            self.create()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc is not None:
-            self.abort()
-            return
-        if not self.parts:
-            self.upload_part(b"")
-        try:
-            self.complete(self.parts)
-        except BaseException:
-            self.abort()
-            raise
-
-    async def __aenter__(self) -> MultipartUpload:
-        return await asyncio.to_thread(self.__enter__)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
 
 
 def head_object(

@@ -17,6 +17,7 @@ from airflow_mpu_provider.multipart.listing import list_incomplete_uploads
 from airflow_mpu_provider.multipart.request_args import PER_REQUEST_ARGS, request_args
 from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import MultipartUpload, head_object
+from tests.conftest import send_part
 from tests.support.recorded_calls import missing_args, record_calls
 
 BUCKET = "test-bucket"
@@ -44,9 +45,8 @@ def test_every_call_of_an_upload_carries_them(mock_s3, sse_c):
     args = {**PAYER_AND_OWNER, **(SSE_C if sse_c else {})}
     calls = record_calls(mock_s3)
     upload = MultipartUpload(mock_s3, BUCKET, "k", extra_args={**args, "ContentType": "text/plain"})
-    with upload:
-        upload.upload_part(b"a" * (5 * MiB))
-        upload.upload_part(b"b")
+    upload.create()
+    upload.complete([send_part(upload, 1, b"a" * (5 * MiB)), send_part(upload, 2, b"b")])
     head_object(mock_s3, BUCKET, "k", extra_args=args)
     doomed = MultipartUpload(mock_s3, BUCKET, "k2", extra_args=args)
     doomed.create()
@@ -117,8 +117,8 @@ def test_a_part_the_store_says_is_kms_encrypted_is_not_taken_for_corruption(mock
     upload.create()
     try:
         with caplog.at_level(logging.WARNING):
-            upload.upload_part(b"a" * (5 * MiB))  # an opaque ETag: before, an IntegrityError
-            upload.upload_part(b"b")
+            send_part(upload, 1, b"a" * (5 * MiB))  # an opaque ETag: before, an IntegrityError
+            send_part(upload, 2, b"b")
     finally:
         upload.abort()  # moto itself would refuse the opaque ETags in CompleteMultipartUpload
     assert upload.etags_are_md5 is False
@@ -141,6 +141,6 @@ def test_a_kms_part_whose_echoed_checksum_differs_is_still_caught(mock_s3):
     upload.create()
     try:
         with pytest.raises(IntegrityError, match="does not match the bytes sent"):
-            upload.upload_part(b"a" * (5 * MiB))
+            send_part(upload, 1, b"a" * (5 * MiB))
     finally:
         upload.abort()

@@ -1,54 +1,46 @@
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from airflow_mpu_provider.multipart.errors import S3UploadError
 from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import MultipartUpload
-from tests.conftest import incomplete_uploads
+from tests.conftest import incomplete_uploads, send_part
 
 
-def test_context_manager_completes_in_order(mock_s3):
+def test_create_put_part_complete_makes_the_object(mock_s3):
     chunks = [b"a" * (5 * MiB), b"b" * (5 * MiB), b"tail"]
-    with MultipartUpload(mock_s3, "test-bucket", "seq") as upload:
-        for chunk in chunks:
-            upload.upload_part(chunk)
+    upload = MultipartUpload(mock_s3, "test-bucket", "seq")
+    upload.create()
+    records = [send_part(upload, number, chunk) for number, chunk in enumerate(chunks, 1)]
+    upload.complete(records)
     assert mock_s3.get_object(Bucket="test-bucket", Key="seq")["Body"].read() == b"".join(chunks)
-    assert [p.number for p in upload.parts] == [1, 2, 3]
+    assert [(p.number, p.size) for p in records] == [(1, 5 * MiB), (2, 5 * MiB), (3, 4)]
 
 
-def test_context_manager_aborts_on_error(mock_s3):
-    with pytest.raises(RuntimeError), MultipartUpload(mock_s3, "test-bucket", "boom") as upload:
-        upload.upload_part(b"a" * (5 * MiB))
-        raise RuntimeError("producer failed")
+def test_abort_of_an_upload_with_stored_parts_leaves_nothing(mock_s3):
+    upload = MultipartUpload(mock_s3, "test-bucket", "boom")
+    upload.create()
+    send_part(upload, 1, b"a" * (5 * MiB))
+    upload.abort()
+    assert upload.aborted
     assert incomplete_uploads(mock_s3, "test-bucket") == []
     assert "Contents" not in mock_s3.list_objects_v2(Bucket="test-bucket")
 
 
-def test_empty_upload_completes_as_zero_byte_object(mock_s3):
-    with MultipartUpload(mock_s3, "test-bucket", "empty"):
-        pass
+def test_one_empty_part_completes_as_a_zero_byte_object(mock_s3):
+    upload = MultipartUpload(mock_s3, "test-bucket", "empty")
+    upload.create()
+    upload.complete([send_part(upload, 1, b"")])
     assert mock_s3.head_object(Bucket="test-bucket", Key="empty")["ContentLength"] == 0
-
-
-def test_async_context_manager(mock_s3):
-    async def main():
-        async with MultipartUpload(mock_s3, "test-bucket", "async", checksum_algorithm=None) as upload:
-            await asyncio.to_thread(upload.upload_part, b"xyz")
-
-    asyncio.run(main())
-    assert mock_s3.get_object(Bucket="test-bucket", Key="async")["Body"].read() == b"xyz"
 
 
 def test_entity_too_small_becomes_a_clear_error(mock_s3):
     upload = MultipartUpload(mock_s3, "test-bucket", "small")
     upload.create()
-    upload.upload_part(b"a" * 100)
-    upload.upload_part(b"b" * 100)
+    records = [send_part(upload, 1, b"a" * 100), send_part(upload, 2, b"b" * 100)]
     with pytest.raises(S3UploadError, match="EntityTooSmall.*5 MiB") as info:
-        upload.complete(upload.parts)
+        upload.complete(records)
     assert info.value.upload_id == upload.upload_id
     upload.abort()
     assert incomplete_uploads(mock_s3, "test-bucket") == []
@@ -71,8 +63,8 @@ def test_abort_is_idempotent(mock_s3):
 def test_list_parts_paginates_past_1000(mock_s3, monkeypatch):
     upload = MultipartUpload(mock_s3, "test-bucket", "many", checksum_algorithm=None)
     upload.create()
-    for _ in range(3):
-        upload.upload_part(b"p")
+    for number in (1, 2, 3):
+        send_part(upload, number, b"p")
     real = mock_s3.list_parts
     calls = []
 

@@ -14,7 +14,7 @@ from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.multipart.upload import MultipartUpload
-from tests.conftest import incomplete_uploads, make_file
+from tests.conftest import incomplete_uploads, make_file, send_part
 from tests.support.local_airflow import store_echoes_no_checksums
 
 BUCKET = "test-bucket"
@@ -63,19 +63,19 @@ def test_from_listing_of_an_opaque_etag_has_no_md5():
 
 
 @pytest.mark.parametrize("checksum", ["CRC32C", None])
-def test_the_sequential_face_returns_and_keeps_records(mock_s3, checksum):
-    with MultipartUpload(mock_s3, BUCKET, "seq", checksum_algorithm=checksum) as upload:
-        first = upload.upload_part(b"a" * (5 * MiB))
-        upload.upload_part(b"tail")
-    assert upload.parts[0] is first
-    assert [(p.number, p.size) for p in upload.parts] == [(1, 5 * MiB), (2, 4)]
-    assert all(p.etag for p in upload.parts)
-    assert all(bool(p.checksum) is (checksum is not None) for p in upload.parts)
+def test_put_part_returns_the_parts_record(mock_s3, checksum):
+    upload = MultipartUpload(mock_s3, BUCKET, "seq", checksum_algorithm=checksum)
+    upload.create()
+    records = [send_part(upload, 1, b"a" * (5 * MiB)), send_part(upload, 2, b"tail")]
+    upload.complete(records)
+    assert [(p.number, p.size) for p in records] == [(1, 5 * MiB), (2, 4)]
+    assert all(p.etag for p in records)
+    assert all(bool(p.checksum) is (checksum is not None) for p in records)
     if checksum is None:  # each part then carries Content-MD5, and its record keeps that MD5
-        assert [p.md5 for p in upload.parts] == [hashlib.md5(b"a" * (5 * MiB)).digest(), hashlib.md5(b"tail").digest()]
+        assert [p.md5 for p in records] == [hashlib.md5(b"a" * (5 * MiB)).digest(), hashlib.md5(b"tail").digest()]
     head = mock_s3.head_object(Bucket=BUCKET, Key="seq")
     if checksum is None:  # the records' MD5s predict the object's ETag
-        assert head["ETag"] == multipart_etag(p.md5 for p in upload.parts)  # type: ignore[misc]
+        assert head["ETag"] == multipart_etag(p.md5 for p in records)  # type: ignore[misc]
 
 
 def test_complete_leaves_the_callers_records_as_they_were(mock_s3, tmp_path):
@@ -103,7 +103,8 @@ def test_complete_leaves_the_callers_records_as_they_were(mock_s3, tmp_path):
 def test_complete_sends_the_parts_in_number_order_whatever_order_it_is_given(mock_s3):
     upload = MultipartUpload(mock_s3, BUCKET, "ordered", checksum_algorithm=None)
     upload.create()
-    records = [upload.upload_part(chunk) for chunk in (b"a" * (5 * MiB), b"b" * (5 * MiB), b"c")]
+    chunks = (b"a" * (5 * MiB), b"b" * (5 * MiB), b"c")
+    records = [send_part(upload, number, chunk) for number, chunk in enumerate(chunks, 1)]
     upload.complete(list(reversed(records)))
     body = mock_s3.get_object(Bucket=BUCKET, Key="ordered")["Body"].read()
     assert body == b"a" * (5 * MiB) + b"b" * (5 * MiB) + b"c"
