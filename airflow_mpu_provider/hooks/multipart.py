@@ -201,7 +201,7 @@ def _refuse_windows_for_streams(options: Mapping[str, Any]) -> None:
 
 def first_stream_part_size(part_size: Any) -> int:
     """A stream's first part size: ``part_size`` (checked as a file's is) or the default 16 MiB."""
-    first = validation.part_size(part_size) or DEFAULT_PART_SIZE
+    first = validation.part_size_setting(part_size) or DEFAULT_PART_SIZE
     plan_parts(first, first)  # the same part-size checks as for a file
     return first
 
@@ -454,7 +454,7 @@ class S3MultipartHook(S3Hook):
         started = time.monotonic()
         with FileSource(file) as source:
             upload = self.file_upload(
-                source, plan_parts(source.size, validation.part_size(part_size)), bucket, key, settings
+                source, plan_parts(source.size, validation.part_size_setting(part_size)), bucket, key, settings
             )
             if not replace:
                 existing = upload.existing_object()
@@ -532,7 +532,7 @@ class S3MultipartHook(S3Hook):
         (no ``HeadObject`` with ``PartNumber``, e.g. Swift); by default the one ``upload_file`` picks."""
         bucket, key = object_target(bucket, key)
         with FileSource(file) as source:
-            hint = validation.part_size(part_size)
+            hint = validation.part_size_setting(part_size)
             try:
                 plan: PartPlan | None = plan_parts(source.size, hint)
             except InvalidUploadRequest:  # a part size the file could not be uploaded with: no guess

@@ -93,7 +93,9 @@ class StreamUploadEngine(BaseUploadEngine):
         self.growing = growing
         self.parts_per_size = parts_per_size
 
-    def part_size(self, number: int) -> int:
+    def size_of_part(self, number: int) -> int:
+        """The size of part ``number`` (1-based): the first part size, doubled every ``parts_per_size`` parts
+        when growing."""
         return stream_part_size(number, self.first_part_size, growing=self.growing, parts_per_size=self.parts_per_size)
 
     def capacity(self) -> int:
@@ -101,7 +103,7 @@ class StreamUploadEngine(BaseUploadEngine):
 
     def run(self) -> UploadResult:
         started = time.monotonic()
-        largest = self.part_size(MAX_PARTS)
+        largest = self.size_of_part(MAX_PARTS)
         # Parts only grow, so the first size needs the most workers; later sizes use fewer of them.
         workers = self.options.workers_for(self.first_part_size, held_by_reader=1)
         progress = ProgressReporter(
@@ -158,7 +160,7 @@ class StreamUploadEngine(BaseUploadEngine):
         announced = 0  # the parallelism last logged
         while True:
             self._raise_if_cancelled()
-            size = self.part_size(number)
+            size = self.size_of_part(number)
             if number > MAX_PARTS:
                 if not self.stream.read(1):  # exactly 10,000 parts' worth: the stream ended in time
                     break

@@ -46,7 +46,7 @@ def whole_number(
     return number
 
 
-def part_size(value: Any) -> int | None:
+def part_size_setting(value: Any) -> int | None:
     """None (choose automatically) or a whole number of bytes within S3's part sizes (5 MiB..5 GiB)."""
     if value is None:
         return None

@@ -258,7 +258,7 @@ class MultipartUploadOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.verify = verify
         self.replace = replace
-        self.part_size = validation.part_size(part_size)
+        self.part_size = validation.part_size_setting(part_size)
         self.concurrency = None if concurrency is None else validation.concurrency(concurrency)
         self.max_concurrency = validation.concurrency(max_concurrency)
         self.max_buffer_bytes = validation.max_buffer_bytes(max_buffer_bytes)

@@ -32,12 +32,12 @@ from airflow_mpu_provider.multipart.units import GiB, MiB
 )
 def test_part_size(value, message):
     with pytest.raises(InvalidUploadRequest, match=message):
-        validation.part_size(value)
+        validation.part_size_setting(value)
 
 
 def test_good_values_pass_through_as_ints():
-    assert validation.part_size(None) is None
-    assert validation.part_size(8 * MiB) == 8 * MiB
+    assert validation.part_size_setting(None) is None
+    assert validation.part_size_setting(8 * MiB) == 8 * MiB
     assert validation.concurrency(1) == 1
     assert validation.max_buffer_bytes(GiB) == GiB
 
