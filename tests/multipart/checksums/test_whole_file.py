@@ -10,7 +10,7 @@ import crc32c
 import pytest
 from awscrt import checksums
 
-from airflow_mpu_provider.multipart.checksums import whole_file as full_object
+from airflow_mpu_provider.multipart.checksums import whole_file
 from airflow_mpu_provider.multipart.checksums.whole_file import (
     COMPOSITE,
     FULL_OBJECT,
@@ -76,7 +76,7 @@ def test_the_pure_python_path_is_taken_without_awscrt_combine(monkeypatch):
     """The declared floor (awscrt 0.23) has no combine functions: the Python combine must give the same."""
     data = random.Random(1).randbytes(70_000)
     parts = [(_b64("CRC32C", data[i : i + 9_999]), len(data[i : i + 9_999])) for i in range(0, len(data), 9_999)]
-    monkeypatch.setattr(full_object, "_crt_checksums", None)
+    monkeypatch.setattr(whole_file, "_crt_checksums", None)
     assert full_object_checksum("CRC32C", parts) == _b64("CRC32C", data)
 
 
