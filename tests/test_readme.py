@@ -90,3 +90,17 @@ def test_the_module_map_names_every_engine_module_and_only_those():
     folders = {p.parent.relative_to(package).as_posix() + "/" for p in package.rglob("*/__init__.py")}
     present = {m for m in modules if not m.endswith("__init__.py")} | folders
     assert named == present, f"missing from the map: {sorted(present - named)}; gone: {sorted(named - present)}"
+
+
+def test_every_path_the_readme_names_exists():
+    """The failure table and the text name tests and modules by path (``multipart/test_engine.py``, relative to
+    ``tests/`` or the package): a module or test that moved must not leave the README pointing at nothing."""
+    root = README.parent
+    named = set(re.findall(r"`((?:[\w.-]+/)+\w+\.py)`", README.read_text()))
+    assert named
+    gone = {
+        p
+        for p in named
+        if not any((base / p).exists() for base in (root, root / "tests", root / "airflow_mpu_provider"))
+    }
+    assert not gone, f"the README names files that are not there: {sorted(gone)}"
