@@ -64,6 +64,7 @@ from airflow_mpu_provider.multipart.windows import (
     finish_by_setting,
     resolve_timezone,
 )
+from airflow_mpu_provider.operators.metrics import deadline_metric, pause_metrics, upload_metrics
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
 if TYPE_CHECKING:
@@ -83,8 +84,6 @@ STATE_KEY = "multipart_upload"
 #: task_state_store key of a command's stream upload: {bucket, key, upload_id}. A stream is never
 #: resumed; the record lets the next try abort the upload of a try that died (SIGKILL, OOM).
 STREAM_STATE_KEY = "multipart_stream_upload"
-#: Prefix of every metric the operator sends through Airflow's Stats (README: "Metrics").
-METRICS_PREFIX = "mpu"
 #: Seconds to the window's opening that a task started outside it waits for instead of rescheduling: a
 #: reschedule costs a task process and a scheduler round trip, and one due at once can race the scheduler's
 #: handling of the run that asked for it.
@@ -394,7 +393,7 @@ class MultipartUploadOperator(BaseOperator):
         ti = context.get("ti")
         if ti is not None:
             ti.xcom_push(key="upload_paused", value=paused.to_dict())
-        self._emit_pause_metrics(paused)
+        pause_metrics(self, paused)
         if self._state_store(context) is None:
             self.log.warning(
                 "No task_state_store (Airflow < 3.3): the next run can find upload %s only with ListMultipartUploads, "
@@ -411,28 +410,6 @@ class MultipartUploadOperator(BaseOperator):
             paused.upload_id,
         )
         self._raise_reschedule(paused.resumes_at)
-
-    def _emit_pause_metrics(self, paused: UploadPaused) -> None:
-        """``mpu.pauses`` and the bytes this run sent before the window closed (see ``_emit_metrics``)."""
-        try:
-            from airflow.providers.common.compat.sdk import Stats
-
-            tags = {"dag_id": self.dag_id, "task_id": self.task_id}
-            Stats.incr(f"{METRICS_PREFIX}.pauses", tags=tags)
-            Stats.incr(f"{METRICS_PREFIX}.bytes_sent", paused.sent_bytes, tags=tags)
-        except Exception as e:
-            self.log.warning("Could not send the pause metrics (this does not change the task's outcome): %s", e)
-
-    def _deadline_metric(self, on_time: bool, projected: Any) -> None:
-        """``mpu.deadline_at_risk``: counted each time the projection passes ``finish_by``."""
-        if on_time:
-            return
-        try:
-            from airflow.providers.common.compat.sdk import Stats
-
-            Stats.incr(f"{METRICS_PREFIX}.deadline_at_risk", tags={"dag_id": self.dag_id, "task_id": self.task_id})
-        except Exception as e:
-            self.log.warning("Could not send the deadline metric: %s", e)
 
     def resolve_target(self) -> tuple[str, str]:
         """(bucket, key) from ``bucket`` + ``key`` or an ``s3://`` key, checked against S3's rules.
@@ -892,31 +869,9 @@ class MultipartUploadOperator(BaseOperator):
         upload = engine.upload
         return upload is None or not upload.upload_id or upload.aborted
 
-    def _emit_metrics(self, result: UploadResult | None) -> None:
-        """Send the upload's figures to Airflow's metrics (StatsD or OpenTelemetry, whichever the
-        deployment configured): ``result`` after a completed upload, None after an abort.
-
-        ``Stats`` comes from the common.compat provider: that is the instance the task runner configures
-        on every Airflow version. On 3.3, ``airflow.observability.stats`` is a second copy that only an
-        executor process configures, so its metrics reach StatsD from LocalExecutor tasks (forked from
-        it) and are silently dropped from tasks that no executor forked. Metrics never fail an upload.
-        """
-        try:
-            from airflow.providers.common.compat.sdk import Stats
-
-            tags = {"dag_id": self.dag_id, "task_id": self.task_id}
-            if result is None:
-                Stats.incr(f"{METRICS_PREFIX}.aborts", tags=tags)
-                return
-            Stats.incr(f"{METRICS_PREFIX}.uploads", tags=tags)
-            Stats.incr(f"{METRICS_PREFIX}.bytes_sent", result.bytes_sent, tags=tags)
-            Stats.incr(f"{METRICS_PREFIX}.bytes_resumed", result.bytes_resumed, tags=tags)
-            Stats.incr(f"{METRICS_PREFIX}.parts_sent", result.parts_sent, tags=tags)
-            Stats.timing(f"{METRICS_PREFIX}.duration", result.seconds * 1000, tags=tags)
-            if result.seconds > 0:
-                Stats.gauge(f"{METRICS_PREFIX}.throughput", round(result.bytes_sent / result.seconds), tags=tags)
-        except Exception as e:
-            self.log.warning("Could not send the upload metrics (this does not change the task's outcome): %s", e)
+    #: Called by name from the upload code: the figures of an upload (None: an abort), a deadline at risk.
+    _emit_metrics = upload_metrics
+    _deadline_metric = deadline_metric
 
     def on_kill(self) -> None:
         """Stop sending, abort this try's upload, and make sure ``execute`` ends failed.
