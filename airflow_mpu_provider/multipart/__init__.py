@@ -34,8 +34,17 @@ from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.schedule import UploadPaused
 from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.upload import MultipartUpload
+from airflow_mpu_provider.multipart.windows import (
+    BandwidthTimetable,
+    UploadWindow,
+    bandwidth_setting,
+    deadline_at,
+    finish_by_setting,
+    resolve_timezone,
+)
 
 __all__ = [
+    "BandwidthTimetable",
     "IntegrityError",
     "InvalidUploadRequest",
     "MultipartUpload",
@@ -47,6 +56,11 @@ __all__ = [
     "UploadOptions",
     "UploadPaused",
     "UploadResult",
+    "UploadWindow",
+    "bandwidth_setting",
+    "deadline_at",
+    "finish_by_setting",
+    "resolve_timezone",
     "upload_file",
 ]
 

@@ -12,10 +12,9 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow_mpu_provider import version_compat
 from airflow_mpu_provider.hooks.multipart import (
     FileUpload,
     S3MultipartHook,
@@ -57,14 +56,17 @@ from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 from airflow_mpu_provider.multipart.units import format_bytes, format_rate, plural
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from airflow_mpu_provider.multipart.windows import (
-    BandwidthTimetable,
     UploadWindow,
     bandwidth_setting,
-    deadline_at,
-    finish_by_setting,
-    resolve_timezone,
 )
-from airflow_mpu_provider.operators.metrics import deadline_metric, pause_metrics, upload_metrics
+from airflow_mpu_provider.operators.arguments import is_template
+from airflow_mpu_provider.operators.metrics import deadline_metric, upload_metrics
+from airflow_mpu_provider.operators.upload_schedule import (
+    UploadSchedule,
+    check_schedule_arguments,
+    reschedule_paused,
+    utc_now,
+)
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
 if TYPE_CHECKING:
@@ -74,20 +76,11 @@ if TYPE_CHECKING:
         from airflow.utils.context import Context  # type: ignore[no-redef]
 
 
-def _is_template(value: Any) -> bool:
-    """A string Airflow will render (validated once rendered, at execute)."""
-    return isinstance(value, str) and "{" in value
-
-
 #: task_state_store key of the resume record. Renaming it breaks the resume of in-flight retries.
 STATE_KEY = "multipart_upload"
 #: task_state_store key of a command's stream upload: {bucket, key, upload_id}. A stream is never
 #: resumed; the record lets the next try abort the upload of a try that died (SIGKILL, OOM).
 STREAM_STATE_KEY = "multipart_stream_upload"
-#: Seconds to the window's opening that a task started outside it waits for instead of rescheduling: a
-#: reschedule costs a task process and a scheduler round trip, and one due at once can race the scheduler's
-#: handling of the run that asked for it.
-WAIT_FOR_OPENING = 10
 
 
 class MultipartUploadOperator(BaseOperator):
@@ -210,6 +203,10 @@ class MultipartUploadOperator(BaseOperator):
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"metadata": "json", "tags": "json"}
     ui_color = "#f0eee4"
+    #: This run's window and deadline (resolved at execute: timezone, rendered templates), and their clock.
+    _window: UploadWindow | None = None
+    _finish_by: datetime | None = None
+    _window_now = staticmethod(utc_now)
 
     def __init__(
         self,
@@ -286,10 +283,7 @@ class MultipartUploadOperator(BaseOperator):
                 "give exactly one of file=... (a local file) or command=... (a command whose output to upload)"
             )
         check_object_arguments(encrypt=encrypt, sse_kms_key_id=sse_kms_key_id, extra_args=self.extra_args)
-        self._check_schedule_arguments()
-        #: This run's window and deadline, resolved at execute (timezone, rendered templates).
-        self._window: UploadWindow | None = None
-        self._finish_by: Any = None
+        check_schedule_arguments(self)
         self._engine: BaseUploadEngine | None = None
         self._killed = False
         #: Whether execute() is running: on_kill after it ended must not touch what it left (see on_kill).
@@ -305,111 +299,12 @@ class MultipartUploadOperator(BaseOperator):
         """Refuse templated arguments of the wrong type: at construction (but for templates, which Airflow
         has not rendered yet) and at execute, once rendered, before any S3 call. ``command_timeout``
         becomes seconds (a rendered "3600" included)."""
-        if self.command_timeout is not None and (rendered or not _is_template(self.command_timeout)):
+        if self.command_timeout is not None and (rendered or not is_template(self.command_timeout)):
             self.command_timeout = validation.seconds(
                 "command_timeout", self.command_timeout, positive=True, numeric_strings=True
             )
         for name in ("aws_conn_id", "sse_kms_key_id", "storage_class", "acl_policy"):
             validation.optional_text(name, getattr(self, name))
-
-    def _check_schedule_arguments(self) -> None:
-        """Refuse a window or deadline that cannot work, when the DAG is parsed (templates: at execute)."""
-        if self.command is not None and (self.upload_window is not None or self.finish_by is not None):
-            raise InvalidUploadRequest(
-                "upload_window and finish_by work for file=... uploads only: a command's output is a stream, which "
-                "cannot pause and resume, and whose size is unknown. Write the output to a file first, or drop them."
-            )
-        if self.upload_window is not None and not version_compat.AIRFLOW_V_3_1_8_PLUS:
-            raise InvalidUploadRequest(
-                "upload_window needs Airflow >= 3.1.8: older schedulers run a task that rescheduled itself again at "
-                "once instead of at its reschedule date (seen on 3.1.3), so the task would start over and over "
-                "outside its window. Upgrade Airflow, or schedule the DAG inside the window without upload_window."
-            )
-        if self.upload_window is not None and not self.resume:
-            raise InvalidUploadRequest(
-                "upload_window needs resume=True: the next window continues the upload this one paused."
-            )
-        if self.window_timezone is not None and not _is_template(self.window_timezone):
-            resolve_timezone(self.window_timezone)
-        if self.upload_window is not None and not _is_template(self.upload_window):
-            UploadWindow.parse(self.upload_window, self._timezone())
-        if not _is_template(self.finish_by):
-            finish_by_setting(self.finish_by)
-
-    def _timezone(self, context: Context | None = None) -> Any:
-        """``window_timezone``, else the DAG's timezone, else UTC."""
-        if self.window_timezone is not None and not _is_template(self.window_timezone):
-            return resolve_timezone(self.window_timezone)
-        dag = (context or {}).get("dag") or (self.dag if self.has_dag() else None)
-        return resolve_timezone(getattr(dag, "timezone", None))
-
-    def _resolve_schedule(self, context: Context | None = None) -> None:
-        """This run's window, timetable timezone and deadline, from the rendered arguments."""
-        self._check_schedule_arguments()
-        tz = self._timezone(context)
-        self._window = UploadWindow.parse(self.upload_window, tz) if self.upload_window is not None else None
-        if isinstance(self.max_bandwidth, BandwidthTimetable):
-            self.max_bandwidth = BandwidthTimetable(self.max_bandwidth.entries, tz)
-        self._finish_by = deadline_at(finish_by_setting(self.finish_by), tz, self._window_now())
-
-    def _window_now(self) -> Any:
-        """The wall clock windows and deadlines are judged by (tests replace it)."""
-        from datetime import UTC, datetime
-
-        return datetime.now(UTC)
-
-    def _reschedule_if_outside_window(self) -> None:
-        """Started outside the upload window: reschedule for its next opening before anything is created."""
-        if self._window is None or self.command is not None:
-            return
-        now = self._window_now()
-        if self._window.is_open(now):
-            return
-        opening = self._window.next_opening(now)
-        wait = (opening - now).total_seconds()
-        if wait <= WAIT_FOR_OPENING:
-            self.log.info("Outside the upload window %s; it opens in %.1f s: waiting.", self._window.describe(), wait)
-            until = time.monotonic() + wait
-            while (left := until - time.monotonic()) > 0:
-                self._stop_if_killed()
-                time.sleep(min(0.5, left))
-            return
-        self.log.info(
-            "Outside the upload window %s: nothing is sent now; rescheduled for its next opening, %s.",
-            self._window.describe(),
-            opening.isoformat(timespec="seconds"),
-        )
-        self._raise_reschedule(opening)
-
-    def _raise_reschedule(self, when: Any) -> None:
-        from airflow.exceptions import AirflowRescheduleException
-
-        raise AirflowRescheduleException(when)
-
-    def _paused(self, context: Context, paused: UploadPaused) -> None:
-        """The window closed mid-upload (kept and recorded, like a failed try's upload for its retry): say
-        what is stored and left, the rate, when it resumes and the projected finish, in the log and XCom;
-        count the pause; reschedule for the next opening."""
-        ti = context.get("ti")
-        if ti is not None:
-            ti.xcom_push(key="upload_paused", value=paused.to_dict())
-        pause_metrics(self, paused)
-        if self._state_store(context) is None:
-            self.log.warning(
-                "No task_state_store (Airflow < 3.3): the next run can find upload %s only with ListMultipartUploads, "
-                "once it has been quiet for adopt_quiet_after (%s), and continues it only if it may adopt it and its "
-                "parts verify; otherwise it starts afresh and this upload is left for S3AbortStaleUploadsOperator or "
-                "a lifecycle rule.",
-                paused.upload_id,
-                self.adopt_quiet_after,
-            )
-        self.log.info(
-            "Paused until the upload window opens again at %s: upload %s kept and recorded for the next run; the "
-            "task is rescheduled (up_for_reschedule; try_number and retries untouched).",
-            paused.resumes_at.isoformat(timespec="seconds"),
-            paused.upload_id,
-        )
-        self._raise_reschedule(paused.resumes_at)
 
     def resolve_target(self) -> tuple[str, str]:
         """(bucket, key) from ``bucket`` + ``key`` or an ``s3://`` key, checked against S3's rules.
@@ -607,8 +502,9 @@ class MultipartUploadOperator(BaseOperator):
 
     def _execute(self, context: Context) -> dict[str, Any]:
         self.check_rendered_arguments()
-        self._resolve_schedule(context)
-        self._reschedule_if_outside_window()
+        schedule = UploadSchedule.resolve(self, context, now=self._window_now)
+        self._window, self._finish_by, self.max_bandwidth = schedule.window, schedule.finish_by, schedule.bandwidth
+        schedule.wait_for_window(self.log, self._stop_if_killed)
         bucket, key = self.resolve_target()
         checksum = normalize_checksum_algorithm(self.checksum_algorithm)
         resolve_checksum_type(self.checksum_type, checksum)  # refused here, before any S3 call
@@ -618,8 +514,7 @@ class MultipartUploadOperator(BaseOperator):
             try:
                 result = self._upload_file(context, bucket, key, checksum)
             except UploadPaused as paused:
-                self._paused(context, paused)
-                raise
+                reschedule_paused(self, context, paused, has_store=self._state_store(context) is not None)
         self._emit_metrics(result)
         if self._killed:
             raise UploadCancelledError("the task was killed; failing it although the upload had finished")
