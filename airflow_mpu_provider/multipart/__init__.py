@@ -20,6 +20,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from airflow_mpu_provider.multipart.checksums.digests import normalize_checksum_algorithm
+from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum_type
 from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions, UploadResult
 from airflow_mpu_provider.multipart.errors import (
     IntegrityError,
@@ -60,6 +62,8 @@ __all__ = [
     "bandwidth_setting",
     "deadline_at",
     "finish_by_setting",
+    "normalize_checksum_algorithm",
+    "resolve_checksum_type",
     "resolve_timezone",
     "upload_file",
 ]

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow_mpu_provider.hooks.multipart import (
     FileUpload,
     S3MultipartHook,
-    check_object_arguments,
     first_stream_part_size,
     object_arguments,
 )
@@ -59,7 +58,7 @@ from airflow_mpu_provider.multipart.windows import (
     UploadWindow,
     bandwidth_setting,
 )
-from airflow_mpu_provider.operators.arguments import is_template
+from airflow_mpu_provider.operators.arguments import check_arguments, is_template
 from airflow_mpu_provider.operators.metrics import deadline_metric, upload_metrics
 from airflow_mpu_provider.operators.upload_schedule import (
     UploadSchedule,
@@ -85,103 +84,55 @@ STREAM_STATE_KEY = "multipart_stream_upload"
 
 class MultipartUploadOperator(BaseOperator):
     """
-    Upload a local file to S3 as a parallel, resumable, verified multipart upload.
+    Upload a local file (or a command's output) to S3 as a parallel, resumable, verified multipart upload.
 
     The UploadId is pushed to XCom (keys ``upload_id`` and ``multipart_upload``) as soon as S3 hands
     it out. If the task fails and Airflow will retry it, the upload is kept and the retry resumes it:
     it re-verifies every part already in S3 against the local bytes and sends only what is missing.
     If no retry follows, or the task is killed (``on_kill``), the upload is aborted so that no
-    invisible, billed parts stay behind.
+    invisible, billed parts stay behind. Every argument is explained in the README ("Arguments").
 
-    :param file: local path of the file to upload. (templated)
-    :param command: instead of ``file``: a shell command whose standard output is uploaded as it is
-        produced, with no temporary file (e.g. ``"pg_dump mydb | zstd"``; run with ``bash -o pipefail``).
-        Nothing is completed unless it exits 0; a failure, a signal or ``command_timeout`` aborts the
-        upload and fails the task with the tail of its stderr. bash is required (no pipefail without it).
-        A stream cannot be resumed; on Airflow >= 3.3 its UploadId is kept in task_state_store so that
-        the try after a SIGKILLed one aborts the dead try's upload. (templated)
-    :param command_timeout: seconds (int, float, or a numeric string once rendered) or a ``timedelta``
-        after which the whole command pipeline is killed (the task then fails); must be > 0. (templated)
-    :param equal_parts: for ``command``: keep every part at ``part_size`` instead of letting parts grow
-        (needed by stores such as Cloudflare R2; the stream may then be at most 10,000 x part_size).
-    :param key: destination key, or a full ``s3://bucket/key`` URL when ``bucket`` is not given. (templated)
+    :param file: local path of the file to upload; give ``file`` or ``command``. (templated)
+    :param command: shell command (``bash -o pipefail``) whose stdout is uploaded as it is produced, never
+        resumed; completed only if it exits 0. (templated)
+    :param command_timeout: seconds or a ``timedelta`` (> 0) after which the command is killed. (templated)
+    :param equal_parts: for ``command``: every part ``part_size`` (stores such as R2), instead of growing parts.
+    :param key: destination key, or ``s3://bucket/key`` when ``bucket`` is not given. (templated)
     :param bucket: destination bucket; None when ``key`` is an ``s3://`` URL. (templated)
-    :param aws_conn_id: Airflow connection used through S3Hook (credentials, region, endpoint_url,
-        config_kwargs, role assumption...). (templated)
+    :param aws_conn_id: Airflow AWS connection, used through S3Hook. (templated)
     :param verify: whether to verify SSL certificates (False, or a CA bundle path), as in S3Hook.
-    :param replace: overwrite an existing object at the key. If False (the default, like
-        LocalFilesystemToS3Operator) an existing object fails the task before anything is uploaded.
-    :param part_size: bytes per part (an int: ``8e6`` is a float and refused), 5 MiB..5 GiB. None (the
-        default) picks 16 MiB, or the smallest size that fits the file into 10,000 parts, so any file up
-        to 48.8 TiB works untuned. For a ``command``: the first part's size; parts double every 1,000
-        parts (16 MiB: streams up to 12.7 TiB).
-    :param concurrency: parts sent in parallel (an int, 1..10,000), fixed; None (the default) adapts it
-        for a ``file``: it starts at 8 and adds parts while the aggregate rate rises, backs off on
-        SlowDown/503, within ``max_concurrency`` (the result's ``concurrency_settled`` says where it
-        settled); a ``command`` sends 8 at a time.
-    :param max_concurrency: upper bound (an int, 1..10,000, default 64) on parts in flight when
-        ``concurrency`` is None.
-    :param max_buffer_bytes: cap (an int, in bytes) on part bytes held in memory at once (parts in flight,
-        plus for a ``command`` the part being read); parallelism shrinks as parts grow so that memory stays
-        within it. At least one part is always in flight, so a single part larger than the cap is the
-        bound then (one part in memory at a time). The peak is returned as ``peak_buffer_bytes``.
-    :param max_bandwidth: cap (an int, in bytes per second) on the upload's rate, all parallel parts
-        together, like s3transfer's ``TransferConfig.max_bandwidth``: e.g. ``32 * 1024 * 1024`` keeps a
-        nightly dump from saturating the production link. Smooth (a token bucket charged per socket
-        write), for files and commands; re-sent bytes count too. None (the default): no cap. Or a
-        timetable, ``{"08:00": 4 * MiB, "19:00": 64 * MiB, "23:00": None}`` (None: uncapped), in
-        ``window_timezone``: each rate holds from its time until the next, switched while the upload runs.
-    :param upload_window: for ``file``: the times of day when the upload may send, e.g. ``"22:00-06:00"``,
-        or several ranges (``"22:00-06:00, 12:00-13:00"`` or a list), in ``window_timezone``. Started
-        outside it, the task reschedules itself for the next opening (``up_for_reschedule``) before
-        creating anything; when it closes mid-upload, no new part starts, the parts in flight finish, the
-        upload is kept and recorded as this task's, and the task reschedules itself; the next run resumes
-        it as a retry would. Refused with ``command`` (a stream cannot pause) and with ``resume=False``.
-        (templated)
-    :param window_timezone: IANA name of the timezone of ``upload_window``, ``max_bandwidth``'s timetable and
-        an "HH:MM" ``finish_by``; None (default): the DAG's timezone, else UTC. (templated)
-    :param finish_by: for ``file``: when the upload should be complete: "HH:MM" (the next such time), an ISO
-        8601 date-time, a ``datetime`` or a ``timedelta`` from the start of the run. As soon as the upload
-        cannot finish by then at the current rate (windows and timetable included) the log says so, once
-        (again only if it could meanwhile), and ``mpu.deadline_at_risk`` is counted. (templated)
-    :param checksum_algorithm: S3 checksum sent with every part and verified end to end: "CRC32C"
-        (default), "CRC32", "SHA1", "SHA256". None sends Content-MD5 only and turns botocore's default
-        checksums off, for S3-compatible stores that reject S3 checksums. "CRC64NVME" (S3's default for new
-        objects) is full-object only.
-    :param checksum_type: the object's checksum: "FULL_OBJECT", one CRC of the whole file (CRC32, CRC32C or
-        CRC64NVME) that a restore checks with any CRC tool, whatever the part size; combined from the part
-        CRCs, so resumed uploads get it too. "COMPOSITE": a checksum of the part checksums (``value-N``; the
-        only type for SHA1/SHA256). None (default): FULL_OBJECT for the CRCs, COMPOSITE for SHA1/SHA256. A
-        store that refuses FULL_OBJECT gets COMPOSITE, with a warning. The result's ``checksum`` and
-        ``checksum_type`` say what the object got.
+    :param replace: overwrite an existing object; False (default): an object other than the file fails the task.
+    :param part_size: bytes per part (an int), 5 MiB..5 GiB; None (default): picked from the file's size.
+    :param concurrency: parts sent in parallel (an int, 1..10,000); None (default): adaptive for a file, 8 for
+        a command.
+    :param max_concurrency: upper bound on parts in flight when ``concurrency`` is None (default 64).
+    :param max_buffer_bytes: cap (bytes) on part bytes held in memory at once (default 1 GiB).
+    :param max_bandwidth: cap (bytes per second) on the upload's rate, all parts together, or a timetable
+        ``{"HH:MM": rate or None}`` in ``window_timezone``; None (default): no cap.
+    :param upload_window: for ``file``: the times of day the upload may send (``"22:00-06:00"``, several
+        ranges or a list); outside it the task reschedules itself and resumes later. (templated)
+    :param window_timezone: IANA timezone of the window, the timetable and an "HH:MM" ``finish_by``; None
+        (default): the DAG's, else UTC. (templated)
+    :param finish_by: for ``file``: when the upload should be complete ("HH:MM", ISO 8601, ``datetime`` or
+        ``timedelta``); warns early when it cannot be met. (templated)
+    :param checksum_algorithm: checksum sent with every part and verified end to end: "CRC32C" (default),
+        "CRC32", "SHA1", "SHA256", "CRC64NVME" (full-object only); None: Content-MD5 only.
+    :param checksum_type: "FULL_OBJECT" (one CRC of the whole file) or "COMPOSITE"; None (default):
+        FULL_OBJECT for the CRCs, COMPOSITE for SHA1/SHA256.
     :param encrypt: server-side encryption with S3-managed keys (SSE-S3, AES256).
     :param sse_kms_key_id: server-side encryption with this KMS key (SSE-KMS). (templated)
-    :param storage_class: e.g. "STANDARD_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "DEEP_ARCHIVE". (templated)
+    :param storage_class: e.g. "STANDARD_IA", "INTELLIGENT_TIERING", "DEEP_ARCHIVE". (templated)
     :param content_type: Content-Type of the object. (templated)
     :param metadata: user metadata (``x-amz-meta-*``). (templated)
     :param tags: object tags as a dict. (templated)
     :param acl_policy: canned ACL, e.g. "bucket-owner-full-control". (templated)
-    :param extra_args: any other CreateMultipartUpload argument (e.g. ``CacheControl``, ``SSECustomerKey``,
-        ``ExpectedBucketOwner``); wins over the arguments above. ``RequestPayer``, ``ExpectedBucketOwner``
-        and the ``SSECustomer*`` ones are repeated on every later call that accepts them (parts, listing,
-        completion, abort, HeadObject).
-    :param resume: look for an earlier upload of this file to this key and continue it: the one an
-        earlier try recorded (task_state_store, Airflow >= 3.3; its record binds the object settings, so
-        changed settings start afresh), else one found with ListMultipartUploads that has been quiet for
-        ``adopt_quiet_after`` and shows the task's settings (never when the task sets an ACL, content type,
-        metadata, tags, encryption or another argument S3 does not show for an incomplete upload).
-        False: always start afresh, never keep an upload.
-    :param keep_upload_for_retry: when the task fails and Airflow will retry it, keep the upload for
-        the retry to resume (True), or always abort on failure (False).
-    :param adopt_quiet_after: a found upload (ListMultipartUploads, no record of this task) is adopted
-        only when it was initiated, and its last part written, longer ago than this (seconds or a
-        ``timedelta``; default 15 minutes): a younger one may be another run's live upload and is left
-        alone. On Airflow < 3.3 a retry can only find its predecessor's upload this way, so a failed try
-        keeps its upload for the retry only if ``retry_delay`` is at least this long. None: never adopt
-        a found upload (only this task's own record resumes one); for buckets where others may create
-        uploads at your keys.
-    :param progress_interval: seconds (int or float, >= 0) or a ``timedelta`` between progress lines in
-        the task log.
+    :param extra_args: any other CreateMultipartUpload argument; wins over the arguments above.
+    :param resume: continue an earlier upload of this file to this key (recorded by an earlier try, or found
+        and provably the task's); False: always start afresh.
+    :param keep_upload_for_retry: keep the upload for the retry when the task fails and Airflow will retry.
+    :param adopt_quiet_after: how long (seconds or ``timedelta``; default 15 minutes) a found upload must have
+        been quiet to be adopted; None: never adopt a found upload.
+    :param progress_interval: seconds (>= 0) or a ``timedelta`` between progress lines in the task log.
     """
 
     template_fields: Sequence[str] = (
@@ -245,44 +196,23 @@ class MultipartUploadOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.file = file
-        self.command = command
-        self.command_timeout = command_timeout
-        self.equal_parts = equal_parts
-        self.key = key
-        self.bucket = bucket
-        self.aws_conn_id = aws_conn_id
-        self.verify = verify
-        self.replace = replace
+        self.file, self.command, self.command_timeout, self.equal_parts = file, command, command_timeout, equal_parts
+        self.key, self.bucket, self.aws_conn_id, self.verify, self.replace = key, bucket, aws_conn_id, verify, replace
         self.part_size = validation.part_size(part_size)
         self.concurrency = None if concurrency is None else validation.concurrency(concurrency)
         self.max_concurrency = validation.concurrency(max_concurrency)
         self.max_buffer_bytes = validation.max_buffer_bytes(max_buffer_bytes)
-        self.upload_window = upload_window
-        self.window_timezone = window_timezone
-        self.finish_by = finish_by
         self.max_bandwidth = bandwidth_setting(max_bandwidth)  # its timezone is set at execute
-        self.checksum_algorithm = checksum_algorithm
-        self.checksum_type = checksum_type
-        _check_checksum_type(checksum_algorithm, checksum_type)
-        self.encrypt = encrypt
-        self.sse_kms_key_id = sse_kms_key_id
-        self.storage_class = storage_class
-        self.content_type = content_type
-        self.metadata = metadata
-        self.tags = tags
-        self.acl_policy = acl_policy
+        self.upload_window, self.window_timezone, self.finish_by = upload_window, window_timezone, finish_by
+        self.checksum_algorithm, self.checksum_type = checksum_algorithm, checksum_type
+        self.encrypt, self.sse_kms_key_id, self.storage_class = encrypt, sse_kms_key_id, storage_class
+        self.content_type, self.metadata, self.tags, self.acl_policy = content_type, metadata, tags, acl_policy
         self.extra_args = dict(extra_args or {})
-        self.resume = resume
-        self.keep_upload_for_retry = keep_upload_for_retry
+        self.resume, self.keep_upload_for_retry = resume, keep_upload_for_retry
         self.adopt_quiet_after = validation.adopt_quiet_after(adopt_quiet_after)
         self.progress_interval = validation.seconds("progress_interval", progress_interval)
         self.check_rendered_arguments(rendered=False)  # again at execute, once templates are rendered
-        if (file is None) == (command is None):
-            raise ValueError(
-                "give exactly one of file=... (a local file) or command=... (a command whose output to upload)"
-            )
-        check_object_arguments(encrypt=encrypt, sse_kms_key_id=sse_kms_key_id, extra_args=self.extra_args)
+        check_arguments(self)
         check_schedule_arguments(self)
         self._engine: BaseUploadEngine | None = None
         self._killed = False
@@ -816,10 +746,8 @@ class MultipartUploadOperator(BaseOperator):
         from airflow.providers.openlineage.extractors import OperatorLineage
 
         bucket, key = self.resolve_target()
-        if self.command is not None:
-            source = Dataset(namespace="command", name=program_name(self.command))
-        else:
-            source = Dataset(namespace="file", name=str(self.file))
+        namespace, name = ("command", program_name(self.command)) if self.command is not None else ("file", self.file)
+        source = Dataset(namespace=namespace, name=str(name))
         return OperatorLineage(inputs=[source], outputs=[Dataset(namespace=f"s3://{bucket}", name=key)])
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
@@ -839,13 +767,3 @@ def _why_not_continued(stored: Mapping[str, Any], changed: list[str]) -> str:
             "extra_args entry) changed since it was created"
         )
     return f"it was for another version of the source or other settings ({', '.join(changed)} differ)"
-
-
-def _check_checksum_type(algorithm: str | None, checksum_type: Any) -> None:
-    """Refuse a checksum_type that cannot work with checksum_algorithm when the DAG is parsed; an unknown
-    algorithm is left for execute to report, as before checksum types existed."""
-    try:
-        normalized = normalize_checksum_algorithm(algorithm)
-    except InvalidUploadRequest:
-        return
-    resolve_checksum_type(checksum_type, normalized)
