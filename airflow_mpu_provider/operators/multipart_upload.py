@@ -21,11 +21,23 @@ from airflow_mpu_provider.hooks.multipart import (
     first_stream_part_size,
     object_arguments,
 )
-from airflow_mpu_provider.multipart import validation
-from airflow_mpu_provider.multipart.checksums.digests import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
-from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum_type
-from airflow_mpu_provider.multipart.engine import (
+from airflow_mpu_provider.multipart import (
+    DEFAULT_ADOPT_QUIET_AFTER,
+    DEFAULT_CHECKSUM_ALGORITHM,
     DEFAULT_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_PROGRESS_INTERVAL,
+    UploadPaused,
+    UploadWindow,
+    bandwidth_setting,
+    command_label,
+    normalize_checksum_algorithm,
+    object_target,
+    program_name,
+    resolve_checksum_type,
+    validation,
+)
+from airflow_mpu_provider.multipart.engine import (
     BaseUploadEngine,
     FileUploadEngine,
     UploadOptions,
@@ -38,26 +50,17 @@ from airflow_mpu_provider.multipart.errors import (
     UploadCancelledError,
     UploadNotRecordedError,
 )
-from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
 from airflow_mpu_provider.multipart.parts.plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PartPlan, plan_parts
-from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
 from airflow_mpu_provider.multipart.resume import (
-    DEFAULT_ADOPT_QUIET_AFTER,
     FoundUpload,
     hidden_object_args,
     object_args_fingerprint,
 )
-from airflow_mpu_provider.multipart.s3_target import object_target
-from airflow_mpu_provider.multipart.schedule import UploadPaused
-from airflow_mpu_provider.multipart.sources.command import command_label, find_bash, program_name
+from airflow_mpu_provider.multipart.sources.command import find_bash
 from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 from airflow_mpu_provider.multipart.units import format_bytes, format_rate, plural
 from airflow_mpu_provider.multipart.upload import MultipartUpload
-from airflow_mpu_provider.multipart.windows import (
-    UploadWindow,
-    bandwidth_setting,
-)
 from airflow_mpu_provider.operators.arguments import check_arguments, is_template
 from airflow_mpu_provider.operators.metrics import deadline_metric, upload_metrics
 from airflow_mpu_provider.operators.upload_schedule import (
