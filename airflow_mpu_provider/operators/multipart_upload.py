@@ -93,11 +93,10 @@ class MultipartUploadOperator(BaseOperator):
     it out. If the task fails and Airflow will retry it, the upload is kept and the retry resumes it:
     it re-verifies every part already in S3 against the local bytes and sends only what is missing.
     If no retry follows, or the task is killed (``on_kill``), the upload is aborted so that no
-    invisible, billed parts stay behind. Every argument is explained in the README ("Arguments").
+    invisible, billed parts stay behind. The README ("Arguments") explains every argument at length.
 
     :param file: local path of the file to upload; give ``file`` or ``command``. (templated)
-    :param command: shell command (``bash -o pipefail``) whose stdout is uploaded as it is produced, never
-        resumed; completed only if it exits 0. (templated)
+    :param command: a shell command (bash, pipefail) whose stdout is streamed to S3, never resumed. (templated)
     :param command_timeout: seconds or a ``timedelta`` (> 0) after which the command is killed. (templated)
     :param equal_parts: for ``command``: every part ``part_size`` (stores such as R2), instead of growing parts.
     :param key: destination key, or ``s3://bucket/key`` when ``bucket`` is not given. (templated)
@@ -106,22 +105,15 @@ class MultipartUploadOperator(BaseOperator):
     :param verify: whether to verify SSL certificates (False, or a CA bundle path), as in S3Hook.
     :param replace: overwrite an existing object; False (default): an object other than the file fails the task.
     :param part_size: bytes per part (an int), 5 MiB..5 GiB; None (default): picked from the file's size.
-    :param concurrency: parts sent in parallel (an int, 1..10,000); None (default): adaptive for a file, 8 for
-        a command.
+    :param concurrency: parts sent in parallel (1..10,000); None (default): adaptive for a file, 8 for a command.
     :param max_concurrency: upper bound on parts in flight when ``concurrency`` is None (default 64).
     :param max_buffer_bytes: cap (bytes) on part bytes held in memory at once (default 1 GiB).
-    :param max_bandwidth: cap (bytes per second) on the upload's rate, all parts together, or a timetable
-        ``{"HH:MM": rate or None}`` in ``window_timezone``; None (default): no cap.
-    :param upload_window: for ``file``: the times of day the upload may send (``"22:00-06:00"``, several
-        ranges or a list); outside it the task reschedules itself and resumes later. (templated)
-    :param window_timezone: IANA timezone of the window, the timetable and an "HH:MM" ``finish_by``; None
-        (default): the DAG's, else UTC. (templated)
-    :param finish_by: for ``file``: when the upload should be complete ("HH:MM", ISO 8601, ``datetime`` or
-        ``timedelta``); warns early when it cannot be met. (templated)
-    :param checksum_algorithm: checksum sent with every part and verified end to end: "CRC32C" (default),
-        "CRC32", "SHA1", "SHA256", "CRC64NVME" (full-object only); None: Content-MD5 only.
-    :param checksum_type: "FULL_OBJECT" (one CRC of the whole file) or "COMPOSITE"; None (default):
-        FULL_OBJECT for the CRCs, COMPOSITE for SHA1/SHA256.
+    :param max_bandwidth: cap in bytes/s, all parts together, or a timetable {"HH:MM": rate or None}; None: no cap.
+    :param upload_window: for ``file``: the times it may send ("22:00-06:00"); outside, it reschedules. (templated)
+    :param window_timezone: IANA zone of window, timetable, "HH:MM" finish_by; None: DAG's, else UTC. (templated)
+    :param finish_by: for ``file``: when the upload should be done ("HH:MM", ISO 8601...); warns if at risk. (templated)
+    :param checksum_algorithm: "CRC32C" (default), "CRC32", "SHA1", "SHA256", "CRC64NVME"; None: Content-MD5 only.
+    :param checksum_type: "FULL_OBJECT" or "COMPOSITE"; None (default): FULL_OBJECT for CRCs, else COMPOSITE.
     :param encrypt: server-side encryption with S3-managed keys (SSE-S3, AES256).
     :param sse_kms_key_id: server-side encryption with this KMS key (SSE-KMS). (templated)
     :param storage_class: e.g. "STANDARD_IA", "INTELLIGENT_TIERING", "DEEP_ARCHIVE". (templated)
@@ -130,11 +122,9 @@ class MultipartUploadOperator(BaseOperator):
     :param tags: object tags as a dict. (templated)
     :param acl_policy: canned ACL, e.g. "bucket-owner-full-control". (templated)
     :param extra_args: any other CreateMultipartUpload argument; wins over the arguments above.
-    :param resume: continue an earlier upload of this file to this key (recorded by an earlier try, or found
-        and provably the task's); False: always start afresh.
+    :param resume: continue an earlier upload of this file to this key, provably this task's; False: start afresh.
     :param keep_upload_for_retry: keep the upload for the retry when the task fails and Airflow will retry.
-    :param adopt_quiet_after: how long (seconds or ``timedelta``; default 15 minutes) a found upload must have
-        been quiet to be adopted; None: never adopt a found upload.
+    :param adopt_quiet_after: quiet time before a found upload is adopted (default 15 minutes); None: never adopt.
     :param progress_interval: seconds (>= 0) or a ``timedelta`` between progress lines in the task log.
     """
 
