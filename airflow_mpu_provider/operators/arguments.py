@@ -1,7 +1,7 @@
-"""MultipartUploadOperator's argument checks: what can be refused when the DAG is parsed, before any S3 call.
+"""MultipartUploadOperator's arguments: which ones Airflow renders, and what is refused when the DAG is parsed.
 
-Templated arguments are checked once Airflow has rendered them, at execute; the schedule's arguments
-(``upload_window``, ``window_timezone``, ``finish_by``) are checked by ``upload_schedule``.
+Templated arguments are checked once Airflow has rendered them, at execute, before any S3 call; the
+schedule's arguments (``upload_window``, ``window_timezone``, ``finish_by``) are checked by ``upload_schedule``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,25 @@ from typing import Any
 from airflow_mpu_provider.hooks.multipart import check_object_arguments
 from airflow_mpu_provider.multipart import normalize_checksum_algorithm, resolve_checksum_type
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
+
+#: The operator's ``template_fields``: the arguments Airflow renders before execute.
+TEMPLATE_FIELDS = (
+    "file",
+    "command",
+    "command_timeout",
+    "key",
+    "bucket",
+    "aws_conn_id",
+    "sse_kms_key_id",
+    "storage_class",
+    "acl_policy",
+    "content_type",
+    "metadata",
+    "tags",
+    "upload_window",
+    "window_timezone",
+    "finish_by",
+)
 
 
 def is_template(value: Any) -> bool:

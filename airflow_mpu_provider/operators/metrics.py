@@ -1,6 +1,7 @@
-"""The operator's figures in Airflow's metrics (StatsD or OpenTelemetry, whichever the deployment configured).
+"""The operator's figures: in Airflow's metrics (StatsD or OpenTelemetry, whichever the deployment configured),
+and a completed upload's summary line in the task log.
 
-Every name starts with ``mpu.`` and is tagged with the task's ``dag_id`` and ``task_id`` (README: "Metrics").
+Every metric name starts with ``mpu.`` and is tagged with the task's ``dag_id`` and ``task_id`` (README: "Metrics").
 Metrics never fail an upload: a backend that fails is logged as a warning and the task goes on.
 
 ``Stats`` comes from the common.compat provider: that is the instance the task runner configures on every
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from airflow_mpu_provider.multipart import UploadPaused, UploadResult
+from airflow_mpu_provider.multipart.units import format_bytes, format_rate, plural
 
 #: Prefix of every metric the operator sends through Airflow's Stats (README: "Metrics").
 METRICS_PREFIX = "mpu"
@@ -69,3 +71,20 @@ def deadline_metric(task: Any, on_time: bool, projected: Any) -> None:
         stats.incr(f"{METRICS_PREFIX}.deadline_at_risk", tags=tags)
 
     _send(task, "Could not send the deadline metric", send)
+
+
+def log_summary(log: Any, what: str, result: UploadResult) -> None:
+    """The task log's line for a completed upload of ``what`` (the file, or a command's output)."""
+    log.info(
+        "Uploaded %s to s3://%s/%s: %s (%d sent now, %d resumed), ETag %s, %s in %.1f s (%s).",
+        what,
+        result.bucket,
+        result.key,
+        plural(result.parts, "part"),
+        result.parts_sent,
+        result.parts_resumed,
+        result.etag,
+        format_bytes(result.bytes_sent),
+        result.seconds,
+        format_rate(result.bytes_sent / result.seconds if result.seconds > 0 else 0.0),
+    )

@@ -59,10 +59,10 @@ from airflow_mpu_provider.multipart.resume import (
 from airflow_mpu_provider.multipart.sources.command import find_bash
 from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
-from airflow_mpu_provider.multipart.units import format_bytes, format_rate, plural
+from airflow_mpu_provider.multipart.units import format_bytes
 from airflow_mpu_provider.multipart.upload import MultipartUpload
-from airflow_mpu_provider.operators.arguments import check_arguments, is_template
-from airflow_mpu_provider.operators.metrics import deadline_metric, upload_metrics
+from airflow_mpu_provider.operators.arguments import TEMPLATE_FIELDS, check_arguments, is_template
+from airflow_mpu_provider.operators.metrics import deadline_metric, log_summary, upload_metrics
 from airflow_mpu_provider.operators.upload_schedule import (
     UploadSchedule,
     check_schedule_arguments,
@@ -128,23 +128,7 @@ class MultipartUploadOperator(BaseOperator):
     :param progress_interval: seconds (>= 0) or a ``timedelta`` between progress lines in the task log.
     """
 
-    template_fields: Sequence[str] = (
-        "file",
-        "command",
-        "command_timeout",
-        "key",
-        "bucket",
-        "aws_conn_id",
-        "sse_kms_key_id",
-        "storage_class",
-        "acl_policy",
-        "content_type",
-        "metadata",
-        "tags",
-        "upload_window",
-        "window_timezone",
-        "finish_by",
-    )
+    template_fields: Sequence[str] = TEMPLATE_FIELDS
     template_fields_renderers: ClassVar[dict[str, str]] = {"metadata": "json", "tags": "json"}
     ui_color = "#f0eee4"
     #: This run's window and deadline (resolved at execute: timezone, rendered templates), and their clock.
@@ -441,19 +425,7 @@ class MultipartUploadOperator(BaseOperator):
         self._emit_metrics(result)
         if self._killed:
             raise UploadCancelledError("the task was killed; failing it although the upload had finished")
-        self.log.info(
-            "Uploaded %s to s3://%s/%s: %s (%d sent now, %d resumed), ETag %s, %s in %.1f s (%s).",
-            self.file or f"the output of {command_label(self.command or '')}",
-            bucket,
-            key,
-            plural(result.parts, "part"),
-            result.parts_sent,
-            result.parts_resumed,
-            result.etag,
-            format_bytes(result.bytes_sent),
-            result.seconds,
-            format_rate(result.bytes_sent / result.seconds if result.seconds > 0 else 0.0),
-        )
+        log_summary(self.log, self.file or f"the output of {command_label(self.command or '')}", result)
         return result.to_dict()
 
     def _announce(self, context: Context, bucket: str, key: str, resume_record: dict | None, upload_id: str) -> None:

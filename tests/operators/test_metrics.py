@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from airflow_mpu_provider.multipart import UploadResult
-from airflow_mpu_provider.operators.metrics import deadline_metric, pause_metrics, upload_metrics
+from airflow_mpu_provider.operators.metrics import deadline_metric, log_summary, pause_metrics, upload_metrics
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
 
 
@@ -123,3 +123,9 @@ def test_the_operator_sends_them_by_the_names_its_upload_code_calls(stats):
     operator._emit_metrics(None)
     operator._deadline_metric(False, None)
     assert [c[1] for c in stats.calls] == ["mpu.aborts", "mpu.deadline_at_risk"]
+
+
+def test_the_summary_line_says_what_went_where_and_how_fast():
+    lines: list[str] = []
+    log_summary(SimpleNamespace(info=lambda msg, *a: lines.append(msg % a)), "/data/f", result())
+    assert lines == ["Uploaded /data/f to s3://b/k: 3 parts (2 sent now, 1 resumed), ETag e-3, 20 B in 4.0 s (5 B/s)."]
