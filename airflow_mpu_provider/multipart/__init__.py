@@ -20,7 +20,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions, UploadResult
+from airflow_mpu_provider.multipart.checksums.digests import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
+from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum_type
+from airflow_mpu_provider.multipart.engine import (
+    DEFAULT_MAX_BUFFER_BYTES,
+    FileUploadEngine,
+    UploadOptions,
+    UploadResult,
+)
 from airflow_mpu_provider.multipart.errors import (
     IntegrityError,
     InvalidUploadRequest,
@@ -29,13 +36,34 @@ from airflow_mpu_provider.multipart.errors import (
     SourceChangedError,
     UploadCancelledError,
 )
+from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
 from airflow_mpu_provider.multipart.parts.plan import plan_parts
 from airflow_mpu_provider.multipart.parts.record import PartRecord
+from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
+from airflow_mpu_provider.multipart.resume import DEFAULT_ADOPT_QUIET_AFTER
+from airflow_mpu_provider.multipart.s3_target import bucket_and_path, object_target
 from airflow_mpu_provider.multipart.schedule import UploadPaused
+from airflow_mpu_provider.multipart.sources.command import command_label, program_name
 from airflow_mpu_provider.multipart.sources.file import FileSource
+from airflow_mpu_provider.multipart.stale import DEFAULT_OLDER_THAN, StaleUploadCleanupError
 from airflow_mpu_provider.multipart.upload import MultipartUpload
+from airflow_mpu_provider.multipart.windows import (
+    BandwidthTimetable,
+    UploadWindow,
+    bandwidth_setting,
+    deadline_at,
+    finish_by_setting,
+    resolve_timezone,
+)
 
 __all__ = [
+    "DEFAULT_ADOPT_QUIET_AFTER",
+    "DEFAULT_CHECKSUM_ALGORITHM",
+    "DEFAULT_MAX_BUFFER_BYTES",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_OLDER_THAN",
+    "DEFAULT_PROGRESS_INTERVAL",
+    "BandwidthTimetable",
     "IntegrityError",
     "InvalidUploadRequest",
     "MultipartUpload",
@@ -43,10 +71,22 @@ __all__ = [
     "PartRecord",
     "S3UploadError",
     "SourceChangedError",
+    "StaleUploadCleanupError",
     "UploadCancelledError",
     "UploadOptions",
     "UploadPaused",
     "UploadResult",
+    "UploadWindow",
+    "bandwidth_setting",
+    "bucket_and_path",
+    "command_label",
+    "deadline_at",
+    "finish_by_setting",
+    "normalize_checksum_algorithm",
+    "object_target",
+    "program_name",
+    "resolve_checksum_type",
+    "resolve_timezone",
     "upload_file",
 ]
 

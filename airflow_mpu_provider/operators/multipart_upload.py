@@ -12,22 +12,32 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow_mpu_provider import version_compat
 from airflow_mpu_provider.hooks.multipart import (
     FileUpload,
     S3MultipartHook,
-    check_object_arguments,
     first_stream_part_size,
     object_arguments,
 )
-from airflow_mpu_provider.multipart import validation
-from airflow_mpu_provider.multipart.checksums.digests import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
-from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum_type
-from airflow_mpu_provider.multipart.engine import (
+from airflow_mpu_provider.multipart import (
+    DEFAULT_ADOPT_QUIET_AFTER,
+    DEFAULT_CHECKSUM_ALGORITHM,
     DEFAULT_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_PROGRESS_INTERVAL,
+    UploadPaused,
+    UploadWindow,
+    bandwidth_setting,
+    command_label,
+    normalize_checksum_algorithm,
+    object_target,
+    program_name,
+    resolve_checksum_type,
+    validation,
+)
+from airflow_mpu_provider.multipart.engine import (
     BaseUploadEngine,
     FileUploadEngine,
     UploadOptions,
@@ -40,29 +50,24 @@ from airflow_mpu_provider.multipart.errors import (
     UploadCancelledError,
     UploadNotRecordedError,
 )
-from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
 from airflow_mpu_provider.multipart.parts.plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PartPlan, plan_parts
-from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
 from airflow_mpu_provider.multipart.resume import (
-    DEFAULT_ADOPT_QUIET_AFTER,
     FoundUpload,
     hidden_object_args,
     object_args_fingerprint,
 )
-from airflow_mpu_provider.multipart.s3_target import object_target
-from airflow_mpu_provider.multipart.schedule import UploadPaused
-from airflow_mpu_provider.multipart.sources.command import command_label, find_bash, program_name
+from airflow_mpu_provider.multipart.sources.command import find_bash
 from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
-from airflow_mpu_provider.multipart.units import format_bytes, format_rate, plural
+from airflow_mpu_provider.multipart.units import format_bytes
 from airflow_mpu_provider.multipart.upload import MultipartUpload
-from airflow_mpu_provider.multipart.windows import (
-    BandwidthTimetable,
-    UploadWindow,
-    bandwidth_setting,
-    deadline_at,
-    finish_by_setting,
-    resolve_timezone,
+from airflow_mpu_provider.operators.arguments import TEMPLATE_FIELDS, check_arguments, is_template
+from airflow_mpu_provider.operators.metrics import deadline_metric, log_summary, upload_metrics
+from airflow_mpu_provider.operators.upload_schedule import (
+    UploadSchedule,
+    check_schedule_arguments,
+    reschedule_paused,
+    utc_now,
 )
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
 
@@ -73,144 +78,63 @@ if TYPE_CHECKING:
         from airflow.utils.context import Context  # type: ignore[no-redef]
 
 
-def _is_template(value: Any) -> bool:
-    """A string Airflow will render (validated once rendered, at execute)."""
-    return isinstance(value, str) and "{" in value
-
-
 #: task_state_store key of the resume record. Renaming it breaks the resume of in-flight retries.
 STATE_KEY = "multipart_upload"
 #: task_state_store key of a command's stream upload: {bucket, key, upload_id}. A stream is never
 #: resumed; the record lets the next try abort the upload of a try that died (SIGKILL, OOM).
 STREAM_STATE_KEY = "multipart_stream_upload"
-#: Prefix of every metric the operator sends through Airflow's Stats (README: "Metrics").
-METRICS_PREFIX = "mpu"
-#: Seconds to the window's opening that a task started outside it waits for instead of rescheduling: a
-#: reschedule costs a task process and a scheduler round trip, and one due at once can race the scheduler's
-#: handling of the run that asked for it.
-WAIT_FOR_OPENING = 10
 
 
 class MultipartUploadOperator(BaseOperator):
     """
-    Upload a local file to S3 as a parallel, resumable, verified multipart upload.
+    Upload a local file (or a command's output) to S3 as a parallel, resumable, verified multipart upload.
 
     The UploadId is pushed to XCom (keys ``upload_id`` and ``multipart_upload``) as soon as S3 hands
     it out. If the task fails and Airflow will retry it, the upload is kept and the retry resumes it:
     it re-verifies every part already in S3 against the local bytes and sends only what is missing.
     If no retry follows, or the task is killed (``on_kill``), the upload is aborted so that no
-    invisible, billed parts stay behind.
+    invisible, billed parts stay behind. The README ("Arguments") explains every argument at length.
 
-    :param file: local path of the file to upload. (templated)
-    :param command: instead of ``file``: a shell command whose standard output is uploaded as it is
-        produced, with no temporary file (e.g. ``"pg_dump mydb | zstd"``; run with ``bash -o pipefail``).
-        Nothing is completed unless it exits 0; a failure, a signal or ``command_timeout`` aborts the
-        upload and fails the task with the tail of its stderr. bash is required (no pipefail without it).
-        A stream cannot be resumed; on Airflow >= 3.3 its UploadId is kept in task_state_store so that
-        the try after a SIGKILLed one aborts the dead try's upload. (templated)
-    :param command_timeout: seconds (int, float, or a numeric string once rendered) or a ``timedelta``
-        after which the whole command pipeline is killed (the task then fails); must be > 0. (templated)
-    :param equal_parts: for ``command``: keep every part at ``part_size`` instead of letting parts grow
-        (needed by stores such as Cloudflare R2; the stream may then be at most 10,000 x part_size).
-    :param key: destination key, or a full ``s3://bucket/key`` URL when ``bucket`` is not given. (templated)
+    :param file: local path of the file to upload; give ``file`` or ``command``. (templated)
+    :param command: a shell command (bash, pipefail) whose stdout is streamed to S3, never resumed. (templated)
+    :param command_timeout: seconds or a ``timedelta`` (> 0) after which the command is killed. (templated)
+    :param equal_parts: for ``command``: every part ``part_size`` (stores such as R2), instead of growing parts.
+    :param key: destination key, or ``s3://bucket/key`` when ``bucket`` is not given. (templated)
     :param bucket: destination bucket; None when ``key`` is an ``s3://`` URL. (templated)
-    :param aws_conn_id: Airflow connection used through S3Hook (credentials, region, endpoint_url,
-        config_kwargs, role assumption...). (templated)
+    :param aws_conn_id: Airflow AWS connection, used through S3Hook. (templated)
     :param verify: whether to verify SSL certificates (False, or a CA bundle path), as in S3Hook.
-    :param replace: overwrite an existing object at the key. If False (the default, like
-        LocalFilesystemToS3Operator) an existing object fails the task before anything is uploaded.
-    :param part_size: bytes per part (an int: ``8e6`` is a float and refused), 5 MiB..5 GiB. None (the
-        default) picks 16 MiB, or the smallest size that fits the file into 10,000 parts, so any file up
-        to 48.8 TiB works untuned. For a ``command``: the first part's size; parts double every 1,000
-        parts (16 MiB: streams up to 12.7 TiB).
-    :param concurrency: parts sent in parallel (an int, 1..10,000), fixed; None (the default) adapts it
-        for a ``file``: it starts at 8 and adds parts while the aggregate rate rises, backs off on
-        SlowDown/503, within ``max_concurrency`` (the result's ``concurrency_settled`` says where it
-        settled); a ``command`` sends 8 at a time.
-    :param max_concurrency: upper bound (an int, 1..10,000, default 64) on parts in flight when
-        ``concurrency`` is None.
-    :param max_buffer_bytes: cap (an int, in bytes) on part bytes held in memory at once (parts in flight,
-        plus for a ``command`` the part being read); parallelism shrinks as parts grow so that memory stays
-        within it. At least one part is always in flight, so a single part larger than the cap is the
-        bound then (one part in memory at a time). The peak is returned as ``peak_buffer_bytes``.
-    :param max_bandwidth: cap (an int, in bytes per second) on the upload's rate, all parallel parts
-        together, like s3transfer's ``TransferConfig.max_bandwidth``: e.g. ``32 * 1024 * 1024`` keeps a
-        nightly dump from saturating the production link. Smooth (a token bucket charged per socket
-        write), for files and commands; re-sent bytes count too. None (the default): no cap. Or a
-        timetable, ``{"08:00": 4 * MiB, "19:00": 64 * MiB, "23:00": None}`` (None: uncapped), in
-        ``window_timezone``: each rate holds from its time until the next, switched while the upload runs.
-    :param upload_window: for ``file``: the times of day when the upload may send, e.g. ``"22:00-06:00"``,
-        or several ranges (``"22:00-06:00, 12:00-13:00"`` or a list), in ``window_timezone``. Started
-        outside it, the task reschedules itself for the next opening (``up_for_reschedule``) before
-        creating anything; when it closes mid-upload, no new part starts, the parts in flight finish, the
-        upload is kept and recorded as this task's, and the task reschedules itself; the next run resumes
-        it as a retry would. Refused with ``command`` (a stream cannot pause) and with ``resume=False``.
-        (templated)
-    :param window_timezone: IANA name of the timezone of ``upload_window``, ``max_bandwidth``'s timetable and
-        an "HH:MM" ``finish_by``; None (default): the DAG's timezone, else UTC. (templated)
-    :param finish_by: for ``file``: when the upload should be complete: "HH:MM" (the next such time), an ISO
-        8601 date-time, a ``datetime`` or a ``timedelta`` from the start of the run. As soon as the upload
-        cannot finish by then at the current rate (windows and timetable included) the log says so, once
-        (again only if it could meanwhile), and ``mpu.deadline_at_risk`` is counted. (templated)
-    :param checksum_algorithm: S3 checksum sent with every part and verified end to end: "CRC32C"
-        (default), "CRC32", "SHA1", "SHA256". None sends Content-MD5 only and turns botocore's default
-        checksums off, for S3-compatible stores that reject S3 checksums. "CRC64NVME" (S3's default for new
-        objects) is full-object only.
-    :param checksum_type: the object's checksum: "FULL_OBJECT", one CRC of the whole file (CRC32, CRC32C or
-        CRC64NVME) that a restore checks with any CRC tool, whatever the part size; combined from the part
-        CRCs, so resumed uploads get it too. "COMPOSITE": a checksum of the part checksums (``value-N``; the
-        only type for SHA1/SHA256). None (default): FULL_OBJECT for the CRCs, COMPOSITE for SHA1/SHA256. A
-        store that refuses FULL_OBJECT gets COMPOSITE, with a warning. The result's ``checksum`` and
-        ``checksum_type`` say what the object got.
+    :param replace: overwrite an existing object; False (default): an object other than the file fails the task.
+    :param part_size: bytes per part (an int), 5 MiB..5 GiB; None (default): picked from the file's size.
+    :param concurrency: parts sent in parallel (1..10,000); None (default): adaptive for a file, 8 for a command.
+    :param max_concurrency: upper bound on parts in flight when ``concurrency`` is None (default 64).
+    :param max_buffer_bytes: cap (bytes) on part bytes held in memory at once (default 1 GiB).
+    :param max_bandwidth: cap in bytes/s, all parts together, or a timetable {"HH:MM": rate or None}; None: no cap.
+    :param upload_window: for ``file``: the times it may send ("22:00-06:00"); outside, it reschedules. (templated)
+    :param window_timezone: IANA zone of window, timetable, "HH:MM" finish_by; None: DAG's, else UTC. (templated)
+    :param finish_by: for ``file``: when the upload should be done ("HH:MM", ISO 8601...); warns if at risk. (templated)
+    :param checksum_algorithm: "CRC32C" (default), "CRC32", "SHA1", "SHA256", "CRC64NVME"; None: Content-MD5 only.
+    :param checksum_type: "FULL_OBJECT" or "COMPOSITE"; None (default): FULL_OBJECT for CRCs, else COMPOSITE.
     :param encrypt: server-side encryption with S3-managed keys (SSE-S3, AES256).
     :param sse_kms_key_id: server-side encryption with this KMS key (SSE-KMS). (templated)
-    :param storage_class: e.g. "STANDARD_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "DEEP_ARCHIVE". (templated)
+    :param storage_class: e.g. "STANDARD_IA", "INTELLIGENT_TIERING", "DEEP_ARCHIVE". (templated)
     :param content_type: Content-Type of the object. (templated)
     :param metadata: user metadata (``x-amz-meta-*``). (templated)
     :param tags: object tags as a dict. (templated)
     :param acl_policy: canned ACL, e.g. "bucket-owner-full-control". (templated)
-    :param extra_args: any other CreateMultipartUpload argument (e.g. ``CacheControl``, ``SSECustomerKey``,
-        ``ExpectedBucketOwner``); wins over the arguments above. ``RequestPayer``, ``ExpectedBucketOwner``
-        and the ``SSECustomer*`` ones are repeated on every later call that accepts them (parts, listing,
-        completion, abort, HeadObject).
-    :param resume: look for an earlier upload of this file to this key and continue it: the one an
-        earlier try recorded (task_state_store, Airflow >= 3.3; its record binds the object settings, so
-        changed settings start afresh), else one found with ListMultipartUploads that has been quiet for
-        ``adopt_quiet_after`` and shows the task's settings (never when the task sets an ACL, content type,
-        metadata, tags, encryption or another argument S3 does not show for an incomplete upload).
-        False: always start afresh, never keep an upload.
-    :param keep_upload_for_retry: when the task fails and Airflow will retry it, keep the upload for
-        the retry to resume (True), or always abort on failure (False).
-    :param adopt_quiet_after: a found upload (ListMultipartUploads, no record of this task) is adopted
-        only when it was initiated, and its last part written, longer ago than this (seconds or a
-        ``timedelta``; default 15 minutes): a younger one may be another run's live upload and is left
-        alone. On Airflow < 3.3 a retry can only find its predecessor's upload this way, so a failed try
-        keeps its upload for the retry only if ``retry_delay`` is at least this long. None: never adopt
-        a found upload (only this task's own record resumes one); for buckets where others may create
-        uploads at your keys.
-    :param progress_interval: seconds (int or float, >= 0) or a ``timedelta`` between progress lines in
-        the task log.
+    :param extra_args: any other CreateMultipartUpload argument; wins over the arguments above.
+    :param resume: continue an earlier upload of this file to this key, provably this task's; False: start afresh.
+    :param keep_upload_for_retry: keep the upload for the retry when the task fails and Airflow will retry.
+    :param adopt_quiet_after: quiet time before a found upload is adopted (default 15 minutes); None: never adopt.
+    :param progress_interval: seconds (>= 0) or a ``timedelta`` between progress lines in the task log.
     """
 
-    template_fields: Sequence[str] = (
-        "file",
-        "command",
-        "command_timeout",
-        "key",
-        "bucket",
-        "aws_conn_id",
-        "sse_kms_key_id",
-        "storage_class",
-        "acl_policy",
-        "content_type",
-        "metadata",
-        "tags",
-        "upload_window",
-        "window_timezone",
-        "finish_by",
-    )
+    template_fields: Sequence[str] = TEMPLATE_FIELDS
     template_fields_renderers: ClassVar[dict[str, str]] = {"metadata": "json", "tags": "json"}
     ui_color = "#f0eee4"
+    #: This run's window and deadline (resolved at execute: timezone, rendered templates), and their clock.
+    _window: UploadWindow | None = None
+    _finish_by: datetime | None = None
+    _window_now = staticmethod(utc_now)
 
     def __init__(
         self,
@@ -249,48 +173,24 @@ class MultipartUploadOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.file = file
-        self.command = command
-        self.command_timeout = command_timeout
-        self.equal_parts = equal_parts
-        self.key = key
-        self.bucket = bucket
-        self.aws_conn_id = aws_conn_id
-        self.verify = verify
-        self.replace = replace
+        self.file, self.command, self.command_timeout, self.equal_parts = file, command, command_timeout, equal_parts
+        self.key, self.bucket, self.aws_conn_id, self.verify, self.replace = key, bucket, aws_conn_id, verify, replace
         self.part_size = validation.part_size_setting(part_size)
         self.concurrency = None if concurrency is None else validation.concurrency(concurrency)
         self.max_concurrency = validation.concurrency(max_concurrency)
         self.max_buffer_bytes = validation.max_buffer_bytes(max_buffer_bytes)
-        self.upload_window = upload_window
-        self.window_timezone = window_timezone
-        self.finish_by = finish_by
         self.max_bandwidth = bandwidth_setting(max_bandwidth)  # its timezone is set at execute
-        self.checksum_algorithm = checksum_algorithm
-        self.checksum_type = checksum_type
-        _check_checksum_type(checksum_algorithm, checksum_type)
-        self.encrypt = encrypt
-        self.sse_kms_key_id = sse_kms_key_id
-        self.storage_class = storage_class
-        self.content_type = content_type
-        self.metadata = metadata
-        self.tags = tags
-        self.acl_policy = acl_policy
+        self.upload_window, self.window_timezone, self.finish_by = upload_window, window_timezone, finish_by
+        self.checksum_algorithm, self.checksum_type = checksum_algorithm, checksum_type
+        self.encrypt, self.sse_kms_key_id, self.storage_class = encrypt, sse_kms_key_id, storage_class
+        self.content_type, self.metadata, self.tags, self.acl_policy = content_type, metadata, tags, acl_policy
         self.extra_args = dict(extra_args or {})
-        self.resume = resume
-        self.keep_upload_for_retry = keep_upload_for_retry
+        self.resume, self.keep_upload_for_retry = resume, keep_upload_for_retry
         self.adopt_quiet_after = validation.adopt_quiet_after(adopt_quiet_after)
         self.progress_interval = validation.seconds("progress_interval", progress_interval)
         self.check_rendered_arguments(rendered=False)  # again at execute, once templates are rendered
-        if (file is None) == (command is None):
-            raise ValueError(
-                "give exactly one of file=... (a local file) or command=... (a command whose output to upload)"
-            )
-        check_object_arguments(encrypt=encrypt, sse_kms_key_id=sse_kms_key_id, extra_args=self.extra_args)
-        self._check_schedule_arguments()
-        #: This run's window and deadline, resolved at execute (timezone, rendered templates).
-        self._window: UploadWindow | None = None
-        self._finish_by: Any = None
+        check_arguments(self)
+        check_schedule_arguments(self)
         self._engine: BaseUploadEngine | None = None
         self._killed = False
         #: Whether execute() is running: on_kill after it ended must not touch what it left (see on_kill).
@@ -306,133 +206,12 @@ class MultipartUploadOperator(BaseOperator):
         """Refuse templated arguments of the wrong type: at construction (but for templates, which Airflow
         has not rendered yet) and at execute, once rendered, before any S3 call. ``command_timeout``
         becomes seconds (a rendered "3600" included)."""
-        if self.command_timeout is not None and (rendered or not _is_template(self.command_timeout)):
+        if self.command_timeout is not None and (rendered or not is_template(self.command_timeout)):
             self.command_timeout = validation.seconds(
                 "command_timeout", self.command_timeout, positive=True, numeric_strings=True
             )
         for name in ("aws_conn_id", "sse_kms_key_id", "storage_class", "acl_policy"):
             validation.optional_text(name, getattr(self, name))
-
-    def _check_schedule_arguments(self) -> None:
-        """Refuse a window or deadline that cannot work, when the DAG is parsed (templates: at execute)."""
-        if self.command is not None and (self.upload_window is not None or self.finish_by is not None):
-            raise InvalidUploadRequest(
-                "upload_window and finish_by work for file=... uploads only: a command's output is a stream, which "
-                "cannot pause and resume, and whose size is unknown. Write the output to a file first, or drop them."
-            )
-        if self.upload_window is not None and not version_compat.AIRFLOW_V_3_1_8_PLUS:
-            raise InvalidUploadRequest(
-                "upload_window needs Airflow >= 3.1.8: older schedulers run a task that rescheduled itself again at "
-                "once instead of at its reschedule date (seen on 3.1.3), so the task would start over and over "
-                "outside its window. Upgrade Airflow, or schedule the DAG inside the window without upload_window."
-            )
-        if self.upload_window is not None and not self.resume:
-            raise InvalidUploadRequest(
-                "upload_window needs resume=True: the next window continues the upload this one paused."
-            )
-        if self.window_timezone is not None and not _is_template(self.window_timezone):
-            resolve_timezone(self.window_timezone)
-        if self.upload_window is not None and not _is_template(self.upload_window):
-            UploadWindow.parse(self.upload_window, self._timezone())
-        if not _is_template(self.finish_by):
-            finish_by_setting(self.finish_by)
-
-    def _timezone(self, context: Context | None = None) -> Any:
-        """``window_timezone``, else the DAG's timezone, else UTC."""
-        if self.window_timezone is not None and not _is_template(self.window_timezone):
-            return resolve_timezone(self.window_timezone)
-        dag = (context or {}).get("dag") or (self.dag if self.has_dag() else None)
-        return resolve_timezone(getattr(dag, "timezone", None))
-
-    def _resolve_schedule(self, context: Context | None = None) -> None:
-        """This run's window, timetable timezone and deadline, from the rendered arguments."""
-        self._check_schedule_arguments()
-        tz = self._timezone(context)
-        self._window = UploadWindow.parse(self.upload_window, tz) if self.upload_window is not None else None
-        if isinstance(self.max_bandwidth, BandwidthTimetable):
-            self.max_bandwidth = BandwidthTimetable(self.max_bandwidth.entries, tz)
-        self._finish_by = deadline_at(finish_by_setting(self.finish_by), tz, self._window_now())
-
-    def _window_now(self) -> Any:
-        """The wall clock windows and deadlines are judged by (tests replace it)."""
-        from datetime import UTC, datetime
-
-        return datetime.now(UTC)
-
-    def _reschedule_if_outside_window(self) -> None:
-        """Started outside the upload window: reschedule for its next opening before anything is created."""
-        if self._window is None or self.command is not None:
-            return
-        now = self._window_now()
-        if self._window.is_open(now):
-            return
-        opening = self._window.next_opening(now)
-        wait = (opening - now).total_seconds()
-        if wait <= WAIT_FOR_OPENING:
-            self.log.info("Outside the upload window %s; it opens in %.1f s: waiting.", self._window.describe(), wait)
-            until = time.monotonic() + wait
-            while (left := until - time.monotonic()) > 0:
-                self._stop_if_killed()
-                time.sleep(min(0.5, left))
-            return
-        self.log.info(
-            "Outside the upload window %s: nothing is sent now; rescheduled for its next opening, %s.",
-            self._window.describe(),
-            opening.isoformat(timespec="seconds"),
-        )
-        self._raise_reschedule(opening)
-
-    def _raise_reschedule(self, when: Any) -> None:
-        from airflow.exceptions import AirflowRescheduleException
-
-        raise AirflowRescheduleException(when)
-
-    def _paused(self, context: Context, paused: UploadPaused) -> None:
-        """The window closed mid-upload (kept and recorded, like a failed try's upload for its retry): say
-        what is stored and left, the rate, when it resumes and the projected finish, in the log and XCom;
-        count the pause; reschedule for the next opening."""
-        ti = context.get("ti")
-        if ti is not None:
-            ti.xcom_push(key="upload_paused", value=paused.to_dict())
-        self._emit_pause_metrics(paused)
-        if self._state_store(context) is None:
-            self.log.warning(
-                "No task_state_store (Airflow < 3.3): the next run can find upload %s only with ListMultipartUploads, "
-                "once it has been quiet for adopt_quiet_after (%s), and continues it only if it may adopt it and its "
-                "parts verify; otherwise it starts afresh and this upload is left for S3AbortStaleUploadsOperator or "
-                "a lifecycle rule.",
-                paused.upload_id,
-                self.adopt_quiet_after,
-            )
-        self.log.info(
-            "Paused until the upload window opens again at %s: upload %s kept and recorded for the next run; the "
-            "task is rescheduled (up_for_reschedule; try_number and retries untouched).",
-            paused.resumes_at.isoformat(timespec="seconds"),
-            paused.upload_id,
-        )
-        self._raise_reschedule(paused.resumes_at)
-
-    def _emit_pause_metrics(self, paused: UploadPaused) -> None:
-        """``mpu.pauses`` and the bytes this run sent before the window closed (see ``_emit_metrics``)."""
-        try:
-            from airflow.providers.common.compat.sdk import Stats
-
-            tags = {"dag_id": self.dag_id, "task_id": self.task_id}
-            Stats.incr(f"{METRICS_PREFIX}.pauses", tags=tags)
-            Stats.incr(f"{METRICS_PREFIX}.bytes_sent", paused.sent_bytes, tags=tags)
-        except Exception as e:
-            self.log.warning("Could not send the pause metrics (this does not change the task's outcome): %s", e)
-
-    def _deadline_metric(self, on_time: bool, projected: Any) -> None:
-        """``mpu.deadline_at_risk``: counted each time the projection passes ``finish_by``."""
-        if on_time:
-            return
-        try:
-            from airflow.providers.common.compat.sdk import Stats
-
-            Stats.incr(f"{METRICS_PREFIX}.deadline_at_risk", tags={"dag_id": self.dag_id, "task_id": self.task_id})
-        except Exception as e:
-            self.log.warning("Could not send the deadline metric: %s", e)
 
     def resolve_target(self) -> tuple[str, str]:
         """(bucket, key) from ``bucket`` + ``key`` or an ``s3://`` key, checked against S3's rules.
@@ -630,8 +409,9 @@ class MultipartUploadOperator(BaseOperator):
 
     def _execute(self, context: Context) -> dict[str, Any]:
         self.check_rendered_arguments()
-        self._resolve_schedule(context)
-        self._reschedule_if_outside_window()
+        schedule = UploadSchedule.resolve(self, context, now=self._window_now)
+        self._window, self._finish_by, self.max_bandwidth = schedule.window, schedule.finish_by, schedule.bandwidth
+        schedule.wait_for_window(self.log, self._stop_if_killed)
         bucket, key = self.resolve_target()
         checksum = normalize_checksum_algorithm(self.checksum_algorithm)
         resolve_checksum_type(self.checksum_type, checksum)  # refused here, before any S3 call
@@ -641,24 +421,11 @@ class MultipartUploadOperator(BaseOperator):
             try:
                 result = self._upload_file(context, bucket, key, checksum)
             except UploadPaused as paused:
-                self._paused(context, paused)
-                raise
+                reschedule_paused(self, context, paused, has_store=self._state_store(context) is not None)
         self._emit_metrics(result)
         if self._killed:
             raise UploadCancelledError("the task was killed; failing it although the upload had finished")
-        self.log.info(
-            "Uploaded %s to s3://%s/%s: %s (%d sent now, %d resumed), ETag %s, %s in %.1f s (%s).",
-            self.file or f"the output of {command_label(self.command or '')}",
-            bucket,
-            key,
-            plural(result.parts, "part"),
-            result.parts_sent,
-            result.parts_resumed,
-            result.etag,
-            format_bytes(result.bytes_sent),
-            result.seconds,
-            format_rate(result.bytes_sent / result.seconds if result.seconds > 0 else 0.0),
-        )
+        log_summary(self.log, self.file or f"the output of {command_label(self.command or '')}", result)
         return result.to_dict()
 
     def _announce(self, context: Context, bucket: str, key: str, resume_record: dict | None, upload_id: str) -> None:
@@ -892,31 +659,9 @@ class MultipartUploadOperator(BaseOperator):
         upload = engine.upload
         return upload is None or not upload.upload_id or upload.aborted
 
-    def _emit_metrics(self, result: UploadResult | None) -> None:
-        """Send the upload's figures to Airflow's metrics (StatsD or OpenTelemetry, whichever the
-        deployment configured): ``result`` after a completed upload, None after an abort.
-
-        ``Stats`` comes from the common.compat provider: that is the instance the task runner configures
-        on every Airflow version. On 3.3, ``airflow.observability.stats`` is a second copy that only an
-        executor process configures, so its metrics reach StatsD from LocalExecutor tasks (forked from
-        it) and are silently dropped from tasks that no executor forked. Metrics never fail an upload.
-        """
-        try:
-            from airflow.providers.common.compat.sdk import Stats
-
-            tags = {"dag_id": self.dag_id, "task_id": self.task_id}
-            if result is None:
-                Stats.incr(f"{METRICS_PREFIX}.aborts", tags=tags)
-                return
-            Stats.incr(f"{METRICS_PREFIX}.uploads", tags=tags)
-            Stats.incr(f"{METRICS_PREFIX}.bytes_sent", result.bytes_sent, tags=tags)
-            Stats.incr(f"{METRICS_PREFIX}.bytes_resumed", result.bytes_resumed, tags=tags)
-            Stats.incr(f"{METRICS_PREFIX}.parts_sent", result.parts_sent, tags=tags)
-            Stats.timing(f"{METRICS_PREFIX}.duration", result.seconds * 1000, tags=tags)
-            if result.seconds > 0:
-                Stats.gauge(f"{METRICS_PREFIX}.throughput", round(result.bytes_sent / result.seconds), tags=tags)
-        except Exception as e:
-            self.log.warning("Could not send the upload metrics (this does not change the task's outcome): %s", e)
+    #: Called by name from the upload code: the figures of an upload (None: an abort), a deadline at risk.
+    _emit_metrics = upload_metrics
+    _deadline_metric = deadline_metric
 
     def on_kill(self) -> None:
         """Stop sending, abort this try's upload, and make sure ``execute`` ends failed.
@@ -966,10 +711,8 @@ class MultipartUploadOperator(BaseOperator):
         from airflow.providers.openlineage.extractors import OperatorLineage
 
         bucket, key = self.resolve_target()
-        if self.command is not None:
-            source = Dataset(namespace="command", name=program_name(self.command))
-        else:
-            source = Dataset(namespace="file", name=str(self.file))
+        namespace, name = ("command", program_name(self.command)) if self.command is not None else ("file", self.file)
+        source = Dataset(namespace=namespace, name=str(name))
         return OperatorLineage(inputs=[source], outputs=[Dataset(namespace=f"s3://{bucket}", name=key)])
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
@@ -989,13 +732,3 @@ def _why_not_continued(stored: Mapping[str, Any], changed: list[str]) -> str:
             "extra_args entry) changed since it was created"
         )
     return f"it was for another version of the source or other settings ({', '.join(changed)} differ)"
-
-
-def _check_checksum_type(algorithm: str | None, checksum_type: Any) -> None:
-    """Refuse a checksum_type that cannot work with checksum_algorithm when the DAG is parsed; an unknown
-    algorithm is left for execute to report, as before checksum types existed."""
-    try:
-        normalized = normalize_checksum_algorithm(algorithm)
-    except InvalidUploadRequest:
-        return
-    resolve_checksum_type(checksum_type, normalized)

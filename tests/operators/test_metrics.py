@@ -1,4 +1,4 @@
-"""The operator's metrics calls, without a StatsD server (tests/e2e/test_metrics.py has the real one)."""
+"""The operator's metrics (operators/metrics.py), without a StatsD server (tests/e2e/test_metrics.py: the real one)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_mpu_provider.multipart.engine import UploadResult
+from airflow_mpu_provider.multipart import UploadResult
+from airflow_mpu_provider.operators.metrics import deadline_metric, log_summary, pause_metrics, upload_metrics
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
 
 
@@ -52,7 +53,7 @@ def result(**overrides) -> UploadResult:
 
 
 def test_a_completed_upload_sends_every_figure_under_the_prefix(stats):
-    op()._emit_metrics(result())
+    upload_metrics(op(), result())
     tags = {"dag_id": stats.calls[0][3]["dag_id"], "task_id": "upload"}
     assert stats.calls == [
         ("incr", "mpu.uploads", 1, tags),
@@ -65,12 +66,12 @@ def test_a_completed_upload_sends_every_figure_under_the_prefix(stats):
 
 
 def test_an_instant_upload_sends_no_throughput_rather_than_dividing_by_zero(stats):
-    op()._emit_metrics(result(seconds=0.0))
+    upload_metrics(op(), result(seconds=0.0))
     assert "mpu.throughput" not in [c[1] for c in stats.calls]
 
 
 def test_an_abort_counts_one_abort_and_nothing_else(stats):
-    op()._emit_metrics(None)
+    upload_metrics(op(), None)
     assert [(c[0], c[1], c[2]) for c in stats.calls] == [("incr", "mpu.aborts", 1)]
 
 
@@ -94,6 +95,37 @@ def test_a_metrics_backend_failure_never_fails_the_task(monkeypatch):
     warnings: list[str] = []
     operator = op()
     monkeypatch.setattr(type(operator), "log", SimpleNamespace(warning=lambda msg, *a: warnings.append(msg % a)))
-    operator._emit_metrics(result())  # does not raise
-    assert warnings == ["Could not send the upload metrics (this does not change the task's outcome): "
-                        "statsd host unreachable"]  # fmt: skip
+    upload_metrics(operator, result())  # does not raise
+    pause_metrics(operator, SimpleNamespace(sent_bytes=1))
+    deadline_metric(operator, False, None)
+    assert warnings == [
+        "Could not send the upload metrics (this does not change the task's outcome): statsd host unreachable",
+        "Could not send the pause metrics (this does not change the task's outcome): statsd host unreachable",
+        "Could not send the deadline metric: statsd host unreachable",
+    ]
+
+
+def test_a_pause_counts_the_pause_and_the_bytes_this_run_sent(stats):
+    pause_metrics(op(), SimpleNamespace(sent_bytes=10))
+    assert [(c[0], c[1], c[2]) for c in stats.calls] == [("incr", "mpu.pauses", 1), ("incr", "mpu.bytes_sent", 10)]
+    assert stats.calls[0][3]["task_id"] == "upload"
+
+
+def test_a_deadline_is_counted_only_when_at_risk(stats):
+    deadline_metric(op(), True, None)
+    assert stats.calls == []
+    deadline_metric(op(), False, None)
+    assert [(c[0], c[1], c[2]) for c in stats.calls] == [("incr", "mpu.deadline_at_risk", 1)]
+
+
+def test_the_operator_sends_them_by_the_names_its_upload_code_calls(stats):
+    operator = op()
+    operator._emit_metrics(None)
+    operator._deadline_metric(False, None)
+    assert [c[1] for c in stats.calls] == ["mpu.aborts", "mpu.deadline_at_risk"]
+
+
+def test_the_summary_line_says_what_went_where_and_how_fast():
+    lines: list[str] = []
+    log_summary(SimpleNamespace(info=lambda msg, *a: lines.append(msg % a)), "/data/f", result())
+    assert lines == ["Uploaded /data/f to s3://b/k: 3 parts (2 sent now, 1 resumed), ETag e-3, 20 B in 4.0 s (5 B/s)."]

@@ -12,7 +12,6 @@ from airflow.exceptions import AirflowRescheduleException
 
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
 from airflow_mpu_provider.multipart.units import MiB
-from airflow_mpu_provider.multipart.windows import BandwidthTimetable
 from airflow_mpu_provider.operators.multipart_upload import STATE_KEY, MultipartUploadOperator
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_1_8_PLUS, AIRFLOW_V_3_3_PLUS
 from tests.conftest import incomplete_uploads, make_file, sha256_file, sha256_object
@@ -100,20 +99,6 @@ def test_templated_window_is_checked_once_rendered():
     with pytest.raises(InvalidUploadRequest, match="not a time of day"):
         operator.execute({})
     assert {"upload_window", "window_timezone", "finish_by"} <= set(MultipartUploadOperator.template_fields)
-
-
-@needs_3_1_8
-def test_timezone_defaults_to_the_dags():
-    import pendulum
-    from airflow.sdk import DAG
-
-    with DAG("tz", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Berlin")):
-        operator = op(upload_window="22:00-06:00", max_bandwidth={"08:00": MiB, "23:00": None})
-    operator._resolve_schedule()
-    assert operator._window.describe() == "22:00-06:00 (Europe/Berlin)"
-    assert isinstance(operator.max_bandwidth, BandwidthTimetable)
-    assert operator.max_bandwidth.describe() == "08:00 1.0 MiB/s, 23:00 uncapped (Europe/Berlin)"
-    assert op(upload_window="22:00-06:00")._timezone() is UTC  # no DAG, no window_timezone: UTC
 
 
 @needs_3_1_8
