@@ -39,21 +39,17 @@ from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.checksums.compare import NOT_FOUND_CODES, ObjectComparison, compare_object
 from airflow_mpu_provider.multipart.checksums.digests import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
 from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum_type
-from airflow_mpu_provider.multipart.engine import (
-    DEFAULT_CONCURRENCY,
-    FileUploadEngine,
-    UploadOptions,
-    UploadResult,
-    result_for_existing_object,
-)
 from airflow_mpu_provider.multipart.errors import (
     InvalidUploadRequest,
     S3UploadError,
     UploadCancelledError,
     s3_error,
 )
+from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
+from airflow_mpu_provider.multipart.options import DEFAULT_CONCURRENCY, UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import DEFAULT_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.request_args import request_args
+from airflow_mpu_provider.multipart.result import UploadResult, result_for_existing_object
 from airflow_mpu_provider.multipart.resume import (
     DEFAULT_ADOPT_QUIET_AFTER,
     LISTING_UNAVAILABLE_CODES,

@@ -20,7 +20,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions, UploadResult
 from airflow_mpu_provider.multipart.errors import (
     IntegrityError,
     InvalidUploadRequest,
@@ -29,8 +28,11 @@ from airflow_mpu_provider.multipart.errors import (
     SourceChangedError,
     UploadCancelledError,
 )
+from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
+from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import plan_parts
 from airflow_mpu_provider.multipart.parts.record import PartRecord
+from airflow_mpu_provider.multipart.result import UploadResult
 from airflow_mpu_provider.multipart.schedule import UploadPaused
 from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.upload import MultipartUpload

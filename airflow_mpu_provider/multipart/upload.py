@@ -7,7 +7,7 @@
             upload.upload_part(chunk)                           # UploadPart, in order
     # leaving cleanly: CompleteMultipartUpload; leaving with an exception: AbortMultipartUpload
 
-(``async with`` works too.) The parallel, resumable engine in ``engine.py`` drives the same class.
+(``async with`` works too.) The parallel, resumable engine in ``file_engine.py`` drives the same class.
 Listing the incomplete uploads of a prefix is ``listing.py``'s job; how a part's bytes travel (and
 stop on cancel) is ``parts/body.py``'s.
 """

@@ -24,25 +24,21 @@ from airflow_mpu_provider.hooks.multipart import (
     object_arguments,
 )
 from airflow_mpu_provider.multipart import validation
+from airflow_mpu_provider.multipart.base_engine import BaseUploadEngine, upload_stays_usable
 from airflow_mpu_provider.multipart.checksums.digests import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
 from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum_type
-from airflow_mpu_provider.multipart.engine import (
-    DEFAULT_MAX_BUFFER_BYTES,
-    BaseUploadEngine,
-    FileUploadEngine,
-    UploadOptions,
-    UploadResult,
-    upload_stays_usable,
-)
 from airflow_mpu_provider.multipart.errors import (
     InvalidUploadRequest,
     MultipartUploadError,
     UploadCancelledError,
     UploadNotRecordedError,
 )
+from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
+from airflow_mpu_provider.multipart.options import DEFAULT_MAX_BUFFER_BYTES, UploadOptions
 from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
 from airflow_mpu_provider.multipart.parts.plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
+from airflow_mpu_provider.multipart.result import UploadResult
 from airflow_mpu_provider.multipart.resume import (
     DEFAULT_ADOPT_QUIET_AFTER,
     FoundUpload,

@@ -91,7 +91,7 @@ def test_upload_options_forward_any_field_the_engine_grows_and_check_the_known_o
     import dataclasses
 
     from airflow_mpu_provider.hooks import multipart as hook_module
-    from airflow_mpu_provider.multipart.engine import UploadOptions
+    from airflow_mpu_provider.multipart.options import UploadOptions
 
     @dataclasses.dataclass(frozen=True)
     class Grown(UploadOptions):

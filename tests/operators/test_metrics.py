@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_mpu_provider.multipart.engine import UploadResult
+from airflow_mpu_provider.multipart.result import UploadResult
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
 
 
