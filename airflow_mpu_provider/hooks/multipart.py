@@ -368,15 +368,16 @@ class S3MultipartHook(S3Hook):
 
     # -- cancellation -----------------------------------------------------------------------------
 
-    def cancel(self) -> None:
-        """Stop what this hook is running, from any thread (a signal handler, a callback).
+    def cancel(self) -> bool:
+        """Stop what this hook is running, from any thread (a signal handler, a callback); returns whether
+        something was running (an upload, a command, a sweep).
 
         A running upload stops sending (mid-part), aborts what it created, and raises
         UploadCancelledError; a command's pipeline is killed; a sweep stops before its next upload.
         Cancelling is final: the hook refuses later work too (a cancel that lands between two steps
         of a task must stop the next one). No network I/O here: the aborts run in the uploads' threads.
         """
-        self._cancel.cancel()
+        return self._cancel.cancel()
 
     @property
     def cancelled(self) -> bool:

@@ -23,12 +23,14 @@ class CancelScope:
         #: Reentrant: ``cancel`` may run in a signal handler on a thread that is registering a stopper.
         self._lock = threading.RLock()
 
-    def cancel(self) -> None:
+    def cancel(self) -> bool:
+        """Cancel; whether something was running (a stopper registered) and was told to stop."""
         self.event.set()
         with self._lock:
             stoppers = list(self._stoppers)
         for stop in stoppers:
             stop()
+        return bool(stoppers)
 
     @property
     def cancelled(self) -> bool:

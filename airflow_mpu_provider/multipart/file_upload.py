@@ -224,7 +224,7 @@ class FileUploadSequence:
 
     def run(self) -> UploadResult:
         started = time.monotonic()
-        with FileSource(self.path) as source:
+        with FileSource(self.path) as source, self.cancel.cancelling(self._abort_ours_in_a_thread):
             stored = self.ledger.get() if self.ledger is not None else None
             part_size = self.part_size
             if part_size is None and self.ledger is not None:
@@ -247,36 +247,43 @@ class FileUploadSequence:
 
     def _steps(self, source: FileSource, plan: PartPlan, stored: Any, started: float) -> UploadResult:
         resume_id = self.resume_upload_id or self._take_over(stored)
-        with self.cancel.cancelling(self._abort_ours_in_a_thread):
-            self.cancel.raise_if_cancelled()
-            if not self.options.overwrite:
-                existing = existing_object(
-                    self.client,
-                    self.bucket,
-                    self.key,
-                    source,
-                    self.options.extra_args,
-                    part_size_hint=plan.part_size,
-                    cancel=self.cancel.event,
-                    log=self.log,
-                )
-                if existing is not None:
-                    self._end_ours("the object already holds the file")
-                    return result_for_existing_object(
-                        existing,
-                        bucket=self.bucket,
-                        key=self.key,
-                        plan=plan,
-                        checksum_algorithm=self.options.checksum_algorithm,
-                        started=started,
-                    )
-            self.cancel.raise_if_cancelled()
-            found = self._find_adoptable(plan) if self.resume and resume_id is None else []
-            self.cancel.raise_if_cancelled()
+        self.cancel.raise_if_cancelled()
+        if not self.options.overwrite:
+            done = self._already_there(source, plan, started)
+            if done is not None:
+                return done
+        self.cancel.raise_if_cancelled()
+        found = self._find_adoptable(plan) if self.resume and resume_id is None else []
+        self.cancel.raise_if_cancelled()
         self.engine = self._make_engine(source, plan)
         with self.cancel.cancelling(self.engine.cancel):
             self.cancel.raise_if_cancelled()
             return self.engine.run(resume_upload_id=resume_id, adopt=found, keep_on_failure=self._keep())
+
+    def _already_there(self, source: FileSource, plan: PartPlan, started: float) -> UploadResult | None:
+        """``replace=False``: the result when the object already holds exactly the file (the recorded upload is
+        then ended); None when the key is free; S3UploadError(ObjectExists) for any other object."""
+        existing = existing_object(
+            self.client,
+            self.bucket,
+            self.key,
+            source,
+            self.options.extra_args,
+            part_size_hint=plan.part_size,
+            cancel=self.cancel.event,
+            log=self.log,
+        )
+        if existing is None:
+            return None
+        self._end_ours("the object already holds the file")
+        return result_for_existing_object(
+            existing,
+            bucket=self.bucket,
+            key=self.key,
+            plan=plan,
+            checksum_algorithm=self.options.checksum_algorithm,
+            started=started,
+        )
 
     # -- ownership --------------------------------------------------------------------------------
 
@@ -370,8 +377,8 @@ class FileUploadSequence:
         """On cancel before the engine took the recorded upload over: abort it at once, off the canceller's
         thread, through the abort client (the run aborts it again, harmlessly, when it sees the cancel)."""
         ours = self.ours
-        if ours is None or self.abort_client is None:
-            return
+        if ours is None or self.engine is not None or self.abort_client is None:
+            return  # nothing recorded, or the engine holds it (its cancel aborts it)
         self.log.warning("Cancelled: aborting multipart upload %s.", ours.upload_id)
         quick = MultipartUpload(
             self.abort_client, ours.bucket, ours.key, upload_id=ours.upload_id, extra_args=ours.extra_args

@@ -572,8 +572,13 @@ class MultipartUploadOperator(BaseOperator):
         has ended its upload like any failure (kept and recorded if Airflow will retry, else aborted):
         the cancel then finds nothing running, and nothing is touched.
         """
-        self.log.warning("Task killed: stopping the upload; what this try owns is aborted.")
-        self.hook.cancel()
+        if self.hook.cancel():
+            self.log.warning("Task killed: aborting the multipart upload.")
+        else:
+            self.log.info(
+                "on_kill after execute() ended (or before its upload started): nothing to stop; an upload that "
+                "ended was already completed, aborted or kept for the retry."
+            )
 
     # -- lineage ------------------------------------------------------------------------------
 
