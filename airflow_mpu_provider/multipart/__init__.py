@@ -47,9 +47,10 @@ from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
 from airflow_mpu_provider.multipart.result import UploadResult
 from airflow_mpu_provider.multipart.resume import DEFAULT_ADOPT_QUIET_AFTER
-from airflow_mpu_provider.multipart.s3_target import object_target
+from airflow_mpu_provider.multipart.s3_target import bucket_and_path, object_target
 from airflow_mpu_provider.multipart.schedule import UploadPaused
 from airflow_mpu_provider.multipart.sources.command import command_label, find_bash, program_name
+from airflow_mpu_provider.multipart.stale import DEFAULT_OLDER_THAN, StaleUploadCleanupError
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from airflow_mpu_provider.multipart.windows import (
     BandwidthTimetable,
@@ -65,6 +66,7 @@ __all__ = [
     "DEFAULT_CHECKSUM_ALGORITHM",
     "DEFAULT_MAX_BUFFER_BYTES",
     "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_OLDER_THAN",
     "DEFAULT_PROGRESS_INTERVAL",
     "MAX_PART_SIZE",
     "MIN_PART_SIZE",
@@ -80,6 +82,7 @@ __all__ = [
     "RetryPlan",
     "S3UploadError",
     "SourceChangedError",
+    "StaleUploadCleanupError",
     "UploadCancelledError",
     "UploadLedger",
     "UploadNotRecordedError",
@@ -88,6 +91,7 @@ __all__ = [
     "UploadResult",
     "UploadWindow",
     "bandwidth_setting",
+    "bucket_and_path",
     "check_object_arguments",
     "command_label",
     "deadline_at",

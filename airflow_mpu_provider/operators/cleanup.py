@@ -19,11 +19,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_mpu_provider.hooks.multipart import S3MultipartHook
-from airflow_mpu_provider.multipart import validation
-from airflow_mpu_provider.multipart.s3_target import bucket_and_path
-from airflow_mpu_provider.multipart.stale import (  # noqa: F401  (StaleUploadCleanupError: importable from here)
+from airflow_mpu_provider.multipart import (  # noqa: F401  (StaleUploadCleanupError: importable from here)
     DEFAULT_OLDER_THAN,
     StaleUploadCleanupError,
+    bucket_and_path,
+    validation,
 )
 from airflow_mpu_provider.version_compat import BaseOperator
 
