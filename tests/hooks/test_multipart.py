@@ -147,3 +147,17 @@ def test_program_names_skip_assignments_and_paths():
     assert program_name("A=1") == "command" and command_label("true") == "`true`"
     assert program_name("(head -c 3 /dev/zero; sleep 1) & exit 0") == "head"
     assert command_label("pg_dump app") == "`pg_dump ...`"
+
+
+def test_no_public_hook_method_takes_a_client():
+    """The hook owns its clients: callers never hand it one (the engine's sequences take the hook's)."""
+    import inspect
+
+    own = {name: member for name, member in vars(S3MultipartHook).items() if not name.startswith("_")}
+    takes_client = [
+        name for name, member in own.items() if callable(member) and "client" in inspect.signature(member).parameters
+    ]
+    assert takes_client == []
+    assert {"upload_file", "upload_stream", "upload_command", "object_matches", "abort_stale_uploads", "cancel"} <= set(
+        own
+    )
