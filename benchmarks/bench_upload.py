@@ -161,7 +161,8 @@ def make_client(args: argparse.Namespace, concurrency: int, *, default_config: b
 
 
 def _engine_upload(client: Any, args: argparse.Namespace, key: str) -> dict[str, Any]:
-    from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
+    from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
+    from airflow_mpu_provider.multipart.options import UploadOptions
     from airflow_mpu_provider.multipart.parts.plan import plan_parts
     from airflow_mpu_provider.multipart.sources.file import FileSource
 

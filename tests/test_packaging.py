@@ -68,7 +68,7 @@ def test_wheel_ships_license_notice_and_py_typed_but_no_tests_or_example_dags(di
     assert {f"{info}/licenses/LICENSE", f"{info}/licenses/NOTICE"} <= names
     assert "airflow_mpu_provider/py.typed" in names
     assert "airflow_mpu_provider/operators/multipart_upload.py" in names
-    assert "airflow_mpu_provider/multipart/engine.py" in names
+    assert "airflow_mpu_provider/multipart/file_engine.py" in names
     # Only the package: example DAGs are documentation (in the sdist and the repository), tests stay home.
     assert {n.split("/")[0] for n in names} == {"airflow_mpu_provider", info}
     license_text = zipfile.ZipFile(dists["wheel"]).read(f"{info}/licenses/LICENSE").decode()

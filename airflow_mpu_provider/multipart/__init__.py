@@ -20,14 +20,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from airflow_mpu_provider.multipart.cancellation import CancelScope
 from airflow_mpu_provider.multipart.checksums.digests import DEFAULT_CHECKSUM_ALGORITHM, normalize_checksum_algorithm
 from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum_type
-from airflow_mpu_provider.multipart.engine import (
-    DEFAULT_MAX_BUFFER_BYTES,
-    FileUploadEngine,
-    UploadOptions,
-    UploadResult,
-)
 from airflow_mpu_provider.multipart.errors import (
     IntegrityError,
     InvalidUploadRequest,
@@ -35,16 +30,26 @@ from airflow_mpu_provider.multipart.errors import (
     S3UploadError,
     SourceChangedError,
     UploadCancelledError,
+    UploadNotRecordedError,
+)
+from airflow_mpu_provider.multipart.file_upload import FileUploadSequence, RetryPlan
+from airflow_mpu_provider.multipart.ledger import UploadLedger
+from airflow_mpu_provider.multipart.options import (
+    DEFAULT_MAX_BUFFER_BYTES,
+    OBJECT_ARGUMENT_NAMES,
+    UploadOptions,
+    check_object_arguments,
+    object_arguments,
 )
 from airflow_mpu_provider.multipart.parallelism import DEFAULT_MAX_CONCURRENCY
-from airflow_mpu_provider.multipart.parts.plan import plan_parts
+from airflow_mpu_provider.multipart.parts.plan import MAX_PART_SIZE, MIN_PART_SIZE
 from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.progress import DEFAULT_PROGRESS_INTERVAL
+from airflow_mpu_provider.multipart.result import UploadResult
 from airflow_mpu_provider.multipart.resume import DEFAULT_ADOPT_QUIET_AFTER
 from airflow_mpu_provider.multipart.s3_target import bucket_and_path, object_target
 from airflow_mpu_provider.multipart.schedule import UploadPaused
-from airflow_mpu_provider.multipart.sources.command import command_label, program_name
-from airflow_mpu_provider.multipart.sources.file import FileSource
+from airflow_mpu_provider.multipart.sources.command import command_label, find_bash, program_name
 from airflow_mpu_provider.multipart.stale import DEFAULT_OLDER_THAN, StaleUploadCleanupError
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from airflow_mpu_provider.multipart.windows import (
@@ -63,26 +68,37 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_OLDER_THAN",
     "DEFAULT_PROGRESS_INTERVAL",
+    "MAX_PART_SIZE",
+    "MIN_PART_SIZE",
+    "OBJECT_ARGUMENT_NAMES",
     "BandwidthTimetable",
+    "CancelScope",
+    "FileUploadSequence",
     "IntegrityError",
     "InvalidUploadRequest",
     "MultipartUpload",
     "MultipartUploadError",
     "PartRecord",
+    "RetryPlan",
     "S3UploadError",
     "SourceChangedError",
     "StaleUploadCleanupError",
     "UploadCancelledError",
+    "UploadLedger",
+    "UploadNotRecordedError",
     "UploadOptions",
     "UploadPaused",
     "UploadResult",
     "UploadWindow",
     "bandwidth_setting",
     "bucket_and_path",
+    "check_object_arguments",
     "command_label",
     "deadline_at",
+    "find_bash",
     "finish_by_setting",
     "normalize_checksum_algorithm",
+    "object_arguments",
     "object_target",
     "program_name",
     "resolve_checksum_type",
@@ -110,17 +126,19 @@ def upload_file(
     continues an earlier upload of the same file: its stored parts are verified against the local
     bytes and only the others are sent. On failure the upload is aborted, unless ``keep_on_failure``
     and the error leaves it usable for a later resume. ``on_upload_started(upload_id)`` runs as soon
-    as the UploadId exists: the place to record it somewhere durable.
+    as the UploadId exists: the place to record it somewhere durable. ``options.overwrite`` False
+    compares the object at the key with the file first (``FileUploadSequence``, which this runs).
     """
-    with FileSource(path) as source:
-        engine = FileUploadEngine(
-            client,
-            bucket=bucket,
-            key=key,
-            source=source,
-            plan=plan_parts(source.size, part_size),
-            options=options or UploadOptions(),
-            log=log,
-            on_upload_started=on_upload_started,
-        )
-        return engine.run(resume_upload_id=resume_upload_id, keep_on_failure=keep_on_failure)
+    return FileUploadSequence(
+        client,
+        path,
+        bucket,
+        key,
+        options=options or UploadOptions(),
+        part_size=part_size,
+        adopt_quiet_after=None,  # only the upload the caller names is continued
+        resume_upload_id=resume_upload_id,
+        retry=RetryPlan(resumes_by_id=True) if keep_on_failure else None,
+        on_upload_started=on_upload_started,
+        log=log,
+    ).run()

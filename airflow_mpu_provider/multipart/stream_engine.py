@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
-from airflow_mpu_provider.multipart.engine import BaseUploadEngine, UploadResult
+from airflow_mpu_provider.multipart.base_engine import BaseUploadEngine
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
 from airflow_mpu_provider.multipart.parts.plan import (
     DEFAULT_PART_SIZE,
@@ -30,6 +30,7 @@ from airflow_mpu_provider.multipart.parts.plan import (
 )
 from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.progress import ProgressReporter
+from airflow_mpu_provider.multipart.result import UploadResult
 from airflow_mpu_provider.multipart.units import format_bytes
 
 #: A part as a stream hands it over: bytes, or the buffer (or a view of it) it was read into.

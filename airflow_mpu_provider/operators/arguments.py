@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_mpu_provider.hooks.multipart import check_object_arguments
-from airflow_mpu_provider.multipart import normalize_checksum_algorithm, resolve_checksum_type
+from airflow_mpu_provider.multipart import check_object_arguments, normalize_checksum_algorithm, resolve_checksum_type
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
 
 #: The operator's ``template_fields``: the arguments Airflow renders before execute.

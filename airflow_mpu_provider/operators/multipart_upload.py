@@ -1,75 +1,47 @@
 """MultipartUploadOperator: the Airflow glue around the upload engine.
 
 The operator owns what only Airflow knows: templating, argument validation, XCom, the
-task_state_store that lets a retry resume, whether a retry will follow, ``on_kill``, lineage and
-metrics. Every S3 call goes through ``S3MultipartHook`` (which builds the clients from the connection,
-so every connection extra keeps working) and the engine it runs (``airflow_mpu_provider.multipart``).
+task_state_store that lets a retry resume (``retry_ledger``), whether a retry will follow, ``on_kill``,
+lineage and metrics. Every S3 call goes through ``S3MultipartHook`` (which builds the clients from the
+connection, so every connection extra keeps working) and the one upload sequence it runs.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow_mpu_provider.hooks.multipart import (
-    FileUpload,
-    S3MultipartHook,
-    first_stream_part_size,
-    object_arguments,
-)
+from airflow_mpu_provider.hooks.multipart import S3MultipartHook
 from airflow_mpu_provider.multipart import (
     DEFAULT_ADOPT_QUIET_AFTER,
     DEFAULT_CHECKSUM_ALGORITHM,
     DEFAULT_MAX_BUFFER_BYTES,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_PROGRESS_INTERVAL,
+    OBJECT_ARGUMENT_NAMES,
+    RetryPlan,
     UploadPaused,
+    UploadResult,
     UploadWindow,
     bandwidth_setting,
     command_label,
-    normalize_checksum_algorithm,
     object_target,
     program_name,
-    resolve_checksum_type,
     validation,
 )
-from airflow_mpu_provider.multipart.engine import (
-    BaseUploadEngine,
-    FileUploadEngine,
-    UploadOptions,
-    UploadResult,
-    upload_stays_usable,
-)
-from airflow_mpu_provider.multipart.errors import (
-    InvalidUploadRequest,
-    MultipartUploadError,
-    UploadCancelledError,
-    UploadNotRecordedError,
-)
-from airflow_mpu_provider.multipart.parts.plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PartPlan, plan_parts
-from airflow_mpu_provider.multipart.resume import (
-    FoundUpload,
-    hidden_object_args,
-    object_args_fingerprint,
-)
-from airflow_mpu_provider.multipart.sources.command import find_bash
-from airflow_mpu_provider.multipart.sources.file import FileSource
-from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
-from airflow_mpu_provider.multipart.units import format_bytes
-from airflow_mpu_provider.multipart.upload import MultipartUpload
+from airflow_mpu_provider.multipart.errors import InvalidUploadRequest, UploadCancelledError
 from airflow_mpu_provider.operators.arguments import TEMPLATE_FIELDS, check_arguments, is_template
 from airflow_mpu_provider.operators.metrics import deadline_metric, log_summary, upload_metrics
+from airflow_mpu_provider.operators.retry_ledger import STATE_KEY, STREAM_STATE_KEY, retry_ledger
 from airflow_mpu_provider.operators.upload_schedule import (
     UploadSchedule,
     check_schedule_arguments,
     reschedule_paused,
     utc_now,
 )
-from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS, BaseOperator
+from airflow_mpu_provider.version_compat import BaseOperator
 
 if TYPE_CHECKING:
     try:
@@ -77,12 +49,7 @@ if TYPE_CHECKING:
     except ImportError:  # pragma: no cover
         from airflow.utils.context import Context  # type: ignore[no-redef]
 
-
-#: task_state_store key of the resume record. Renaming it breaks the resume of in-flight retries.
-STATE_KEY = "multipart_upload"
-#: task_state_store key of a command's stream upload: {bucket, key, upload_id}. A stream is never
-#: resumed; the record lets the next try abort the upload of a try that died (SIGKILL, OOM).
-STREAM_STATE_KEY = "multipart_stream_upload"
+__all__ = ["STATE_KEY", "STREAM_STATE_KEY", "MultipartUploadOperator"]
 
 
 class MultipartUploadOperator(BaseOperator):
@@ -191,14 +158,6 @@ class MultipartUploadOperator(BaseOperator):
         self.check_rendered_arguments(rendered=False)  # again at execute, once templates are rendered
         check_arguments(self)
         check_schedule_arguments(self)
-        self._engine: BaseUploadEngine | None = None
-        self._killed = False
-        #: Whether execute() is running: on_kill after it ended must not touch what it left (see on_kill).
-        self._executing = False
-        #: The upload an earlier try recorded: ours from the first moment, aborted if this try ends it.
-        self._ours: MultipartUpload | None = None
-        #: Whether ListMultipartUploads worked in this try (None: not asked).
-        self._listing_available: bool | None = None
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -220,172 +179,36 @@ class MultipartUploadOperator(BaseOperator):
         """
         return object_target(self.bucket, self.key)
 
-    def object_args(self) -> dict[str, Any]:
-        """CreateMultipartUpload arguments from the operator's arguments (``extra_args`` wins)."""
-        return object_arguments(
-            encrypt=self.encrypt,
-            sse_kms_key_id=self.sse_kms_key_id,
-            storage_class=self.storage_class,
-            content_type=self.content_type,
-            metadata=self.metadata,
-            tags=self.tags,
-            acl_policy=self.acl_policy,
-            extra_args=self.extra_args,
-        )
-
-    def upload_options(self, checksum_algorithm: str | None) -> UploadOptions:
-        return UploadOptions(
-            concurrency=self.concurrency,
-            max_concurrency=self.max_concurrency,
-            max_buffer_bytes=self.max_buffer_bytes,
-            max_bandwidth=self.max_bandwidth,
-            upload_window=self._window if self.command is None else None,
-            finish_by=self._finish_by if self.command is None else None,
-            checksum_algorithm=checksum_algorithm,
-            checksum_type=self.checksum_type,
-            extra_args=self.object_args(),
-            progress_interval=self.progress_interval,
-            overwrite=self.replace,
-        )
+    def upload_arguments(self) -> dict[str, Any]:
+        """What this try's ``UploadOptions`` are built from (``UploadOptions.from_arguments``, in the hook):
+        the tuning, checksum and object arguments; for a file, this run's window and deadline too."""
+        arguments = {
+            "concurrency": self.concurrency,
+            "max_concurrency": self.max_concurrency,
+            "max_buffer_bytes": self.max_buffer_bytes,
+            "max_bandwidth": self.max_bandwidth,
+            "checksum_algorithm": self.checksum_algorithm,
+            "checksum_type": self.checksum_type,
+            "progress_interval": self.progress_interval,
+            **{name: getattr(self, name) for name in OBJECT_ARGUMENT_NAMES},
+        }
+        if self.command is None:
+            arguments.update(upload_window=self._window, finish_by=self._finish_by)
+        return arguments
 
     @functools.cached_property
     def hook(self) -> S3MultipartHook:
         """The hook that builds this task's clients (from the connection; one per operator instance)."""
         return S3MultipartHook(aws_conn_id=self.aws_conn_id, verify=self.verify)
 
-    def s3_client(self, options: UploadOptions, part_size: int) -> Any:
-        """The client for the parts: the hook's tuned client, sized for the workers this part size allows."""
-        return self.hook.upload_client_for(options, part_size)
+    # -- retries ------------------------------------------------------------------------------
 
-    # -- resume -------------------------------------------------------------------------------
-
-    def _state_store(self, context: Context) -> Any:
-        return context.get("task_state_store") if AIRFLOW_V_3_3_PLUS else None
-
-    def _resume_record(self, bucket: str, key: str, source: FileSource, plan: PartPlan, checksum: str | None) -> dict:
-        fp = source.fingerprint
-        return {
-            "bucket": bucket,
-            "key": key,
-            "file": str(source.path),
-            "size": fp.size,
-            "mtime_ns": fp.mtime_ns,
-            "inode": fp.inode,
-            "part_size": plan.part_size,
-            "checksum_algorithm": checksum,
-            "checksum_type": resolve_checksum_type(self.checksum_type, checksum),
-            # Binds what S3 does not show of an incomplete upload (ACL, content type, metadata, tags, encryption).
-            "object_args": object_args_fingerprint(self.object_args()),
-        }
-
-    def _part_size_for(self, store: Any, source: FileSource) -> int | None:
-        """``part_size``; or, left to the automatic rule, the part size an earlier try recorded for this very
-        version of the file, so that an upload planned by another version's rule (16 MiB parts before #22)
-        is resumed rather than aborted and restarted. The plan stays a function of the file and arguments:
-        the record is part of them."""
-        if self.part_size is not None or store is None:
-            return self.part_size
-        stored = store.get(STATE_KEY)
-        if not (isinstance(stored, dict) and stored.get("upload_id")):
-            return None
-        fp = source.fingerprint
-        same_file = (stored.get("file"), stored.get("size"), stored.get("mtime_ns"), stored.get("inode")) == (
-            str(source.path),
-            fp.size,
-            fp.mtime_ns,
-            fp.inode,
-        )
-        recorded = stored.get("part_size")
-        if not same_file or not isinstance(recorded, int) or isinstance(recorded, bool):
-            return None
-        if not MIN_PART_SIZE <= recorded <= MAX_PART_SIZE or PartPlan(fp.size, recorded).count > MAX_PARTS:
-            return None
-        if recorded != plan_parts(fp.size).part_size:
-            self.log.info("Keeping the earlier try's part size (%s) to resume its upload.", format_bytes(recorded))
-        return recorded
-
-    def take_over_recorded_upload(self, store: Any, upload: FileUpload, record: dict) -> str | None:
-        """The UploadId an earlier try recorded in task_state_store, if this try can continue it.
-
-        A recorded upload is ours from the moment it is read (``_ours``): whatever happens next, this
-        try completes it, aborts it, or leaves it recorded for the retry. One that cannot be continued
-        (another version of the file, or ``resume=False``) is aborted at once.
-        """
-        stored = store.get(STATE_KEY) if store is not None else None
-        if not (isinstance(stored, dict) and stored.get("upload_id")):
-            return None
-        upload_id = str(stored["upload_id"])
-        self._ours = upload.recorded_upload(
-            stored.get("bucket", upload.bucket), stored.get("key", upload.key), upload_id
-        )
-        changed = sorted(k for k in record if stored.get(k) != record[k])
-        if not changed and self.resume:
-            self.log.info("Found upload %s to resume in task_state_store.", upload_id)
-            return upload_id
-        self.log.warning(
-            "The earlier try's upload %s cannot be continued (%s); aborting it (it is this task's) and starting "
-            "afresh.",
-            upload_id,
-            _why_not_continued(stored, changed) if changed else "resume=False",
-        )
-        self.hook.abort_upload(self._ours)  # if this fails, the record stays (see _after_failure)
-        self._ours = None
-        self._forget(store, STATE_KEY)
-        return None
-
-    def find_upload_to_adopt(self, upload: FileUpload, *, has_store: bool) -> list[FoundUpload]:
-        """The found uploads (ListMultipartUploads, no record) quiet for ``adopt_quiet_after`` that show this
-        task's settings, newest first; whether the listing worked decides, on Airflow < 3.3, whether a
-        failed try may keep its upload."""
-        if self.adopt_quiet_after is None:
-            self.log.info("Not looking for uploads left at the key by others (adopt_quiet_after=None).")
-            return []
-        found = upload.find_upload_to_adopt(
-            self.adopt_quiet_after,
-            when_unlisted="" if has_store else " and a failed try's upload is aborted rather than kept",
-        )
-        self._listing_available = upload.listing_available
-        return found
-
-    def keep_for_retry(self, context: Context) -> bool:
-        """Whether a failed try keeps its upload: only where the retry will look for it and take it.
-
-        Airflow >= 3.3: the task_state_store record. Older Airflow has only ListMultipartUploads, and a
-        found upload is adopted only after ``adopt_quiet_after`` of quiet: the upload is kept only if
-        the retry waits at least that long, and aborted otherwise (nothing would continue it).
-        """
+    def retry_plan(self, context: Context) -> RetryPlan | None:
+        """How Airflow will run this task again if this try fails (None: it will not, or the upload must
+        not be kept for it): the engine keeps a failed try's upload only where that retry will find it."""
         if not (self.keep_upload_for_retry and self.resume and self.will_retry(context)):
-            return False
-        if self._state_store(context) is not None:
-            return True
-        if self._listing_available is False:
-            return False
-        if self.adopt_quiet_after is None:
-            self.log.info(
-                "A failed try's upload will be aborted, not kept: without task_state_store (Airflow < 3.3) the retry "
-                "could find it only with ListMultipartUploads, and adopt_quiet_after=None adopts no found upload."
-            )
-            return False
-        hidden = hidden_object_args(self.object_args())
-        if hidden:
-            self.log.info(
-                "A failed try's upload will be aborted, not kept: without task_state_store (Airflow < 3.3) the retry "
-                "could find it only with ListMultipartUploads, and never adopts a found upload when the task sets "
-                "%s (S3 does not show them for an incomplete upload).",
-                ", ".join(hidden),
-            )
-            return False
-        delay = validation.duration("retry_delay", self.retry_delay or 0)
-        if delay < self.adopt_quiet_after:
-            self.log.info(
-                "A failed try's upload will be aborted, not kept: without task_state_store (Airflow < 3.3) the "
-                "retry finds it only with ListMultipartUploads, and adopts it only after adopt_quiet_after (%s) "
-                "of quiet, longer than retry_delay (%s). Make retry_delay >= adopt_quiet_after to resume.",
-                self.adopt_quiet_after,
-                delay,
-            )
-            return False
-        return True
+            return None
+        return RetryPlan(delay=validation.duration("retry_delay", self.retry_delay or 0))
 
     def will_retry(self, context: Context) -> bool:
         """Whether Airflow will run this task again if this try fails."""
@@ -401,11 +224,7 @@ class MultipartUploadOperator(BaseOperator):
     # -- run ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        self._executing = True
-        try:
-            return self._execute(context)
-        finally:
-            self._executing = False
+        return self._execute(context)
 
     def _execute(self, context: Context) -> dict[str, Any]:
         self.check_rendered_arguments()
@@ -413,251 +232,72 @@ class MultipartUploadOperator(BaseOperator):
         self._window, self._finish_by, self.max_bandwidth = schedule.window, schedule.finish_by, schedule.bandwidth
         schedule.wait_for_window(self.log, self._stop_if_killed)
         bucket, key = self.resolve_target()
-        checksum = normalize_checksum_algorithm(self.checksum_algorithm)
-        resolve_checksum_type(self.checksum_type, checksum)  # refused here, before any S3 call
         if self.command is not None:
-            result = self._upload_command_output(context, bucket, key, checksum)
+            result = UploadResult(**self._upload_command_output(context, bucket, key))
         else:
             try:
-                result = self._upload_file(context, bucket, key, checksum)
+                result = UploadResult(**self._upload_file(context, bucket, key))
             except UploadPaused as paused:
-                reschedule_paused(self, context, paused, has_store=self._state_store(context) is not None)
+                has_store = retry_ledger(context, STATE_KEY, self.log) is not None
+                reschedule_paused(self, context, paused, has_store=has_store)  # raises the reschedule
+                raise
+        self._stop_if_killed("the task was killed; failing it although the upload had finished")
         self._emit_metrics(result)
-        if self._killed:
-            raise UploadCancelledError("the task was killed; failing it although the upload had finished")
         log_summary(self.log, self.file or f"the output of {command_label(self.command or '')}", result)
         return result.to_dict()
 
-    def _announce(self, context: Context, bucket: str, key: str, resume_record: dict | None, upload_id: str) -> None:
-        """Make the UploadId known the moment it exists: XCom for people and cleanup, task_state_store for retries."""
+    def _stop_if_killed(self, why: str = "the task was killed before the upload started") -> None:
+        if self.hook.cancelled:
+            raise UploadCancelledError(why)
+
+    def _announce(self, context: Context, bucket: str, key: str, upload_id: str) -> None:
+        """Make the UploadId known the moment it exists, in XCom, for people and cleanup (the hook has
+        already recorded it in task_state_store for the retry)."""
         ti = context.get("ti")
         if ti is not None:
             ti.xcom_push(key="upload_id", value=upload_id)
             ti.xcom_push(key="multipart_upload", value={"bucket": bucket, "key": key, "upload_id": upload_id})
-        store = self._state_store(context)
-        if store is not None and resume_record is not None:
-            try:
-                store.set(STATE_KEY, {**resume_record, "upload_id": upload_id})
-            except Exception as e:  # inside the engine's scope: the upload is aborted, never kept unrecorded
-                raise UploadNotRecordedError(
-                    f"could not record upload {upload_id} of s3://{bucket}/{key} in task_state_store ({e}); it is "
-                    "aborted, since a retry could not find it"
-                ) from e
 
-    def _run(self, engine: BaseUploadEngine, run: Callable[[], UploadResult]) -> UploadResult:
-        """Run ``engine`` where ``on_kill`` can stop it (``_killed`` is set before ``_engine`` is read)."""
-        self._engine = engine
-        try:
-            if self._killed:
-                raise UploadCancelledError("the task was killed before the upload started")
-            return run()
-        except BaseException:
-            if engine.upload is not None and engine.upload.aborted:
-                self._emit_metrics(None)
-            raise
-        finally:
-            self._engine = None
-
-    def _upload_file(self, context: Context, bucket: str, key: str, checksum: str | None) -> UploadResult:
-        """Upload the file; this try ends with its upload completed, aborted, or kept and recorded.
-
-        Order matters: the earlier try's recorded upload is taken over first (so that a kill at any
-        later point aborts it), ``replace=False`` is checked against the object before anything is
-        created, and only then is an upload continued, adopted or created.
-        """
+    def _upload_file(self, context: Context, bucket: str, key: str) -> dict[str, Any]:
+        """Upload the file (``FileUploadSequence``): this try ends with its upload completed, aborted, or
+        kept and recorded in task_state_store for the retry, as ``retry_plan`` allows."""
         if self.file is None:
             raise InvalidUploadRequest("give either file=... or command=...")
-        started = time.monotonic()
-        store = self._state_store(context)
-        with FileSource(self.file) as source:
-            plan = plan_parts(source.size, self._part_size_for(store, source))
-            options = self.upload_options(checksum)
-            upload = self.hook.file_upload(
-                source, plan, bucket, key, options, client=self.s3_client(options, plan.part_size)
-            )
-            record = self._resume_record(bucket, key, source, plan, checksum)
-            try:
-                resume_id = self.take_over_recorded_upload(store, upload, record)
-                self._stop_if_killed()
-                if not self.replace:
-                    existing = upload.existing_object()
-                    if existing is not None:
-                        self._end_ours("the object already holds the file", store)
-                        return upload.result_for_existing(existing, started)
-                found: list[FoundUpload] = []
-                if self.resume and resume_id is None:
-                    found = self.find_upload_to_adopt(upload, has_store=store is not None)
-                self._stop_if_killed()
-                engine = upload.make_engine(functools.partial(self._announce, context, bucket, key, record))
-                if engine.schedule is not None:
-                    engine.schedule.now, engine.schedule.on_deadline = self._window_now, self._deadline_metric
-                keep = self.keep_for_retry(context)
-                run = functools.partial(engine.run, resume_upload_id=resume_id, adopt=found, keep_on_failure=keep)
-                result = self._run(engine, run)
-            except BaseException as error:
-                self._after_failure(error, context, store, upload.engine)
-                raise
-        if self._killed:
-            # Completed, but killed meanwhile: the task fails. The record stays, so that the retry finds
-            # the upload gone, sees the object already is the file, and succeeds without sending anything.
-            raise UploadCancelledError("the task was killed; failing it although the upload had finished")
-        self._forget(store, STATE_KEY)
-        self._ours = None
-        return result
-
-    def _stop_if_killed(self) -> None:
-        if self._killed:
-            raise UploadCancelledError("the task was killed before the upload started")
-
-    def _after_failure(
-        self, error: BaseException, context: Context, store: Any, engine: FileUploadEngine | None
-    ) -> None:
-        """End this try's upload after a failure, wherever it happened.
-
-        Once the engine holds an upload it has already kept or aborted it; before that, the only
-        upload that is ours is the one an earlier try recorded, and it is ended here the same way.
-        """
-        if engine is not None and engine.upload is not None:
-            if store is not None and not engine.kept_for_resume and engine.upload.aborted:
-                self._forget(store, STATE_KEY)  # aborted: nothing for the retry to look for
-            # An abort that failed leaves the record, so that the next try finds the upload and ends it.
-            return
-        if self._ours is None:
-            return
-        paused = isinstance(error, UploadPaused)  # the window closed: kept for the next run, as for a retry
-        if not self._killed and (paused or (upload_stays_usable(error) and self.keep_for_retry(context))):
-            self.log.warning(
-                "Keeping upload %s of s3://%s/%s for the retry (recorded in task_state_store).",
-                self._ours.upload_id,
-                self._ours.bucket,
-                self._ours.key,
-            )
-            return
-        self._end_ours(
-            "this try failed and no retry will continue it" if not self._killed else "the task was killed", store
+        return self.hook.upload_file(
+            self.file,
+            key,
+            bucket,
+            replace=self.replace,
+            resume=self.resume,
+            part_size=self.part_size,
+            adopt_quiet_after=self.adopt_quiet_after,
+            ledger=retry_ledger(context, STATE_KEY, self.log),
+            retry=self.retry_plan(context),
+            on_upload_started=functools.partial(self._announce, context, bucket, key),
+            on_aborted=functools.partial(self._emit_metrics, None),
+            clock=self._window_now,
+            on_deadline=self._deadline_metric,
+            **self.upload_arguments(),
         )
 
-    def _end_ours(self, why: str, store: Any) -> None:
-        """Abort the earlier try's recorded upload (if any is left) and forget the record; an abort that
-        fails keeps the record, so that the next try (or whoever reads task_state_store) still finds it."""
-        ours, self._ours = self._ours, None
-        if ours is not None:
-            self.log.warning("Aborting upload %s of s3://%s/%s: %s.", ours.upload_id, ours.bucket, ours.key, why)
-            try:
-                self.hook.abort_upload(ours)
-            except Exception as abort_error:  # the original error matters more; say what is left behind
-                self.log.error(
-                    "Could not abort multipart upload %s of s3://%s/%s (%s); it stays recorded in task_state_store "
-                    "(key %r) for the next try to abort; else abort it by hand or let S3AbortStaleUploadsOperator "
-                    "clean it up.",
-                    ours.upload_id,
-                    ours.bucket,
-                    ours.key,
-                    abort_error,
-                    STATE_KEY,
-                )
-                return
-        self._forget(store, STATE_KEY)
-
-    def _forget(self, store: Any, state_key: str) -> None:
-        """Clear a record whose upload is completed or gone; failing to is harmless (the next try finds the
-        upload gone) and must neither fail a finished upload nor hide the error of a failed one."""
-        if store is None:
-            return
-        try:
-            store.delete(state_key)
-        except Exception as e:
-            self.log.warning("Could not clear %s in task_state_store (%s); a next try will find it gone.", state_key, e)
-
-    def _upload_command_output(self, context: Context, bucket: str, key: str, checksum: str | None) -> UploadResult:
+    def _upload_command_output(self, context: Context, bucket: str, key: str) -> dict[str, Any]:
         """Stream the command's stdout; no resume (a stream cannot be replayed), so any failure aborts.
-
-        The try owns its upload as a file upload's try does: the UploadId is recorded in
-        task_state_store the moment it exists, so that if this try dies where nothing can run
-        (SIGKILL, OOM), the next try aborts that upload before starting its own.
-        """
+        Its UploadId is recorded in task_state_store while it runs, so that if this try dies where nothing
+        can run (SIGKILL, OOM), the next try aborts that upload before starting its own."""
         assert self.command is not None
-        find_bash()  # before any request: without bash there is no pipefail, and nothing may be created
-        first_part_size = first_stream_part_size(self.part_size)
-        options = self.upload_options(checksum)
-        client = self.s3_client(options, first_part_size)
-        store = self._state_store(context)
-        self._abort_dead_stream_try(store, client, options)
-        if not self.replace:
-            self.hook.check_key_free(client, bucket, key, options.extra_args)
-        with self.hook.command_source(self.command, timeout=self.command_timeout) as source:
-            engine = self.hook.stream_engine(
-                source,
-                bucket,
-                key,
-                options,
-                first_part_size=first_part_size,
-                growing=not self.equal_parts,
-                on_upload_started=functools.partial(self._record_stream_upload, context, bucket, key),
-                client=client,
-            )
-            try:
-                result = self._run(engine, engine.run)
-            except BaseException:
-                if store is not None and self._stream_upload_gone(engine):
-                    self._forget_stream_upload(store)  # aborted: nothing for the next try to clean up
-                raise
-        if store is not None:
-            self._forget_stream_upload(store)
-        return result
-
-    def _forget_stream_upload(self, store: Any) -> None:
-        """Clear the record (see ``_forget``: the next try's abort finds NoSuchUpload)."""
-        self._forget(store, STREAM_STATE_KEY)
-
-    def _record_stream_upload(self, context: Context, bucket: str, key: str, upload_id: str) -> None:
-        """task_state_store first (what the next try needs if this one dies), then XCom (for people).
-
-        Runs inside the engine's abort scope: if either raises, the fresh upload is aborted.
-        """
-        store = self._state_store(context)
-        if store is not None:
-            store.set(STREAM_STATE_KEY, {"bucket": bucket, "key": key, "upload_id": upload_id})
-        self._announce(context, bucket, key, None, upload_id)
-
-    def _abort_dead_stream_try(self, store: Any, client: Any, options: UploadOptions) -> None:
-        """Abort the stream upload an earlier try of this task recorded and could not end (it died).
-
-        It is ours (recorded by this task instance), a stream cannot be resumed, so it can only be
-        aborted. If that fails (e.g. no s3:AbortMultipartUpload), this try goes on: the upload is
-        left to S3AbortStaleUploadsOperator or a lifecycle rule, as the warning says.
-        """
-        stored = store.get(STREAM_STATE_KEY) if store is not None else None
-        if not (isinstance(stored, dict) and stored.get("upload_id")):
-            return
-        upload_id = str(stored["upload_id"])
-        where = f"s3://{stored.get('bucket')}/{stored.get('key')}"
-        self.log.warning(
-            "An earlier try's stream upload %s to %s was left behind (that try died); aborting it.", upload_id, where
+        return self.hook.upload_command(
+            self.command,
+            key,
+            bucket,
+            command_timeout=self.command_timeout,
+            replace=self.replace,
+            part_size=self.part_size,
+            equal_parts=self.equal_parts,
+            ledger=retry_ledger(context, STREAM_STATE_KEY, self.log),
+            on_upload_started=functools.partial(self._announce, context, bucket, key),
+            on_aborted=functools.partial(self._emit_metrics, None),
+            **self.upload_arguments(),
         )
-        try:
-            self.hook.abort_upload(
-                self.hook.upload_handle(
-                    str(stored["bucket"]), str(stored["key"]), upload_id, extra_args=options.extra_args, client=client
-                )
-            )
-        except MultipartUploadError as e:
-            self.log.warning(
-                "Could not abort the earlier try's stream upload %s to %s (%s); it needs s3:AbortMultipartUpload. "
-                "S3AbortStaleUploadsOperator or a lifecycle rule (AbortIncompleteMultipartUpload) will remove it.",
-                upload_id,
-                where,
-                e,
-            )
-        store.delete(STREAM_STATE_KEY)
-
-    def _stream_upload_gone(self, engine: StreamUploadEngine) -> bool:
-        """Whether the failed stream try left no upload: none was created, or the engine's abort is done.
-
-        An abort that failed leaves the record, so that the next try aborts the upload.
-        """
-        upload = engine.upload
-        return upload is None or not upload.upload_id or upload.aborted
 
     #: Called by name from the upload code: the figures of an upload (None: an abort), a deadline at risk.
     _emit_metrics = upload_metrics
@@ -667,39 +307,19 @@ class MultipartUploadOperator(BaseOperator):
         """Stop sending, abort this try's upload, and make sure ``execute`` ends failed.
 
         Airflow calls this from its SIGTERM handler (a kill, "mark failed" in the UI) while ``execute``
-        is still running: whatever the phase (taking over the earlier try's upload, the existence
-        check, the resume lookup, sending), the upload that is ours is aborted. The engine's cancel
-        makes ``execute`` raise once its workers stop.
-
-        On ``execution_timeout`` Airflow raises inside ``execute`` first and calls this only after
-        ``execute`` has ended: by then the try has already ended its upload like any failure (kept and
-        recorded if Airflow will retry, else aborted), and nothing is touched here.
+        is still running: whatever the phase (taking over the earlier try's upload, the existence check,
+        the resume lookup, sending), the hook's cancel aborts the upload that is ours, and ``execute``
+        raises UploadCancelledError. On ``execution_timeout`` Airflow calls this only after ``execute``
+        has ended its upload like any failure (kept and recorded if Airflow will retry, else aborted):
+        the cancel then finds nothing running, and nothing is touched.
         """
-        self._killed = True
-        if not self._executing:
-            self.log.info(
-                "on_kill after execute() ended: its upload was already completed, aborted or kept for the retry."
-            )
-            return
-        hook: S3MultipartHook | None = self.__dict__.get("hook")  # never built here, in a signal handler
-        if hook is not None:
-            hook.cancel()  # the command's pipeline, the existence check, and whatever else the hook runs
-        engine, ours = self._engine, self._ours
-        if engine is not None:
+        if self.hook.cancel():
             self.log.warning("Task killed: aborting the multipart upload.")
-            engine.cancel()
-        if hook is not None and ours is not None and (engine is None or engine.upload is None):
-            # The engine has not taken the recorded upload over yet: abort it here, off the signal
-            # handler's thread (execute() aborts it again, harmlessly, when it sees the kill).
-            self.log.warning("Task killed: aborting multipart upload %s.", ours.upload_id)
-            threading.Thread(target=self._abort_quietly, args=(hook, ours), name="mpu-kill-abort", daemon=True).start()
-
-    def _abort_quietly(self, hook: S3MultipartHook, upload: MultipartUpload) -> None:
-        """Abort ``upload`` through the hook's abort client (the main one may be mid-request on this thread)."""
-        try:
-            hook.abort_upload(upload, quick=True)
-        except Exception as e:  # execute() aborts again and reports what is left
-            self.log.warning("Abort of %s during on_kill failed, execute() will retry it: %s", upload.upload_id, e)
+        else:
+            self.log.info(
+                "on_kill after execute() ended (or before its upload started): nothing to stop; an upload that "
+                "ended was already completed, aborted or kept for the retry."
+            )
 
     # -- lineage ------------------------------------------------------------------------------
 
@@ -717,18 +337,3 @@ class MultipartUploadOperator(BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         return self.get_openlineage_facets_on_start()
-
-
-def _why_not_continued(stored: Mapping[str, Any], changed: list[str]) -> str:
-    """Why a recorded upload cannot be continued, from the record fields that changed."""
-    if "object_args" in changed and "object_args" not in stored:
-        return (
-            "it was recorded by an earlier version of this provider, without the fingerprint of its object settings "
-            "(ACL, content type, metadata, tags, encryption), so they cannot be proven to be this task's"
-        )
-    if changed == ["object_args"]:
-        return (
-            "the task's object settings (ACL, content type, metadata, tags, encryption, storage class or another "
-            "extra_args entry) changed since it was created"
-        )
-    return f"it was for another version of the source or other settings ({', '.join(changed)} differ)"

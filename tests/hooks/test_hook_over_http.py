@@ -17,8 +17,8 @@ from datetime import timedelta
 import pytest
 
 from airflow_mpu_provider.hooks.multipart import S3MultipartHook
-from airflow_mpu_provider.multipart.engine import UploadResult
 from airflow_mpu_provider.multipart.errors import CommandFailedError, S3UploadError, UploadCancelledError
+from airflow_mpu_provider.multipart.result import UploadResult
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.integration.conftest import BUCKET
 from tests.support.s3_proxy import Fault

@@ -85,40 +85,6 @@ def test_cancel_stops_a_running_sweep_before_its_next_upload(mock_s3, monkeypatc
         original(Bucket="test-bucket", Key=upload["Key"], UploadId=upload["UploadId"])
 
 
-def test_upload_options_forward_any_field_the_engine_grows_and_check_the_known_ones(monkeypatch):
-    """Fields added to UploadOptions later reach the engine without a change here; known fields
-    (max_bandwidth and checksum_type among them) are checked; anything else is refused by name."""
-    import dataclasses
-
-    from airflow_mpu_provider.hooks import multipart as hook_module
-    from airflow_mpu_provider.multipart.engine import UploadOptions
-
-    @dataclasses.dataclass(frozen=True)
-    class Grown(UploadOptions):
-        future_knob: int | None = None
-
-    monkeypatch.setattr(hook_module, "UploadOptions", Grown)
-    options = hook_module.upload_options(
-        replace=False,
-        future_knob=5,
-        max_bandwidth=1024,
-        checksum_type="composite",
-        checksum_algorithm="crc32",
-        tags={"a": "b"},
-    )
-    assert (options.future_knob, options.max_bandwidth, options.checksum_algorithm) == (5, 1024, "CRC32")
-    assert (options.checksum_type, options.overwrite) == ("composite", False)
-    assert options.extra_args == {"Tagging": "a=b"}
-    with pytest.raises(ValueError, match="concurrency"):
-        hook_module.upload_options(replace=True, concurrency=0)
-    with pytest.raises(ValueError, match="max_bandwidth"):
-        hook_module.upload_options(replace=True, max_bandwidth="32MiB")
-    with pytest.raises(ValueError, match="checksum_type"):
-        hook_module.upload_options(replace=True, checksum_algorithm="SHA256", checksum_type="FULL_OBJECT")
-    with pytest.raises(TypeError, match="unknown upload options \\['overwrite'\\]"):
-        hook_module.upload_options(replace=True, overwrite=False)  # that is replace=
-
-
 def test_the_operators_make_no_s3_call_of_their_own():
     """Operators are Airflow glue: every S3 call goes through the hook (or the engine it runs)."""
     import re
@@ -140,7 +106,7 @@ def test_cancel_from_a_signal_handler_never_deadlocks_on_the_thread_it_interrupt
     stopped = threading.Event()
 
     def interrupted_while_registering() -> None:
-        with hook.cancelling(stopped.set), hook._stoppers_lock:  # the handler lands inside the lock
+        with hook.cancelling(stopped.set), hook._cancel._lock:  # the handler lands inside the lock
             hook.cancel()
 
     thread = threading.Thread(target=interrupted_while_registering, daemon=True)
@@ -181,3 +147,17 @@ def test_program_names_skip_assignments_and_paths():
     assert program_name("A=1") == "command" and command_label("true") == "`true`"
     assert program_name("(head -c 3 /dev/zero; sleep 1) & exit 0") == "head"
     assert command_label("pg_dump app") == "`pg_dump ...`"
+
+
+def test_no_public_hook_method_takes_a_client():
+    """The hook owns its clients: callers never hand it one (the engine's sequences take the hook's)."""
+    import inspect
+
+    own = {name: member for name, member in vars(S3MultipartHook).items() if not name.startswith("_")}
+    takes_client = [
+        name for name, member in own.items() if callable(member) and "client" in inspect.signature(member).parameters
+    ]
+    assert takes_client == []
+    assert {"upload_file", "upload_stream", "upload_command", "object_matches", "abort_stale_uploads", "cancel"} <= set(
+        own
+    )

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
+from airflow_mpu_provider.multipart.file_upload import FileUploadSequence
 from airflow_mpu_provider.operators.multipart_upload import STATE_KEY, MultipartUploadOperator
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
@@ -279,7 +280,7 @@ def test_try_killed_while_complete_is_in_flight_then_retry_succeeds_without_uplo
     first = operator(connection(), path, key, replace=replace, retries=1)
 
     def kill_during_complete(record) -> None:  # SIGTERM arrives while S3 is completing the object
-        if record.kind == "CompleteMultipartUpload" and not first._killed:
+        if record.kind == "CompleteMultipartUpload" and not first.hook.cancelled:
             first.on_kill()
 
     proxy.on_request = kill_during_complete
@@ -363,7 +364,9 @@ class KillingStore(FakeStateStore):
 
 @needs_task_state_store
 @pytest.mark.parametrize("phase", ["task_state_store read", "HeadObject", "ListParts", "before the engine starts"])
-def test_kill_on_the_last_try_in_any_phase_aborts_the_earlier_tries_upload(connection, proxy, s3, tmp_path, phase):
+def test_kill_on_the_last_try_in_any_phase_aborts_the_earlier_tries_upload(
+    connection, proxy, s3, tmp_path, monkeypatch, phase
+):
     key = f"own/killed-{phase.replace(' ', '-')}.bin"
     path = make_file(tmp_path / "f", 16 * MiB)
     store = KillingStore()
@@ -372,13 +375,13 @@ def test_kill_on_the_last_try_in_any_phase_aborts_the_earlier_tries_upload(conne
     if phase == "task_state_store read":
         store.kill = last.on_kill
     elif phase == "before the engine starts":
-        real = last.keep_for_retry
+        real = FileUploadSequence._make_engine
 
-        def killed_then(context):
+        def killed_then(self, *args):
             last.on_kill()
-            return real(context)
+            return real(self, *args)
 
-        last.keep_for_retry = killed_then  # the last call before the engine runs
+        monkeypatch.setattr(FileUploadSequence, "_make_engine", killed_then)  # the last step before it runs
     else:
         killed = threading.Event()
 

@@ -299,7 +299,8 @@ def taken(monkeypatch) -> list[int]:
 
 @pytest.mark.parametrize("kind", ["file", "stream"])
 def test_both_engines_pay_for_every_part_byte_and_only_once(mock_s3, tmp_path, taken, kind):
-    from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
+    from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
+    from airflow_mpu_provider.multipart.options import UploadOptions
     from airflow_mpu_provider.multipart.parts.plan import plan_parts
     from airflow_mpu_provider.multipart.sources.file import FileSource
     from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
@@ -319,7 +320,8 @@ def test_both_engines_pay_for_every_part_byte_and_only_once(mock_s3, tmp_path, t
 
 
 def test_no_cap_no_limit_and_a_bad_cap_is_refused_before_any_request(mock_s3):
-    from airflow_mpu_provider.multipart.engine import BaseUploadEngine, UploadOptions
+    from airflow_mpu_provider.multipart.base_engine import BaseUploadEngine
+    from airflow_mpu_provider.multipart.options import UploadOptions
 
     assert BaseUploadEngine(mock_s3, bucket="test-bucket", key="k", description="d").bandwidth is None
     for bad in (0, 2.5e7, True):

@@ -3,12 +3,13 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from airflow_mpu_provider.multipart import engine
+from airflow_mpu_provider.multipart.base_engine import upload_stays_usable
 from airflow_mpu_provider.multipart.errors import (
     ABORTED,
     ERROR_HINTS,
     KEPT_FOR_RETRY,
     NOT_RESUMABLE_CODES,
+    S3UploadError,
     error_code,
     s3_error,
 )
@@ -44,8 +45,10 @@ def test_unknown_code_still_names_everything():
     assert str(error) == "ListParts failed for s3://b/k: Weird: odd"
 
 
-def test_the_engine_aborts_after_exactly_the_codes_whose_hints_say_so():
-    assert engine._NOT_RESUMABLE_CODES is NOT_RESUMABLE_CODES
+@pytest.mark.parametrize("code", [*sorted(NOT_RESUMABLE_CODES), "SlowDown", "InternalError"])
+def test_the_engine_aborts_after_exactly_the_codes_whose_hints_say_so(code):
+    error = S3UploadError("failed", code=code, operation="UploadPart", bucket="b", key="k", upload_id="u")
+    assert upload_stays_usable(error) is (code not in NOT_RESUMABLE_CODES)
 
 
 @pytest.mark.parametrize("code", sorted(ERROR_HINTS))

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
+from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
+from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import plan_parts
 from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.units import MiB

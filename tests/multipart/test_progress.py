@@ -222,7 +222,8 @@ def logger_with(handler: logging.Handler) -> logging.Logger:
 
 
 def test_file_upload_logs_a_stall_while_a_part_hangs_and_stops_its_timer(mock_s3, tmp_path):
-    from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
+    from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
+    from airflow_mpu_provider.multipart.options import UploadOptions
     from airflow_mpu_provider.multipart.parts.plan import plan_parts
     from airflow_mpu_provider.multipart.sources.file import FileSource
     from tests.conftest import make_file, sha256_file, sha256_object
@@ -249,7 +250,7 @@ def test_file_upload_logs_a_stall_while_a_part_hangs_and_stops_its_timer(mock_s3
 
 
 def test_stream_upload_logs_a_stall_while_the_command_is_silent(mock_s3):
-    from airflow_mpu_provider.multipart.engine import UploadOptions
+    from airflow_mpu_provider.multipart.options import UploadOptions
     from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 
     seen = StallLineSeen()
@@ -286,7 +287,8 @@ def test_stream_upload_logs_a_stall_while_the_command_is_silent(mock_s3):
 
 
 def test_timer_stops_when_a_part_fails(mock_s3, tmp_path):
-    from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
+    from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
+    from airflow_mpu_provider.multipart.options import UploadOptions
     from airflow_mpu_provider.multipart.parts.plan import plan_parts
     from airflow_mpu_provider.multipart.sources.file import FileSource
     from tests.conftest import incomplete_uploads, make_file

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
+from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
+from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import plan_parts
 from airflow_mpu_provider.multipart.schedule import TimetableBandwidth, UploadPaused, UploadSchedule
 from airflow_mpu_provider.multipart.sources.file import FileSource

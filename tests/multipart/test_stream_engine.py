@@ -6,8 +6,8 @@ import tracemalloc
 
 import pytest
 
-from airflow_mpu_provider.multipart.engine import UploadOptions
 from airflow_mpu_provider.multipart.errors import CommandFailedError, InvalidUploadRequest
+from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from airflow_mpu_provider.multipart.engine import UploadOptions
+from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.sources.stream import IterableStream, ReadableStream
 from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 from airflow_mpu_provider.multipart.units import KiB, MiB

@@ -88,11 +88,11 @@ def test_seconds_refuses(value, kwargs, message):
 
 def test_refusals_are_value_errors_and_not_resumable():
     """InvalidUploadRequest: a ValueError for callers, and never a reason to keep an upload for a retry."""
-    from airflow_mpu_provider.multipart import engine
+    from airflow_mpu_provider.multipart import base_engine
 
     with pytest.raises(ValueError):
         validation.concurrency(True)
-    assert issubclass(InvalidUploadRequest, engine._NOT_RESUMABLE)
+    assert issubclass(InvalidUploadRequest, base_engine._NOT_RESUMABLE)
 
 
 def test_optional_text():

@@ -40,8 +40,9 @@ def stats(monkeypatch) -> RecordingStats:
     return recorder
 
 
-def op() -> MultipartUploadOperator:
-    return MultipartUploadOperator(task_id="upload", file="/data/f", key="s3://b/k")
+def op(**kwargs) -> MultipartUploadOperator:
+    kwargs.setdefault("file", "/data/f")
+    return MultipartUploadOperator(task_id="upload", key="s3://b/k", **kwargs)
 
 
 def result(**overrides) -> UploadResult:
@@ -75,16 +76,21 @@ def test_an_abort_counts_one_abort_and_nothing_else(stats):
     assert [(c[0], c[1], c[2]) for c in stats.calls] == [("incr", "mpu.aborts", 1)]
 
 
+@pytest.mark.parametrize("what", ["file", "command"])
 @pytest.mark.parametrize(("aborted", "expected"), [(True, ["mpu.aborts"]), (False, [])])
-def test_a_failed_run_counts_an_abort_only_when_the_upload_was_aborted(stats, aborted, expected):
-    """A failure whose upload is kept for the retry is not an abort: the retry will complete it."""
-    engine = SimpleNamespace(upload=SimpleNamespace(aborted=aborted))
+def test_a_failed_run_counts_an_abort_only_when_the_upload_was_aborted(stats, monkeypatch, what, aborted, expected):
+    """A failure whose upload is kept for the retry is not an abort: the retry will complete it. A file's
+    and a command's upload count alike: the hook tells the operator (on_aborted) when it aborted one."""
+    operator = op(file=None, command="true") if what == "command" else op()
 
-    def run():
+    def upload(*args, on_aborted, **kwargs):
+        if aborted:
+            on_aborted()
         raise ConnectionError("dropped")
 
+    monkeypatch.setattr(operator.hook, f"upload_{what}", upload)
     with pytest.raises(ConnectionError):
-        op()._run(engine, run)
+        operator.execute({})
     assert [c[1] for c in stats.calls] == expected
 
 

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from airflow_mpu_provider import get_provider_info
+from airflow_mpu_provider.hooks.multipart import S3MultipartHook
+from airflow_mpu_provider.multipart import RetryPlan, UploadOptions
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
 from airflow_mpu_provider.multipart.units import MiB
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
@@ -19,6 +21,11 @@ def op(**kwargs) -> MultipartUploadOperator:
     kwargs.setdefault("file", "/data/dump.sql")
     kwargs.setdefault("key", "s3://bucket/dumps/x.sql")
     return MultipartUploadOperator(task_id="upload", **kwargs)
+
+
+def options_of(operator: MultipartUploadOperator, **overrides) -> UploadOptions:
+    """The options the hook builds for this operator's upload (the one constructor, as the hook calls it)."""
+    return UploadOptions.from_arguments(replace=operator.replace, **{**operator.upload_arguments(), **overrides})
 
 
 def test_provider_info_names_the_operator_module():
@@ -49,7 +56,8 @@ def test_object_arguments():
         tags={"team": "data eng", "x": "y"},
         acl_policy="bucket-owner-full-control",
         extra_args={"CacheControl": "no-cache", "StorageClass": "STANDARD"},
-    ).object_args()
+    )
+    args = options_of(args).extra_args
     assert args == {
         "ServerSideEncryption": "aws:kms",
         "SSEKMSKeyId": "alias/k",
@@ -92,12 +100,12 @@ def test_client_takes_the_connection_config_and_sizes_the_pool(monkeypatch):
         '{"conn_type": "aws", "extra": {"region_name": "eu-west-1", "config_kwargs": {"connect_timeout": 7}}}',
     )
     operator = op(concurrency=16)
-    client = operator.s3_client(operator.upload_options("CRC32C"), 16 * MiB)
+    client = operator.hook.upload_client_for(options_of(operator), 16 * MiB)
     assert client.meta.region_name == "eu-west-1"
     assert client.meta.config.connect_timeout == 7
     assert client.meta.config.max_pool_connections >= 16
     assert client.meta.config.retries["mode"] == "standard"
-    md5_only = operator.s3_client(operator.upload_options(None), 16 * MiB)
+    md5_only = operator.hook.upload_client_for(options_of(operator, checksum_algorithm=None), 16 * MiB)
     assert md5_only.meta.config.request_checksum_calculation == "when_required"
 
 
@@ -110,7 +118,7 @@ def test_abort_client_has_its_own_pool_the_same_connection_and_gives_up_quickly(
         '"config_kwargs": {"read_timeout": 300, "s3": {"addressing_style": "path"}}}}',
     )
     operator = op()
-    client = operator.s3_client(operator.upload_options("CRC32C"), 16 * MiB)
+    client = operator.hook.upload_client_for(options_of(operator), 16 * MiB)
     abort = operator.hook.get_abort_client()
     assert abort._endpoint.http_session is not client._endpoint.http_session  # its own connection pool
     assert (abort.meta.endpoint_url, abort.meta.region_name) == ("http://127.0.0.1:9", "eu-west-1")
@@ -122,7 +130,7 @@ def test_abort_client_has_its_own_pool_the_same_connection_and_gives_up_quickly(
 def test_on_kill_during_execute_aborts_and_fails_the_task(mock_s3, tmp_path, monkeypatch, put_part_hooks):
     path = make_file(tmp_path / "f", 30 * MiB)
     operator = op(file=str(path), key="s3://test-bucket/killed.bin", part_size=5 * MiB, concurrency=1, retries=3)
-    monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
+    monkeypatch.setattr(operator.hook, "upload_client_for", lambda *a: mock_s3)
     first_part, killed = threading.Event(), threading.Event()
 
     def hold_until_killed(number: int) -> None:  # no part is reported done before on_kill ran
@@ -176,7 +184,7 @@ def test_keep_or_abort_on_failure_follows_the_policy_and_airflows_retry_decision
         keep_upload_for_retry=keep,
         adopt_quiet_after=0,  # without task_state_store the retry adopts at once, so keeping makes sense
     )
-    monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
+    monkeypatch.setattr(operator.hook, "upload_client_for", lambda *a: mock_s3)
     put_part_hooks.fail_part(2, ConnectionError("connection reset by peer"))
     ti = SimpleNamespace(try_number=1, max_tries=retries, xcom_push=lambda **kw: None)
     with pytest.raises(ConnectionError):
@@ -210,7 +218,7 @@ def test_without_task_state_store_a_task_whose_settings_s3_does_not_show_aborts_
         adopt_quiet_after=0,
         **settings,
     )
-    monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
+    monkeypatch.setattr(operator.hook, "upload_client_for", lambda *a: mock_s3)
     put_part_hooks.fail_part(2, ConnectionError("connection reset by peer"))
     ti = SimpleNamespace(try_number=1, max_tries=2, xcom_push=lambda **kw: None)
     with pytest.raises(ConnectionError):
@@ -281,7 +289,7 @@ def test_templated_timeout_is_checked_once_rendered_before_any_s3_call(monkeypat
     def no_s3(*args, **kwargs):
         raise AssertionError("an S3 client was asked for before the arguments were checked")
 
-    monkeypatch.setattr(MultipartUploadOperator, "s3_client", no_s3)
+    monkeypatch.setattr(S3MultipartHook, "get_upload_client", no_s3)
     task.command_timeout = "soon"  # what a bad template renders to
     with pytest.raises(InvalidUploadRequest, match="command_timeout must be a number of seconds .*'soon'"):
         task.execute({})
@@ -309,21 +317,18 @@ def test_adopt_quiet_after_takes_seconds_or_a_timedelta_and_never_a_negative():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "listing", "expected"),
+    ("kwargs", "expected"),
     [
-        ({"retries": 1, "retry_delay": timedelta(minutes=20)}, True, True),  # the retry will adopt it
-        ({"retries": 1, "retry_delay": timedelta(minutes=5)}, True, False),  # adoptable only after the retry
-        ({"retries": 1, "retry_delay": timedelta(minutes=20)}, False, False),  # nothing can list it
-        ({"retries": 1, "retry_delay": timedelta(minutes=20), "resume": False}, True, False),
-        ({"retries": 1, "retry_delay": timedelta(minutes=20), "keep_upload_for_retry": False}, True, False),
-        ({"retries": 0, "retry_delay": timedelta(minutes=20)}, True, False),
-        ({"retries": 1, "retry_delay": timedelta(minutes=20), "adopt_quiet_after": None}, True, False),
+        ({"retries": 1, "retry_delay": timedelta(minutes=20)}, RetryPlan(delay=timedelta(minutes=20))),
+        ({"retries": 1, "retry_delay": timedelta(minutes=20), "resume": False}, None),
+        ({"retries": 1, "retry_delay": timedelta(minutes=20), "keep_upload_for_retry": False}, None),
+        ({"retries": 0, "retry_delay": timedelta(minutes=20)}, None),
     ],
 )
-def test_without_task_state_store_an_upload_is_kept_only_where_the_retry_will_find_it(kwargs, listing, expected):
+def test_the_retry_plan_says_when_airflow_will_run_the_task_again_and_after_what_delay(kwargs, expected):
+    """What the engine's keep-for-retry rule decides from (tests/multipart/test_file_upload.py has the rule)."""
     operator = op(**kwargs)
-    operator._listing_available = listing
-    assert operator.keep_for_retry({"ti": SimpleNamespace(try_number=1, max_tries=kwargs["retries"])}) is expected
+    assert operator.retry_plan({"ti": SimpleNamespace(try_number=1, max_tries=kwargs["retries"])}) == expected
 
 
 def test_on_kill_after_execute_ended_touches_nothing(mock_s3, tmp_path, monkeypatch):
@@ -333,12 +338,11 @@ def test_on_kill_after_execute_ended_touches_nothing(mock_s3, tmp_path, monkeypa
 
     operator = op(file=str(make_file(tmp_path / "f", 10)), key="s3://test-bucket/x")
     monkeypatch.setattr(MultipartUpload, "abort", lambda self, **kw: pytest.fail("aborted after execute ended"))
-    operator._ours = MultipartUpload(mock_s3, "test-bucket", "x", upload_id="kept-for-the-retry")
     operator.on_kill()
-    assert operator._killed
+    assert operator.hook.cancelled
 
 
 def test_max_bandwidth_reaches_the_engine_options_and_defaults_to_no_cap():
-    assert op().upload_options("CRC32C").max_bandwidth is None
-    assert op(max_bandwidth=32 * MiB).upload_options("CRC32C").max_bandwidth == 32 * MiB
-    assert op(file=None, command="true", max_bandwidth=1).upload_options(None).max_bandwidth == 1
+    assert options_of(op()).max_bandwidth is None
+    assert options_of(op(max_bandwidth=32 * MiB)).max_bandwidth == 32 * MiB
+    assert options_of(op(file=None, command="true", max_bandwidth=1)).max_bandwidth == 1

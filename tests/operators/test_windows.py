@@ -105,7 +105,7 @@ def test_templated_window_is_checked_once_rendered():
 def test_outside_the_window_reschedules_before_anything_is_created(mock_s3, monkeypatch):
     operator = op(upload_window="22:00-06:00")
     monkeypatch.setattr(operator, "_window_now", Clock(MORNING))
-    monkeypatch.setattr(operator, "s3_client", lambda *a: pytest.fail("no S3 client outside the window"))
+    monkeypatch.setattr(operator.hook, "upload_client_for", lambda *a: pytest.fail("no S3 client outside the window"))
     ctx, pushed = context(Store())
     with pytest.raises(AirflowRescheduleException) as rescheduled:
         operator.execute(ctx)
@@ -122,7 +122,7 @@ def test_an_opening_seconds_away_is_waited_for_not_rescheduled(mock_s3, tmp_path
     operator = op(file=str(path), upload_window="22:00-06:00")
     started, base = time.monotonic(), datetime(2026, 12, 7, 21, 59, 58, tzinfo=UTC)  # 2 s before the opening
     monkeypatch.setattr(operator, "_window_now", lambda: base + timedelta(seconds=time.monotonic() - started))
-    monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
+    monkeypatch.setattr(operator.hook, "upload_client_for", lambda *a: mock_s3)
     result = operator.execute(context(Store())[0])  # no AirflowRescheduleException
     assert result["parts_sent"] == result["parts"] >= 1
     assert sha256_object(mock_s3, "test-bucket", "dumps/x.sql") == sha256_file(path)
@@ -164,7 +164,7 @@ def test_window_closing_mid_upload_keeps_records_reschedules_and_the_next_run_re
             retries=0,  # a pause keeps the upload whatever the retry policy
             finish_by=NIGHT,  # already due: the first judgement says it cannot be met
         )
-        monkeypatch.setattr(operator, "s3_client", lambda *a: mock_s3)
+        monkeypatch.setattr(operator.hook, "upload_client_for", lambda *a: mock_s3)
         monkeypatch.setattr(operator, "_window_now", clock)
         return operator, context(store)
 

@@ -10,8 +10,9 @@ from botocore.exceptions import ClientError
 
 from airflow_mpu_provider.multipart.checksums.compare import CRC_ONLY, _fingerprint, compare_object
 from airflow_mpu_provider.multipart.checksums.digests import checksum_b64, composite_checksum, multipart_etag
-from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError
+from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
+from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import plan_parts
 from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.units import MiB

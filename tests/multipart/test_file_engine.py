@@ -6,13 +6,14 @@ import threading
 import pytest
 
 from airflow_mpu_provider.multipart.checksums.digests import checksum_b64
-from airflow_mpu_provider.multipart.engine import FileUploadEngine, UploadOptions
 from airflow_mpu_provider.multipart.errors import (
     IntegrityError,
     S3UploadError,
     SourceChangedError,
     UploadCancelledError,
 )
+from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
+from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import plan_parts
 from airflow_mpu_provider.multipart.sources.file import FileSource
 from airflow_mpu_provider.multipart.sources.file_range import range_footprint

@@ -1,0 +1,56 @@
+"""The operator's retry bookkeeping: Airflow's ``task_state_store`` as the engine's ``UploadLedger``.
+
+A try records its upload there the moment it exists; the next try of the same task instance reads the
+record and takes the upload over (a file's is resumed, a command's dead stream upload is aborted);
+the engine's sequences decide what to keep and when to forget (``multipart/file_upload.py``,
+``multipart/stream_upload.py``). Airflow < 3.3 has no ``task_state_store``: no ledger, and a retry
+finds a file's upload only with ListMultipartUploads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
+
+#: task_state_store key of the resume record. Renaming it breaks the resume of in-flight retries.
+STATE_KEY = "multipart_upload"
+#: task_state_store key of a command's stream upload: {bucket, key, upload_id}. A stream is never
+#: resumed; the record lets the next try abort the upload of a try that died (SIGKILL, OOM).
+STREAM_STATE_KEY = "multipart_stream_upload"
+
+
+class RetryLedger:
+    """One record of ``task_state_store`` (``state_key``): get, set, delete (the engine's ``UploadLedger``)."""
+
+    def __init__(self, store: Any, state_key: str, log: logging.Logger | Any) -> None:
+        self.store = store
+        self.state_key = state_key
+        self.log = log
+
+    def __str__(self) -> str:
+        return "task_state_store"
+
+    def get(self) -> dict[str, Any] | None:
+        value = self.store.get(self.state_key)
+        return value if isinstance(value, dict) else None
+
+    def set(self, record: dict[str, Any]) -> None:
+        self.store.set(self.state_key, record)
+
+    def delete(self) -> None:
+        """Clear the record; failing to is harmless (the next try finds the upload completed or gone) and
+        must neither fail a finished upload nor hide the error of a failed one."""
+        try:
+            self.store.delete(self.state_key)
+        except Exception as e:
+            self.log.warning(
+                "Could not clear %s in task_state_store (%s); a next try will find it gone.", self.state_key, e
+            )
+
+
+def retry_ledger(context: Any, state_key: str, log: logging.Logger | Any) -> RetryLedger | None:
+    """This task instance's ledger for ``state_key``; None without task_state_store (Airflow < 3.3)."""
+    store = context.get("task_state_store") if AIRFLOW_V_3_3_PLUS else None
+    return RetryLedger(store, state_key, log) if store is not None else None
