@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_mpu_provider.multipart import check_object_arguments, normalize_checksum_algorithm, resolve_checksum_type
+from airflow_mpu_provider.multipart import (
+    OBJECT_ARGUMENT_NAMES,
+    check_object_arguments,
+    normalize_checksum_algorithm,
+    resolve_checksum_type,
+    validation,
+)
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest
 
 #: The operator's ``template_fields``: the arguments Airflow renders before execute.
@@ -55,3 +61,33 @@ def check_checksum_type(algorithm: str | None, checksum_type: Any) -> None:
     except InvalidUploadRequest:
         return
     resolve_checksum_type(checksum_type, normalized)
+
+
+def check_rendered_arguments(task: Any, *, rendered: bool = True) -> None:
+    """Refuse templated arguments of the wrong type: at construction (but for templates, which Airflow has
+    not rendered yet) and at execute, once rendered, before any S3 call. ``command_timeout`` becomes
+    seconds (a rendered "3600" included)."""
+    if task.command_timeout is not None and (rendered or not is_template(task.command_timeout)):
+        task.command_timeout = validation.seconds(
+            "command_timeout", task.command_timeout, positive=True, numeric_strings=True
+        )
+    for name in ("aws_conn_id", "sse_kms_key_id", "storage_class", "acl_policy"):
+        validation.optional_text(name, getattr(task, name))
+
+
+def upload_arguments(task: Any) -> dict[str, Any]:
+    """What a try's ``UploadOptions`` are built from (``UploadOptions.from_arguments``, in the hook): the
+    tuning, checksum and object arguments; for a file, this run's window and deadline too."""
+    arguments = {
+        "concurrency": task.concurrency,
+        "max_concurrency": task.max_concurrency,
+        "max_buffer_bytes": task.max_buffer_bytes,
+        "max_bandwidth": task.max_bandwidth,
+        "checksum_algorithm": task.checksum_algorithm,
+        "checksum_type": task.checksum_type,
+        "progress_interval": task.progress_interval,
+        **{name: getattr(task, name) for name in OBJECT_ARGUMENT_NAMES},
+    }
+    if task.command is None:
+        arguments.update(upload_window=task._window, finish_by=task._finish_by)
+    return arguments

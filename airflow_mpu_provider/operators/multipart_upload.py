@@ -20,8 +20,6 @@ from airflow_mpu_provider.multipart import (
     DEFAULT_MAX_BUFFER_BYTES,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_PROGRESS_INTERVAL,
-    OBJECT_ARGUMENT_NAMES,
-    RetryPlan,
     UploadPaused,
     UploadResult,
     UploadWindow,
@@ -32,9 +30,14 @@ from airflow_mpu_provider.multipart import (
     validation,
 )
 from airflow_mpu_provider.multipart.errors import InvalidUploadRequest, UploadCancelledError
-from airflow_mpu_provider.operators.arguments import TEMPLATE_FIELDS, check_arguments, is_template
+from airflow_mpu_provider.operators.arguments import (
+    TEMPLATE_FIELDS,
+    check_arguments,
+    check_rendered_arguments,
+    upload_arguments,
+)
 from airflow_mpu_provider.operators.metrics import deadline_metric, log_summary, upload_metrics
-from airflow_mpu_provider.operators.retry_ledger import STATE_KEY, STREAM_STATE_KEY, retry_ledger
+from airflow_mpu_provider.operators.retry_ledger import STATE_KEY, STREAM_STATE_KEY, retry_ledger, retry_plan
 from airflow_mpu_provider.operators.upload_schedule import (
     UploadSchedule,
     check_schedule_arguments,
@@ -155,22 +158,9 @@ class MultipartUploadOperator(BaseOperator):
         self.resume, self.keep_upload_for_retry = resume, keep_upload_for_retry
         self.adopt_quiet_after = validation.adopt_quiet_after(adopt_quiet_after)
         self.progress_interval = validation.seconds("progress_interval", progress_interval)
-        self.check_rendered_arguments(rendered=False)  # again at execute, once templates are rendered
+        check_rendered_arguments(self, rendered=False)  # again at execute, once templates are rendered
         check_arguments(self)
         check_schedule_arguments(self)
-
-    # -- inputs -------------------------------------------------------------------------------
-
-    def check_rendered_arguments(self, *, rendered: bool = True) -> None:
-        """Refuse templated arguments of the wrong type: at construction (but for templates, which Airflow
-        has not rendered yet) and at execute, once rendered, before any S3 call. ``command_timeout``
-        becomes seconds (a rendered "3600" included)."""
-        if self.command_timeout is not None and (rendered or not is_template(self.command_timeout)):
-            self.command_timeout = validation.seconds(
-                "command_timeout", self.command_timeout, positive=True, numeric_strings=True
-            )
-        for name in ("aws_conn_id", "sse_kms_key_id", "storage_class", "acl_policy"):
-            validation.optional_text(name, getattr(self, name))
 
     def resolve_target(self) -> tuple[str, str]:
         """(bucket, key) from ``bucket`` + ``key`` or an ``s3://`` key, checked against S3's rules.
@@ -179,55 +169,15 @@ class MultipartUploadOperator(BaseOperator):
         """
         return object_target(self.bucket, self.key)
 
-    def upload_arguments(self) -> dict[str, Any]:
-        """What this try's ``UploadOptions`` are built from (``UploadOptions.from_arguments``, in the hook):
-        the tuning, checksum and object arguments; for a file, this run's window and deadline too."""
-        arguments = {
-            "concurrency": self.concurrency,
-            "max_concurrency": self.max_concurrency,
-            "max_buffer_bytes": self.max_buffer_bytes,
-            "max_bandwidth": self.max_bandwidth,
-            "checksum_algorithm": self.checksum_algorithm,
-            "checksum_type": self.checksum_type,
-            "progress_interval": self.progress_interval,
-            **{name: getattr(self, name) for name in OBJECT_ARGUMENT_NAMES},
-        }
-        if self.command is None:
-            arguments.update(upload_window=self._window, finish_by=self._finish_by)
-        return arguments
-
     @functools.cached_property
     def hook(self) -> S3MultipartHook:
         """The hook that builds this task's clients (from the connection; one per operator instance)."""
         return S3MultipartHook(aws_conn_id=self.aws_conn_id, verify=self.verify)
 
-    # -- retries ------------------------------------------------------------------------------
-
-    def retry_plan(self, context: Context) -> RetryPlan | None:
-        """How Airflow will run this task again if this try fails (None: it will not, or the upload must
-        not be kept for it): the engine keeps a failed try's upload only where that retry will find it."""
-        if not (self.keep_upload_for_retry and self.resume and self.will_retry(context)):
-            return None
-        return RetryPlan(delay=validation.duration("retry_delay", self.retry_delay or 0))
-
-    def will_retry(self, context: Context) -> bool:
-        """Whether Airflow will run this task again if this try fails."""
-        ti = context.get("ti")
-        from_server = getattr(ti, "_ti_context_from_server", None)
-        if from_server is not None and hasattr(from_server, "should_retry"):
-            return bool(from_server.should_retry)
-        try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
-        if isinstance(try_number, int) and isinstance(max_tries, int):
-            return try_number <= max_tries
-        return bool(self.retries)
-
     # -- run ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        return self._execute(context)
-
-    def _execute(self, context: Context) -> dict[str, Any]:
-        self.check_rendered_arguments()
+        check_rendered_arguments(self)
         schedule = UploadSchedule.resolve(self, context, now=self._window_now)
         self._window, self._finish_by, self.max_bandwidth = schedule.window, schedule.finish_by, schedule.bandwidth
         schedule.wait_for_window(self.log, self._stop_if_killed)
@@ -272,12 +222,12 @@ class MultipartUploadOperator(BaseOperator):
             part_size=self.part_size,
             adopt_quiet_after=self.adopt_quiet_after,
             ledger=retry_ledger(context, STATE_KEY, self.log),
-            retry=self.retry_plan(context),
+            retry=retry_plan(self, context),
             on_upload_started=functools.partial(self._announce, context, bucket, key),
             on_aborted=functools.partial(self._emit_metrics, None),
             clock=self._window_now,
             on_deadline=self._deadline_metric,
-            **self.upload_arguments(),
+            **upload_arguments(self),
         )
 
     def _upload_command_output(self, context: Context, bucket: str, key: str) -> dict[str, Any]:
@@ -296,7 +246,7 @@ class MultipartUploadOperator(BaseOperator):
             ledger=retry_ledger(context, STREAM_STATE_KEY, self.log),
             on_upload_started=functools.partial(self._announce, context, bucket, key),
             on_aborted=functools.partial(self._emit_metrics, None),
-            **self.upload_arguments(),
+            **upload_arguments(self),
         )
 
     #: Called by name from the upload code: the figures of an upload (None: an abort), a deadline at risk.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from airflow_mpu_provider.multipart import RetryPlan, validation
 from airflow_mpu_provider.version_compat import AIRFLOW_V_3_3_PLUS
 
 #: task_state_store key of the resume record. Renaming it breaks the resume of in-flight retries.
@@ -54,3 +55,23 @@ def retry_ledger(context: Any, state_key: str, log: logging.Logger | Any) -> Ret
     """This task instance's ledger for ``state_key``; None without task_state_store (Airflow < 3.3)."""
     store = context.get("task_state_store") if AIRFLOW_V_3_3_PLUS else None
     return RetryLedger(store, state_key, log) if store is not None else None
+
+
+def retry_plan(task: Any, context: Any) -> RetryPlan | None:
+    """How Airflow will run ``task`` again if this try fails (None: it will not, or the upload must not be
+    kept for it): the engine keeps a failed try's upload only where that retry will find it."""
+    if not (task.keep_upload_for_retry and task.resume and will_retry(task, context)):
+        return None
+    return RetryPlan(delay=validation.duration("retry_delay", task.retry_delay or 0))
+
+
+def will_retry(task: Any, context: Any) -> bool:
+    """Whether Airflow will run ``task`` again if this try fails."""
+    ti = context.get("ti")
+    from_server = getattr(ti, "_ti_context_from_server", None)
+    if from_server is not None and hasattr(from_server, "should_retry"):
+        return bool(from_server.should_retry)
+    try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+    if isinstance(try_number, int) and isinstance(max_tries, int):
+        return try_number <= max_tries
+    return bool(task.retries)

@@ -13,7 +13,9 @@ from airflow_mpu_provider.hooks.multipart import S3MultipartHook
 from airflow_mpu_provider.multipart import RetryPlan, UploadOptions
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
 from airflow_mpu_provider.multipart.units import MiB
+from airflow_mpu_provider.operators.arguments import check_rendered_arguments, upload_arguments
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
+from airflow_mpu_provider.operators.retry_ledger import retry_plan, will_retry
 from tests.conftest import incomplete_uploads, make_file
 
 
@@ -25,7 +27,7 @@ def op(**kwargs) -> MultipartUploadOperator:
 
 def options_of(operator: MultipartUploadOperator, **overrides) -> UploadOptions:
     """The options the hook builds for this operator's upload (the one constructor, as the hook calls it)."""
-    return UploadOptions.from_arguments(replace=operator.replace, **{**operator.upload_arguments(), **overrides})
+    return UploadOptions.from_arguments(replace=operator.replace, **{**upload_arguments(operator), **overrides})
 
 
 def test_provider_info_names_the_operator_module():
@@ -91,7 +93,7 @@ def test_misuse_is_refused_when_the_dag_is_parsed():
     ],
 )
 def test_will_retry_asks_airflow(ti, retries, expected):
-    assert op(retries=retries).will_retry({"ti": ti}) is expected
+    assert will_retry(op(retries=retries), {"ti": ti}) is expected
 
 
 def test_client_takes_the_connection_config_and_sizes_the_pool(monkeypatch):
@@ -294,7 +296,7 @@ def test_templated_timeout_is_checked_once_rendered_before_any_s3_call(monkeypat
     with pytest.raises(InvalidUploadRequest, match="command_timeout must be a number of seconds .*'soon'"):
         task.execute({})
     task.command_timeout = "3600"  # what a good one renders to
-    task.check_rendered_arguments()
+    check_rendered_arguments(task)
     assert task.command_timeout == 3600.0
 
 
@@ -328,7 +330,7 @@ def test_adopt_quiet_after_takes_seconds_or_a_timedelta_and_never_a_negative():
 def test_the_retry_plan_says_when_airflow_will_run_the_task_again_and_after_what_delay(kwargs, expected):
     """What the engine's keep-for-retry rule decides from (tests/multipart/test_file_upload.py has the rule)."""
     operator = op(**kwargs)
-    assert operator.retry_plan({"ti": SimpleNamespace(try_number=1, max_tries=kwargs["retries"])}) == expected
+    assert retry_plan(operator, {"ti": SimpleNamespace(try_number=1, max_tries=kwargs["retries"])}) == expected
 
 
 def test_on_kill_after_execute_ended_touches_nothing(mock_s3, tmp_path, monkeypatch):
