@@ -81,6 +81,7 @@ def test_provider_is_registered_with_airflow(airflow_home):
     assert "airflow-mpu-provider" in providers
 
 
+@pytest.mark.airflow_independent  # the engine through one DAG run: CI runs it on the newest Airflow only
 def test_1_gib_file_arrives_byte_identical_in_parallel_parts(run_dag, proxy, s3, tmp_path):
     path = make_file(tmp_path / "dump.sql", 1024 * MiB)
     key = "e2e/1gib.bin"
@@ -237,6 +238,7 @@ def test_new_run_resumes_a_crashed_upload_found_with_list_multipart_uploads(run_
     assert incomplete_uploads(s3, BUCKET, key) == []
 
 
+@pytest.mark.airflow_independent  # the engine through one DAG run: CI runs it on the newest Airflow only
 @pytest.mark.parametrize(
     ("new_size", "expected_log"),
     [
@@ -266,6 +268,7 @@ def test_different_file_of_the_same_name_is_never_mixed_in_and_its_upload_left_a
     assert incomplete_uploads(s3, BUCKET, key) == []
 
 
+@pytest.mark.airflow_independent  # the engine through one DAG run: CI runs it on the newest Airflow only
 def test_file_growing_mid_upload_fails_the_task_and_leaves_nothing(run_dag, proxy, s3, tmp_path):
     path = make_file(tmp_path / "service.log", 40 * MiB)
     key = "e2e/growing.log"
@@ -287,6 +290,7 @@ def test_file_growing_mid_upload_fails_the_task_and_leaves_nothing(run_dag, prox
 GENERATOR = "import sys\nfor i in range(300):\n    sys.stdout.buffer.write(bytes([i % 256]) * 1048576)\n"
 
 
+@pytest.mark.airflow_independent  # the engine through one DAG run: CI runs it on the newest Airflow only
 def test_command_output_streamed_through_a_dag_arrives_byte_identical(run_dag, proxy, s3):
     import hashlib
     import shlex
@@ -303,6 +307,7 @@ def test_command_output_streamed_through_a_dag_arrives_byte_identical(run_dag, p
     assert incomplete_uploads(s3, BUCKET, key) == []
 
 
+@pytest.mark.airflow_independent  # the engine through one DAG run: CI runs it on the newest Airflow only
 def test_command_failing_half_way_through_a_dag_leaves_nothing(run_dag, s3):
     key = "e2e/streamed-failed.bin"
     command = "head -c 30000000 /dev/zero; echo 'dump failed: disk full' >&2; exit 7"
