@@ -13,7 +13,6 @@ from airflow_mpu_provider.multipart.errors import S3UploadError
 from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOperator
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.integration.conftest import BUCKET, FakeTaskInstance
-from tests.support.s3_proxy import Fault
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +44,10 @@ def test_awkward_key_lands_exactly_there_and_resume_finds_it(connection, proxy, 
             **target,
         )
 
-    def break_after_one_part(record):
-        if record.kind == "UploadPart" and sum(r.kind == "UploadPart" for r in proxy.requests()) == 1:
-            proxy.add_fault(Fault(kind="UploadPart", action="error", status=500, times=1))
-
-    proxy.on_request = break_after_one_part
+    # Part 2 "breaks": armed before the first request and decided as each UploadPart arrives.
+    proxy.fail_nth("UploadPart", 2)
     with pytest.raises(S3UploadError):
         operator().execute({"ti": FakeTaskInstance(max_tries=1)})
-    proxy.on_request = None
     proxy.clear_faults()
     (kept,) = incomplete_uploads(s3, BUCKET, prefix)
     assert kept["Key"] == key

@@ -189,18 +189,17 @@ def test_failure_with_a_retry_to_come_keeps_the_upload_and_the_retry_resumes_it(
     first = operator(conn_id, path, f"s3://{BUCKET}/{key}", concurrency=1, adopt_quiet_after=0)
     ti = FakeTaskInstance(try_number=1, max_tries=1)  # a retry will follow
 
-    def break_after_three_parts(record):  # the connection "breaks" at part 4, botocore may not retry
-        if record.kind == "UploadPart" and sum(r.kind == "UploadPart" for r in proxy.requests()) == 3:
-            proxy.add_fault(Fault(kind="UploadPart", action="error", status=500, times=1))
-
-    proxy.on_request = break_after_three_parts
+    # The connection "breaks" at part 4 (botocore may not retry): armed before the first request and
+    # decided by the proxy as each UploadPart arrives, so no part can slip past it (one part at a time).
+    proxy.fail_nth("UploadPart", 4)
     with pytest.raises(S3UploadError):
         first.execute({"ti": ti, "task_state_store": store})
     kept = incomplete_uploads(s3, BUCKET)
     assert len(kept) == 1
     if AIRFLOW_V_3_3_PLUS:  # the resume record; older Airflow has no task_state_store: ListMultipartUploads finds it
         assert store.data[STATE_KEY]["upload_id"] == kept[0]["UploadId"]
-    proxy.on_request = None
+    sent = [(r.part_number, r.status) for r in proxy.requests() if r.kind == "UploadPart"]
+    assert sent[:4] == [(1, 200), (2, 200), (3, 200), (4, 500)], sent  # the break came where it was armed
     proxy.clear_faults()
     proxy.reset_counts()
     retry = operator(conn_id, path, f"s3://{BUCKET}/{key}", concurrency=1, adopt_quiet_after=0)

@@ -59,18 +59,44 @@ def wait_for_port(port: int, process: subprocess.Popen, *, timeout: float = 30, 
             time.sleep(0.1)
 
 
+def _listening_on(process: subprocess.Popen, port: int) -> bool:
+    """Whether ``process`` itself has a socket listening on ``port`` (not merely anybody)."""
+    import psutil
+
+    try:
+        connections = psutil.Process(process.pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections)
+
+
 @contextmanager
 def moto_server_process(**env: str) -> Iterator[str]:
-    """A moto S3 server in its own process (``env``: extra settings such as moto's); yields its URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """A moto S3 server in its own process (``env``: extra settings such as moto's); yields its URL.
+
+    The port is picked free and bound by moto a moment later: another process (a concurrent session)
+    may take it in between. So the server is ready only once moto itself listens there; if it exits
+    first (its bind failed), it is started again on a new port, up to 4 times."""
+    for attempt in range(1, 5):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and not _listening_on(proc, port):
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(10)
+                raise RuntimeError(f"moto server did not start listening on 127.0.0.1:{port} within 30 s")
+            time.sleep(0.1)
+        if proc.poll() is None:
+            break
+        if attempt == 4:
+            raise RuntimeError(f"moto server exited before listening on 127.0.0.1:{port} (4 ports tried)")
     try:
-        wait_for_port(port, proc, what="moto server")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

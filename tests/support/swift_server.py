@@ -93,9 +93,54 @@ def aws_connection(endpoint: str, **extra: object) -> str:
 
 
 def _free_port() -> int:
+    """A port free now; another process may take it before a daemon binds it (see :func:`swift_server`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: How many times :func:`swift_server` starts afresh on new ports when one it picked was taken first.
+START_ATTEMPTS = 4
+#: What a daemon that could not bind its port logs (Swift after its bind_timeout, memcached at once).
+_BIND_FAILED = ("Could not bind to", "Address already in use")
+
+
+class _PortTaken(RuntimeError):
+    """A port picked for a daemon was bound by another process before the daemon could bind it."""
+
+
+def _socket_inodes(pid: int) -> set[str] | None:
+    """The inodes of the sockets process ``pid`` holds (None where /proc cannot tell: not Linux)."""
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return None
+    return {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+
+
+def _listeners(port: int) -> set[str] | None:
+    """The inodes of the TCP sockets listening on ``port`` (IPv4), from /proc/net/tcp (None: no /proc)."""
+    try:
+        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    found = set()
+    for row in rows:
+        fields = row.split()
+        if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            found.add(fields[9])
+    return found
+
+
+def _port_state(process: subprocess.Popen, port: int) -> str:
+    """``"ours"``: only ``process`` listens on ``port``; ``"taken"``: another process does too (or
+    instead); ``"free"``: nobody yet; ``"unknown"``: /proc cannot tell (then the healthcheck decides)."""
+    listeners, ours = _listeners(port), _socket_inodes(process.pid)
+    if listeners is None or ours is None:
+        return "unknown"
+    if not listeners:
+        return "free"
+    return "ours" if listeners <= ours else "taken"
 
 
 @dataclass
@@ -136,6 +181,8 @@ log_level = INFO
 # syslog over UDP when /dev/log is missing, so that goes to an unused loopback port instead.
 log_udp_host = 127.0.0.1
 log_udp_port = {ports["syslog"]}
+# A port taken by another process is not coming back: give up at once and let swift_server pick anew.
+bind_timeout = 1
 """
     for name in ("account", "container", "object"):
         (root / f"{name}-server.conf").write_text(
@@ -304,10 +351,33 @@ def swift_server(root: Path, *, workers: int | str = 0, start_timeout: float = 6
 
     ``workers=0`` runs each server in one process (the tests); the benchmark may ask for more, as a
     production proxy runs one per core.
+
+    The daemons' ports are picked free (the rings must name them before the servers start) and bound
+    by the daemons a moment later: another process may take one in between. A daemon that finds its
+    port taken exits (or, with SO_REUSEPORT, would share it): that is seen by who listens on the port
+    (/proc) or by the daemon's bind error, and the whole start is repeated on new ports, up to
+    :data:`START_ATTEMPTS` times.
     """
     missing = missing_programs()
     if missing:
         raise FileNotFoundError(missing_message(missing))
+    for attempt in range(1, START_ATTEMPTS + 1):
+        attempt_root = root if attempt == 1 else root / f"start-{attempt}"
+        try:
+            server = _start(attempt_root, workers=workers, start_timeout=start_timeout)
+        except _PortTaken:
+            if attempt == START_ATTEMPTS:
+                raise
+            continue
+        try:
+            yield server
+        finally:
+            _stop(server.processes)
+        return
+
+
+def _start(root: Path, *, workers: int | str, start_timeout: float) -> SwiftServer:
+    """One start on newly picked ports: the running server, or _PortTaken (its daemons stopped)."""
     root.mkdir(parents=True, exist_ok=True)
     ports = {name: _free_port() for name in (*DAEMONS, "memcached", "syslog")}
     env = _daemon_env()
@@ -336,14 +406,23 @@ def swift_server(root: Path, *, workers: int | str = 0, start_timeout: float = 6
         waiting = dict.fromkeys((*DAEMONS, "memcached"))
         while waiting:
             for name in list(waiting):
-                if (_listening if name == "memcached" else _healthy)(ports[name]):
+                state = _port_state(server.processes[name], ports[name])
+                if state == "taken":
+                    raise _PortTaken(f"port {ports[name]} of {name} was taken by another process")
+                answers = _listening if name == "memcached" else _healthy
+                if state in ("ours", "unknown") and answers(ports[name]):
                     del waiting[name]
             dead = {name: p.returncode for name, p in server.processes.items() if p.poll() is not None}
+            if dead:
+                logs = {name: (root / f"{name}.log").read_text(errors="replace") for name in dead}
+                if any(failure in log for log in logs.values() for failure in _BIND_FAILED):
+                    raise _PortTaken(f"a daemon could not bind its port ({dead})")
             if dead or (waiting and time.monotonic() > deadline):
                 problem = f"exited ({dead})" if dead else f"not healthy within {start_timeout} s ({list(waiting)})"
                 raise RuntimeError(f"Swift did not start: {problem}\n{server.logs()}")
             if waiting:
                 time.sleep(0.1)
-        yield server
-    finally:
+    except BaseException:
         _stop(server.processes)
+        raise
+    return server

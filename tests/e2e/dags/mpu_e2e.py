@@ -11,12 +11,22 @@ from airflow_mpu_provider.operators.multipart_upload import MultipartUploadOpera
 
 env = os.environ.get
 
+
+def _no_timeout_after_the_first_try(context) -> None:
+    """pre_execute runs before Airflow reads execution_timeout (3.1 and 3.3 alike): a retry gets none, so
+    a test can time out its first try and let the retry take what time a busy machine needs."""
+    if context["ti"].try_number > 1:
+        context["task"].execution_timeout = None
+
+
 # Set only when a test asks: otherwise the operator's own defaults apply (adopt_quiet_after: 15 min).
 optional: dict = {}
 if env("MPU_E2E_ADOPT_QUIET_AFTER"):
     optional["adopt_quiet_after"] = timedelta(seconds=float(env("MPU_E2E_ADOPT_QUIET_AFTER")))
 if env("MPU_E2E_EXECUTION_TIMEOUT"):
     optional["execution_timeout"] = timedelta(seconds=float(env("MPU_E2E_EXECUTION_TIMEOUT")))
+if env("MPU_E2E_TIMEOUT_FIRST_TRY_ONLY") == "true":
+    optional["pre_execute"] = _no_timeout_after_the_first_try
 if env("MPU_E2E_UPLOAD_WINDOW"):
     optional["upload_window"] = env("MPU_E2E_UPLOAD_WINDOW")
     optional["window_timezone"] = env("MPU_E2E_WINDOW_TIMEZONE", "UTC")
