@@ -34,7 +34,7 @@ from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError, UploadNotRecordedError
 from airflow_mpu_provider.multipart.existing import existing_object
 from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
-from airflow_mpu_provider.multipart.ledger import UploadLedger
+from airflow_mpu_provider.multipart.ledger import UploadLedger, forget
 from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.result import UploadResult, result_for_existing_object
@@ -242,7 +242,7 @@ class FileUploadSequence:
             # Completed, but cancelled meanwhile: the run fails. The record stays, so that the next try finds
             # the upload gone, sees the object already is the file, and succeeds without sending anything.
             raise UploadCancelledError("the upload was cancelled (the task was killed) after it had finished")
-        self._forget()
+        forget(self.ledger, self.log)
         return result
 
     def _steps(self, source: FileSource, plan: PartPlan, stored: Any, started: float) -> UploadResult:
@@ -312,7 +312,7 @@ class FileUploadSequence:
         )
         self.ours.abort()  # if this fails, the record stays (see _after_failure)
         self.ours = None
-        self._forget()
+        forget(self.ledger, self.log)
         return None
 
     def _keep(self) -> bool:
@@ -334,7 +334,7 @@ class FileUploadSequence:
         engine = self.engine
         if engine is not None and engine.upload is not None:
             if not engine.kept_for_resume and engine.upload.aborted:
-                self._forget()  # aborted: nothing for the next try to look for
+                forget(self.ledger, self.log)  # aborted: nothing for the next try to look for
                 if self.on_aborted is not None:
                     self.on_aborted()
             return  # an abort that failed leaves the record, so that the next try finds the upload and ends it
@@ -371,7 +371,7 @@ class FileUploadSequence:
                     self.ledger,
                 )
                 return
-        self._forget()
+        forget(self.ledger, self.log)
 
     def _abort_ours_in_a_thread(self) -> None:
         """On cancel before the engine took the recorded upload over: abort it at once, off the canceller's
@@ -406,16 +406,6 @@ class FileUploadSequence:
                 ) from e
         if self.on_upload_started is not None:
             self.on_upload_started(upload_id)
-
-    def _forget(self) -> None:
-        """Clear a record whose upload is completed or gone; failing to is harmless (the next try finds the
-        upload gone) and must neither fail a finished upload nor hide the error of a failed one."""
-        if self.ledger is None:
-            return
-        try:
-            self.ledger.delete()
-        except Exception as e:
-            self.log.warning("Could not clear the record in %s (%s); a next try will find it gone.", self.ledger, e)
 
     # -- the steps' parts -------------------------------------------------------------------------
 

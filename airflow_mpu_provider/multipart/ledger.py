@@ -7,6 +7,7 @@ completed or gone. The engine reads and writes it through these three calls only
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 
@@ -19,3 +20,14 @@ class UploadLedger(Protocol):
 
     def delete(self) -> None:
         """Clear the record (a failure is harmless: the next try finds the upload gone)."""
+
+
+def forget(ledger: UploadLedger | None, log: logging.Logger | Any) -> None:
+    """Clear a record whose upload is completed or gone. Failing to is harmless (the next try finds the
+    upload gone), and must neither fail a finished upload nor hide the error of a failed one."""
+    if ledger is None:
+        return
+    try:
+        ledger.delete()
+    except Exception as e:
+        log.warning("Could not clear the record in %s (%s); a next try will find it gone.", ledger, e)

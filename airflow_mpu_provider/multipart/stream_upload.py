@@ -17,7 +17,7 @@ from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.cancellation import CancelScope
 from airflow_mpu_provider.multipart.errors import MultipartUploadError, UploadCancelledError
 from airflow_mpu_provider.multipart.existing import check_key_free
-from airflow_mpu_provider.multipart.ledger import UploadLedger
+from airflow_mpu_provider.multipart.ledger import UploadLedger, forget
 from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import DEFAULT_PART_SIZE, plan_parts
 from airflow_mpu_provider.multipart.result import UploadResult
@@ -90,7 +90,7 @@ class StreamUploadSequence:
             except BaseException:
                 self._after_failure(engine)
                 raise
-        self._forget()
+        forget(self.ledger, self.log)
         if self.cancel.cancelled:
             raise UploadCancelledError("the upload was cancelled (the task was killed) after it had finished")
         return result
@@ -110,7 +110,7 @@ class StreamUploadSequence:
         if upload is not None and upload.aborted and self.on_aborted is not None:
             self.on_aborted()
         if upload is None or not upload.upload_id or upload.aborted:
-            self._forget()
+            forget(self.ledger, self.log)
 
     def _abort_dead_try(self, stored: Mapping[str, Any] | None) -> None:
         """Abort the stream upload an earlier try recorded and could not end (it died). It is ours, and a
@@ -139,12 +139,4 @@ class StreamUploadSequence:
                 where,
                 e,
             )
-        self._forget()
-
-    def _forget(self) -> None:
-        if self.ledger is None:
-            return
-        try:
-            self.ledger.delete()
-        except Exception as e:
-            self.log.warning("Could not clear the record in %s (%s); a next try will find it gone.", self.ledger, e)
+        forget(self.ledger, self.log)

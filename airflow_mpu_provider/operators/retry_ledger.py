@@ -41,14 +41,8 @@ class RetryLedger:
         self.store.set(self.state_key, record)
 
     def delete(self) -> None:
-        """Clear the record; failing to is harmless (the next try finds the upload completed or gone) and
-        must neither fail a finished upload nor hide the error of a failed one."""
-        try:
-            self.store.delete(self.state_key)
-        except Exception as e:
-            self.log.warning(
-                "Could not clear %s in task_state_store (%s); a next try will find it gone.", self.state_key, e
-            )
+        """Clear the record (the engine's ``forget`` makes a failure here a warning, never the task's end)."""
+        self.store.delete(self.state_key)
 
 
 def retry_ledger(context: Any, state_key: str, log: logging.Logger | Any) -> RetryLedger | None:
