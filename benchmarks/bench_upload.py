@@ -387,7 +387,7 @@ def _trace_controller(args: argparse.Namespace) -> dict[str, list] | None:
         spec.loader.exec_module(module)
         base = module.AdaptiveParallelism
     trace: dict[str, list] = {"limits": [], "parts": [], "throttles": []}
-    takes_in_flight = int("in_flight" in inspect.signature(base.part_done).parameters)
+    takes_more = 2 if "token" in inspect.signature(base.part_done).parameters else 0
 
     class Traced(base):  # type: ignore[misc,valid-type]
         def __init__(self, *a: Any, **kw: Any) -> None:
@@ -407,8 +407,8 @@ def _trace_controller(args: argparse.Namespace) -> dict[str, list] | None:
             self._note()
             return out
 
-        def part_done(self, seconds: float, *in_flight: float) -> None:
-            super().part_done(seconds, *in_flight[:takes_in_flight])  # the baseline takes seconds only
+        def part_done(self, seconds: float, *more: Any) -> None:
+            super().part_done(seconds, *more[:takes_more])  # the baseline takes seconds only
             trace["parts"].append([self._now(), round(seconds, 2), self.limit])
             self._note()
 
@@ -420,6 +420,7 @@ def _trace_controller(args: argparse.Namespace) -> dict[str, list] | None:
 
     if not hasattr(base, "reason"):  # the baseline predates what the log line and the summary name
         Traced.reason = "baseline controller"
+        Traced.part_started = lambda self: 0
         Traced.path = lambda self: " -> ".join(str(limit) for _, limit, *_ in trace["limits"])
     adaptive_parts.AdaptiveParallelism = Traced
     return trace
@@ -435,8 +436,10 @@ def trace_report(record: dict[str, Any]) -> str:
     latencies = ", ".join(f"{n}: {statistics.median(v):.1f}s x{len(v)}" for n, v in sorted(by_limit.items()))
     throttles = len(trace.get("throttles", []))
     reasons = "".join(f"\n      {t:.1f}s -> {n}: {why}" for t, n, why in trace.get("limits", [])[1:] if why)
+    parts = trace.get("parts", [])
+    span = f"parts answered {parts[0][0]:.1f}-{parts[-1][0]:.1f} s after the start; " if parts else ""
     return (
-        f"    limit {limits}; part latency by limit at its end {latencies}"
+        f"    {span}limit {limits}; part latency by limit at its end {latencies}"
         + (f"; throttled {throttles}x" if throttles else "")
         + reasons
     )

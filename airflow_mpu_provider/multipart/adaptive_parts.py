@@ -67,6 +67,7 @@ class AdaptiveParts:
             raise UploadCancelledError("stopped before sending a part")
         self._local.holding = True
         started = time.monotonic()
+        token = self.controller.part_started()
         at_start = self.gate.in_flight
         try:
             yield
@@ -78,7 +79,7 @@ class AdaptiveParts:
                 self._local.holding = False
                 self.gate.release()
             # Little's law needs the parts in flight around this one: the limit, or fewer at the file's tail.
-            self.controller.part_done(time.monotonic() - started, (at_start + at_end) / 2)
+            self.controller.part_done(time.monotonic() - started, (at_start + at_end) / 2, token)
             self._sample()
 
     def _sample(self) -> None:

@@ -40,9 +40,10 @@ class Link:
             base = self.latency_for(limit)
             latencies = sorted(base * (1 + self.random.uniform(-self.jitter, self.jitter)) for _ in range(limit))
             started = self.now
-            for latency in latencies:
+            tokens = [self.controller.part_started() for _ in latencies]
+            for latency, token in zip(latencies, tokens, strict=True):
                 self.now = started + latency
-                self.controller.part_done(latency, limit)
+                self.controller.part_done(latency, limit, token)
                 # lumpy: the store acknowledges in bursts (here every third part's bytes arrive at once)
                 if not lumpy_bytes or self.random.random() < 0.33:
                     self.total += PART * (3 if lumpy_bytes else 1)
@@ -212,6 +213,23 @@ def test_an_observation_waits_for_half_a_round_of_parts_started_at_the_count():
     for _ in range(8):
         controller.part_done(1.0)
     assert controller.sent(300 * MB) == 32
+
+
+def test_parts_still_in_flight_count_with_their_age_not_only_the_fastest_that_finished():
+    now = [0.0]
+    controller = AdaptiveParallelism(clock=lambda: now[0], epoch=3.0, start=8)
+    tokens = [controller.part_started() for _ in range(8)]
+    now[0] = 10.0
+    for token in tokens:
+        controller.part_done(10.0, 8, token)
+    assert controller.sent(1) == 16  # the first observation: 10 s a part, the lowest so far; doubling
+    started = now[0]
+    tokens = [controller.part_started() for _ in range(16)]
+    now[0] = started + 20
+    for token in tokens[:8]:  # half of them answered fast (6 s); the other half are still in flight at 20 s
+        controller.part_done(6.0, 16, token)
+    assert controller.sent(2) == 8  # median 20 s: twice the latency for the same n / L, so back to 8
+    assert "rising with no gain" in controller.reason  # the 8 fast ones alone (6 s) would have doubled to 32
 
 
 def test_bounds_are_checked():
