@@ -6,8 +6,8 @@ more only cost CPU. ``AdaptiveParallelism`` finds the count as TCP finds its win
 AIMD**, judged on **part latency** (Little's law) rather than on the acknowledged-byte rate.
 
 What it measures. After every change of the count, an *observation* collects the parts that started at
-the new count (never those already in flight before the change: they say nothing about it) until half a
-round of them (``parts_per_epoch`` x the count) finished and ``epoch`` seconds passed. Their median latency
+the new count (never those already in flight before the change: they say nothing about it) until a
+quarter of a round of them (``parts_per_epoch`` x the count) finished and ``epoch`` seconds passed. Their median latency
 ``L`` (the parts of the observation still in flight count with their age so far: the first to finish
 are the fastest, and on a lossy link a median of those alone ran 40 % low) and the parts really in flight
 ``n`` (the count, less at the tail of a file) give the throughput by Little's law, ``n / L`` parts per
@@ -83,7 +83,7 @@ class AdaptiveParallelism:
         decrease: float = 0.5,
         latency_decrease: float = 0.75,
         latency_rise: float = 1.5,
-        parts_per_epoch: float = 0.5,
+        parts_per_epoch: float = 0.25,
         probe_every: int = 2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
