@@ -197,21 +197,22 @@ def test_the_memory_bound_caps_parts_in_flight():
     )
 
 
-def test_an_observation_waits_for_a_quarter_of_a_round_of_parts_started_at_the_count():
+def test_an_observation_waits_for_half_a_round_of_parts_started_at_the_count():
     now = [0.0]
     controller = AdaptiveParallelism(clock=lambda: now[0], epoch=3.0, start=8)
     now[0] = 10.0
+    for _ in range(3):
+        controller.part_done(1.0)
+    assert controller.sent(100 * MB) == 8  # 10 s but three parts of 8: no latency worth deciding on yet
     controller.part_done(1.0)
-    assert controller.sent(100 * MB) == 8  # 10 s but one part of 8: no latency worth deciding on yet
-    controller.part_done(1.0)
-    assert controller.sent(100 * MB) == 16  # two of 8, flat (the first observation): slow start doubles
+    assert controller.sent(100 * MB) == 16  # four of 8, flat (the first observation): slow start doubles
     now[0] = 20.0
     for _ in range(8):
         controller.part_done(15.0)  # started at 5 s, before the count became 16: says nothing about 16
     assert controller.sent(200 * MB) == 16 and controller.history[-1][1] == 16
-    for _ in range(3):
+    for _ in range(7):
         controller.part_done(1.0)
-    assert controller.sent(250 * MB) == 16  # three of 16 started at 16: not yet
+    assert controller.sent(250 * MB) == 16  # seven of 16 started at 16: not yet
     controller.part_done(1.0)
     assert controller.sent(300 * MB) == 32
 
