@@ -8,15 +8,16 @@ AIMD**, judged on **part latency** (Little's law) rather than on the acknowledge
 What it measures. After every change of the count, an *observation* collects the parts that started at
 the new count (never those already in flight before the change: they say nothing about it) until half a
 round of them (``parts_per_epoch`` x the count) finished and ``epoch`` seconds passed. Their median latency
-``L`` (the parts of the observation still in flight count with their age so far: the first to finish
-are the fastest, and on a lossy link a median of those alone ran 40 % low; a quarter of a round was
-tried, and on branch its median, nearly the time of the 2nd of 8 parts, was a lucky 5.7 s against 14 s
-for the rest, and that "lowest latency" stopped slow start at 16) and the parts really in flight
-``n`` (the count, less at the tail of a file) give the throughput by Little's law, ``n / L`` parts per
-second. Why not the rate of acknowledged bytes (the first version): for
-one part latency after a change, the bytes acknowledged are those of parts started *before* it, so an
-epoch shorter than a part (3 s against 17 s per 5 MiB part on a 100 Mbit/s, 80 ms, 0.5 % loss link) saw no
-gain from the parts just added and stopped growing at 8-16; and a few 5 MiB parts per epoch made that rate
+``L`` and the parts really in flight ``n`` (the count, less at the tail of a file) give the throughput by
+Little's law, ``n / L`` parts per second. Parts of the observation still in flight count with their age
+so far: the first parts to finish are the fastest, and on a lossy link their median alone ran 40 % low.
+(A quarter of a round per observation was tried: on branch its median, nearly the time of the 2nd of 8
+parts, was a lucky 5.7 s against 14 s for the rest, and that "lowest latency" ended slow start at 16.)
+
+Why not the rate of acknowledged bytes (the first version): for one part latency after a change, the
+bytes acknowledged are those of parts started *before* it, so an epoch shorter than a part (3 s against
+14-17 s per 5 MiB part on a 100 Mbit/s, 80 ms, 0.5 % loss link) saw no gain from the parts just added and
+stopped growing at 8-16 while part latency stayed flat; and a few 5 MiB parts per epoch made that rate
 jump by a part's worth either way. The median latency of the parts at the new count has neither problem.
 
 The rule, after each observation at ``n`` parts with median latency ``L``:
@@ -26,7 +27,7 @@ The rule, after each observation at ``n`` parts with median latency ``L``:
   not by a full link, store or CPU, so more parts bring proportionally more. In *slow start* (from the
   beginning until the first sign of a full link) the count doubles; afterwards it grows by ``step``.
 * **Latency rising, but with gain: grow additively.** If the throughput ``n / L`` rose enough that each
-  added part brought at least ``efficiency`` (half) of a part's share at the best count, the count grows
+  added part brought at least ``efficiency`` (a quarter) of a part's share at the best count, the count grows
   by ``step`` (slow start ends).
 * **Latency rising with no gain: settle.** The link (or store, or CPU) is full: the count goes back to the
   one with the best throughput and holds it.
@@ -64,8 +65,9 @@ DEFAULT_MAX_CONCURRENCY = 64
 class AdaptiveParallelism:
     """Slow start and AIMD on the number of parts in flight; thread-safe. ``limit`` is the count to keep now.
 
-    Feed it ``part_done(seconds, in_flight)`` as parts finish (seconds from the part's first byte handed
-    out to S3's answer; ``in_flight``: parts in flight around it), ``sent(total_bytes)`` whenever convenient
+    Feed it ``part_started()`` as a part goes into flight (optional), ``part_done(seconds, in_flight, token)``
+    as parts finish (seconds from the part's first byte handed out to S3's answer; ``in_flight``: parts in
+    flight around it; ``token``: what ``part_started`` returned), ``sent(total_bytes)`` whenever convenient
     (the bytes S3 acknowledged so far: decisions are taken there, and the rate is kept for the log), and
     ``throttled(in_flight)`` on SlowDown/503. ``reason`` says why the last change was made; ``history``
     keeps every decision (seconds from the start, the count decided, and why) for the log and benchmarks.
