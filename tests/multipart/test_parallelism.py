@@ -1,5 +1,5 @@
 """The adaptive parallelism controller alone, fed synthetic part latencies and rates on a synthetic clock
-(issue #22): slow start while part latency stays flat, additive growth while it gains, settling when
+(issue #22): slow start (x4) while part latency stays flat or the rate gains, settling near the knee when
 latency rises with no gain, probing upward after settling, halving on SlowDown, and every bound."""
 
 from __future__ import annotations
@@ -63,12 +63,13 @@ def full_at(capacity: int, seconds: float = 1.0):
     return lambda parts: seconds * max(1.0, parts / capacity)
 
 
-def test_grows_while_the_rate_grows_doubling_in_slow_start_up_to_max_concurrency():
+def test_grows_while_the_rate_grows_x4_in_slow_start_up_to_max_concurrency():
     link = Link(flat(1.0))  # each part in flight adds its share: the rate grows with the count
     history = link.run_rounds(40)
-    assert history[3] == 16 and 32 in history  # slow start: the count doubles per observation (4 rounds here)
+    assert history[:6] == [8, 8, 32, 32, 32, 64]  # slow start: x4 per observation (3 s and half a count)
     assert link.controller.limit == 64 and max(history) == 64  # up to max_concurrency (the default), never beyond
-    assert link.controller.history[1][2].endswith("flat: doubling")
+    assert link.controller.history[1][2].endswith("flat: x4")
+    assert link.controller.path() == "8 -> 32 -> 64"
 
 
 def test_grows_while_latency_stays_flat_though_the_rate_it_sees_is_noisy():
@@ -76,8 +77,15 @@ def test_grows_while_latency_stays_flat_though_the_rate_it_sees_is_noisy():
     # epoch's byte rate jumps around; the parts' median latency stays flat, so the count keeps growing.
     link = Link(flat(17.0), jitter=0.3, seed=7)
     history = link.run_rounds(12, lumpy_bytes=True)
-    assert link.controller.limit == 64  # 8 -> 16 -> 32 -> 64, as without the noise
+    assert link.controller.limit == 64 and link.controller.path() == "8 -> 32 -> 64"  # as without the noise
     assert history == sorted(history)  # never went back down
+
+
+def test_grows_while_latency_rises_if_the_rate_still_gains():
+    link = Link(lambda parts: 1.0 + parts / 40)  # latency rises with the count, but far less than in proportion
+    link.run_rounds(30)
+    assert link.controller.limit == 64
+    assert any("rising, with gain" in why for _, _, why in link.controller.history)
 
 
 def test_stops_when_latency_rises_with_no_gain_and_holds_near_the_knee():
@@ -85,16 +93,18 @@ def test_stops_when_latency_rises_with_no_gain_and_holds_near_the_knee():
     history = link.run_rounds(30)
     controller = link.controller
     assert not controller.growing and not controller.slow_start
-    assert max(history) <= 32  # one doubling past the knee, undone
-    assert 14 <= controller.limit <= 20  # back at (or a probe above) the best count
-    assert "rising with no gain" in " ".join(why for _, _, why in controller.history)
+    # 32 still gained (14 parts' worth against 8), 64 did not: back to what fills the best rate at the
+    # lowest latency, 14 x 1.25 = 18 (not 32, the count that measured it), then probes of 4 more, undone
+    assert controller.path().startswith("8 -> 32 -> 64 -> 18 -> 22 -> 18")
+    assert set(history[5:]) == {18, 22} and history[5:].count(18) > history[5:].count(22)
+    assert "rising with no gain: back to 18" in " ".join(why for _, _, why in controller.history)
 
 
 def test_a_cpu_bound_link_from_the_start_keeps_about_the_starting_count():
     link = Link(full_at(1, seconds=0.05))  # loopback: CPU-bound, more parts only queue
     history = link.run_rounds(300)
-    assert max(history) <= 16
-    assert history.count(8) > len(history) * 0.6  # holds 8; the rest are short probes to 12 and the first 16
+    assert max(history) <= 32
+    assert history.count(8) > len(history) * 0.6  # holds 8; the rest are short probes to 12 and the first 32
     assert link.controller.limit in (8, 12)
 
 
@@ -102,7 +112,7 @@ def test_probes_upward_after_settling_and_finds_room_that_appeared():
     link = Link(full_at(14))
     link.run_rounds(30)
     settled = link.controller.limit
-    assert settled <= 20
+    assert settled <= 22
     link.latency_for = full_at(40)  # another upload finished: the link now carries 40 parts
     link.run_rounds(60)
     assert link.controller.probes >= 1
@@ -115,12 +125,12 @@ def test_a_probe_that_brings_nothing_is_undone():
     reasons = [why for _, _, why in link.controller.history]
     assert any("probing upward" in why for why in reasons)
     assert any("the probe brought nothing" in why for why in reasons)
-    assert 16 <= link.controller.limit <= 20
+    assert 20 <= link.controller.limit <= 24  # 16 x 1.25, and its probe
 
 
 def test_backs_off_multiplicatively_on_slowdown_and_never_reaches_the_throttled_count_again():
     link = Link(flat(1.0))
-    link.run_rounds(8)
+    link.run_rounds(3)
     assert link.controller.limit == 32
     assert link.controller.throttled(in_flight=32) == 16  # halved at once
     assert link.controller.throttled(in_flight=32) == 16  # once an observation, not once per throttled part
@@ -205,16 +215,16 @@ def test_an_observation_waits_for_half_a_round_of_parts_started_at_the_count():
         controller.part_done(1.0)
     assert controller.sent(100 * MB) == 8  # 10 s but three parts of 8: no latency worth deciding on yet
     controller.part_done(1.0)
-    assert controller.sent(100 * MB) == 16  # four of 8, flat (the first observation): slow start doubles
+    assert controller.sent(100 * MB) == 32  # four of 8, flat (the first observation): slow start, x4
     now[0] = 20.0
     for _ in range(8):
-        controller.part_done(15.0)  # started at 5 s, before the count became 16: says nothing about 16
-    assert controller.sent(200 * MB) == 16 and controller.history[-1][1] == 16
-    for _ in range(7):
+        controller.part_done(15.0)  # started at 5 s, before the count became 32: says nothing about 32
+    assert controller.sent(200 * MB) == 32 and controller.history[-1][1] == 32
+    for _ in range(15):
         controller.part_done(1.0)
-    assert controller.sent(250 * MB) == 16  # seven of 16 started at 16: not yet
+    assert controller.sent(250 * MB) == 32  # 15 of 32 started at 32: not yet
     controller.part_done(1.0)
-    assert controller.sent(300 * MB) == 32
+    assert controller.sent(300 * MB) == 64
 
 
 def test_parts_still_in_flight_count_with_their_age_not_only_the_fastest_that_finished():
@@ -224,14 +234,14 @@ def test_parts_still_in_flight_count_with_their_age_not_only_the_fastest_that_fi
     now[0] = 10.0
     for token in tokens:
         controller.part_done(10.0, 8, token)
-    assert controller.sent(1) == 16  # the first observation: 10 s a part, the lowest so far; doubling
+    assert controller.sent(1) == 32  # the first observation: 10 s a part, the lowest so far; x4
     started = now[0]
-    tokens = [controller.part_started() for _ in range(16)]
-    now[0] = started + 20
-    for token in tokens[:8]:  # half of them answered fast (6 s); the other half are still in flight at 20 s
-        controller.part_done(6.0, 16, token)
-    assert controller.sent(2) == 8  # median 20 s: twice the latency for the same n / L, so back to 8
-    assert "rising with no gain" in controller.reason  # the 8 fast ones alone (6 s) would have doubled to 32
+    tokens = [controller.part_started() for _ in range(32)]
+    now[0] = started + 40
+    for token in tokens[:16]:  # half of them answered fast (6 s); the other half are still in flight at 40 s
+        controller.part_done(6.0, 32, token)
+    assert controller.sent(2) == 8  # median 40 s: 4x the latency for the same n / L, so back to 8
+    assert "rising with no gain" in controller.reason  # the 16 fast ones alone (6 s) would have gone to 64
 
 
 def test_bounds_are_checked():
