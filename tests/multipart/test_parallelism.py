@@ -140,6 +140,14 @@ def test_backs_off_multiplicatively_on_slowdown_and_never_reaches_the_throttled_
     assert not link.controller.slow_start and link.controller.step == 1  # below the ceiling a part at a time
 
 
+def test_a_throttle_burst_leaves_at_most_what_the_store_took():
+    controller = AdaptiveParallelism(clock=lambda: 0.0, start=8)
+    levels = [8, 8, 7, 6, 6]  # five of the eight parts in flight refused, one after the other
+    after = [controller.throttled(in_flight=level) for level in levels]
+    assert after == [4, 4, 4, 4, 3]  # halved at once; then 8 in flight less 5 refused: the store took 3
+    assert controller.decreases == 1 and controller.ceiling == 5
+
+
 def test_repeated_slowdown_converges_at_or_below_the_stores_limit():
     store_limit = 5
     link = Link(flat(1.0))
