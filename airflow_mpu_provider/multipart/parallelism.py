@@ -76,7 +76,7 @@ class AdaptiveParallelism:
     Feed it ``part_started()`` as a part goes into flight (optional), ``part_done(seconds, in_flight, token)``
     as parts finish (seconds from the part's first byte handed out to S3's answer; ``in_flight``: parts in
     flight around it; ``token``: what ``part_started`` returned), ``sent(total_bytes)`` whenever convenient
-    (the bytes S3 acknowledged so far: decisions are taken there, and the rate is kept for the log), and
+    (the bytes S3 acknowledged so far: decisions are taken there; their rate is kept in ``rate``), and
     ``throttled(in_flight)`` on SlowDown/503. ``reason`` says why the last change was made; ``history``
     keeps every decision (seconds from the start, the count decided, and why) for the log and benchmarks.
     """
@@ -145,7 +145,7 @@ class AdaptiveParallelism:
         self._token = 0
         self._decreased_this_window = False
         self._burst_level = self._burst_refused = 0  # parts in flight at a throttle burst's start; refused since
-        #: The acknowledged-byte rate of the last observation (bytes/s), for the log.
+        #: The acknowledged-byte rate over the last observation (bytes/s), for traces; decisions use n / L.
         self.rate = 0.0
 
     # -- what it is told -----------------------------------------------------------------------
