@@ -50,10 +50,12 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
-CONTENDERS = ("engine", "boto3-default", "crt", "boto3-tuned", "sequential")
+CONTENDERS = ("engine", "boto3-default", "crt", "boto3-tuned", "sequential", "engine-baseline")
 #: Contenders that take --part-size / --concurrency (the others ignore one or both).
-USES_PART_SIZE = {"engine", "crt", "boto3-tuned", "sequential"}
-USES_CONCURRENCY = {"engine", "boto3-tuned"}
+USES_PART_SIZE = {"engine", "crt", "boto3-tuned", "sequential", "engine-baseline"}
+USES_CONCURRENCY = {"engine", "boto3-tuned", "engine-baseline"}
+#: The engine, with this checkout's controller or with --baseline-rev's (before/after in one run).
+ENGINES = {"engine", "engine-baseline"}
 
 _UNITS = {
     "": 1,
@@ -368,6 +370,82 @@ class ThreadProfiler:
         return out.getvalue()
 
 
+def _trace_controller(args: argparse.Namespace) -> dict[str, list] | None:
+    """Record what the adaptive controller saw and did: every part's latency with the limit at its end, and
+    every change of the limit (seconds from the controller's start). ``engine-baseline`` also swaps in the
+    controller class of ``--controller-file`` (``--baseline-rev``'s parallelism.py). Works with any version
+    of the class that has ``sent``/``part_done``/``throttled`` and ``limit``."""
+    _checkout_on_path()
+    import importlib.util
+    import inspect
+
+    from airflow_mpu_provider.multipart import adaptive_parts
+
+    base = adaptive_parts.AdaptiveParallelism
+    if args.controller_file:
+        spec = importlib.util.spec_from_file_location("baseline_parallelism", args.controller_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        base = module.AdaptiveParallelism
+    trace: dict[str, list] = {"limits": [], "parts": [], "throttles": []}
+    takes_more = 2 if "token" in inspect.signature(base.part_done).parameters else 0
+
+    class Traced(base):  # type: ignore[misc,valid-type]
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self._t0 = time.monotonic()
+            trace["limits"].append([0.0, self.limit, "start"])
+
+        def _now(self) -> float:
+            return round(time.monotonic() - self._t0, 2)
+
+        def _note(self) -> None:
+            if trace["limits"][-1][1] != self.limit:
+                trace["limits"].append([self._now(), self.limit, getattr(self, "reason", "")])
+
+        def sent(self, total_bytes: int) -> int:
+            out = super().sent(total_bytes)
+            self._note()
+            return out
+
+        def part_done(self, seconds: float, *more: Any) -> None:
+            super().part_done(seconds, *more[:takes_more])  # the baseline takes seconds only
+            trace["parts"].append([self._now(), round(seconds, 2), self.limit])
+            self._note()
+
+        def throttled(self, in_flight: int | None = None) -> int:
+            out = super().throttled(in_flight)
+            trace["throttles"].append([self._now(), in_flight, self.limit])
+            self._note()
+            return out
+
+    if not hasattr(base, "reason"):  # the baseline predates what the log line and the summary name
+        Traced.reason = "baseline controller"
+        Traced.part_started = lambda self: 0
+        Traced.path = lambda self: " -> ".join(str(limit) for _, limit, *_ in trace["limits"])
+    adaptive_parts.AdaptiveParallelism = Traced
+    return trace
+
+
+def trace_report(record: dict[str, Any]) -> str:
+    """One run's controller trace: the limit over time, and part latencies (median, count) by limit."""
+    trace = record.get("trace") or {}
+    limits = " ".join(f"{t:.0f}s:{n}" for t, n, *_ in trace.get("limits", []))
+    by_limit: dict[int, list[float]] = {}
+    for _, seconds, limit in trace.get("parts", []):
+        by_limit.setdefault(limit, []).append(seconds)
+    latencies = ", ".join(f"{n}: {statistics.median(v):.1f}s x{len(v)}" for n, v in sorted(by_limit.items()))
+    throttles = len(trace.get("throttles", []))
+    reasons = "".join(f"\n      {t:.1f}s -> {n}: {why}" for t, n, why in trace.get("limits", [])[1:] if why)
+    parts = trace.get("parts", [])
+    span = f"parts answered {parts[0][0]:.1f}-{parts[-1][0]:.1f} s after the start; " if parts else ""
+    return (
+        f"    {span}limit {limits}; part latency by limit at its end {latencies}"
+        + (f"; throttled {throttles}x" if throttles else "")
+        + reasons
+    )
+
+
 def run_worker(args: argparse.Namespace) -> int:
     import resource
 
@@ -377,12 +455,14 @@ def run_worker(args: argparse.Namespace) -> int:
     size = os.path.getsize(args.file)
     uploads = {
         "engine": lambda: _engine_upload(client, args, key),
+        "engine-baseline": lambda: _engine_upload(client, args, key),
         "boto3-default": lambda: _boto3_upload(client, args, key, tuned=False),
         "boto3-tuned": lambda: _boto3_upload(client, args, key, tuned=True),
         "crt": lambda: _crt_upload(args, key),
         "sequential": lambda: _sequential_upload(client, args, key),
     }
     upload = uploads[name]
+    trace = _trace_controller(args) if name in ENGINES else None
     timer = PartTimer(client) if args.max_bandwidth and name != "crt" else None
     import cProfile  # noqa: F401  (imported before measuring, like everything else)
 
@@ -421,6 +501,9 @@ def run_worker(args: argparse.Namespace) -> int:
         **(timer.record() if timer is not None else {}),
         **details,
     }
+    if trace is not None:
+        record["trace"] = trace
+
     if profiler is not None:
         print(profiler.report(args.profile_top), file=sys.stderr)
     print(json.dumps(record), flush=True)
@@ -770,6 +853,8 @@ def worker_command(args: argparse.Namespace, v: Variant, file: Path, endpoint: s
     ]
     if args.https:
         cmd.append("--https")
+    if v.contender == "engine-baseline":
+        cmd += ["--controller-file", args.controller_file]
     if args.no_checksum_echo:
         cmd.append("--no-checksum-echo")
     if args.verify_tls:
@@ -849,7 +934,7 @@ def table(results: list[dict[str, Any]], vs: list[Variant]) -> str:
         c_mib = f"{mib / crt_mib:.2f}x" if crt_mib else "-"
         c_cpu = f"{cpu / crt_cpu:.2f}x" if crt_cpu else "-"
         r_seq = "-"
-        if v.contender == "engine":
+        if v.contender in ENGINES:
             seq_rs = seq.get(v.part_size) or next(iter(seq.values()), None)
             if seq_rs:
                 r_seq = f"{mib / median(seq_rs, 'mib_s'):.2f}x"
@@ -928,6 +1013,21 @@ def store_kind(args: argparse.Namespace) -> str:
     return "store echoes no checksums" if args.no_checksum_echo else "store echoes checksums when asked"
 
 
+def baseline_controller(rev: str) -> str:
+    """``rev``'s multipart/parallelism.py, written to a temporary file (for ``engine-baseline``)."""
+    root = Path(__file__).resolve().parent.parent
+    text = subprocess.run(
+        ["git", "-C", str(root), "show", f"{rev}:airflow_mpu_provider/multipart/parallelism.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    fd, path = tempfile.mkstemp(prefix="mpu-baseline-parallelism-", suffix=".py")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
 def run_parent(args: argparse.Namespace) -> int:
     command = shlex.join([sys.executable, *sys.argv])
     info = machine()
@@ -935,6 +1035,8 @@ def run_parent(args: argparse.Namespace) -> int:
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     file = ensure_file(Path(args.tmpdir), args.size)
     vs = variants(args)
+    if any(v.contender == "engine-baseline" for v in vs):
+        args.controller_file = baseline_controller(args.baseline_rev)
     results: list[dict[str, Any]] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mpu-bench-") as scratch:
@@ -992,13 +1094,16 @@ def run_parent(args: argparse.Namespace) -> int:
                             f"  round {round_no} {v.label}: {record['seconds']:.2f} s, {record['mib_s']:.1f} MiB/s, "
                             f"CPU {record['cpu_s']:.2f} s (user {record['cpu_user']:.2f} "
                             f"sys {record['cpu_sys']:.2f}), peak RSS {record['peak_rss_mb']:.0f} MB"
-                            + (f", server CPU {record['server_cpu_s']:.2f} s" if "server_cpu_s" in record else ""),
+                            + (f", server CPU {record['server_cpu_s']:.2f} s" if "server_cpu_s" in record else "")
+                            + (f", settled at {record['workers']}" if v.contender in ENGINES else ""),
                             file=sys.stderr,
                             flush=True,
                         )
+                        if args.trace and "trace" in record:
+                            print(trace_report(record), file=sys.stderr, flush=True)
             profile_record = None
             if args.profile:
-                engines = [v for v in vs if v.contender == "engine"] or [
+                engines = [v for v in vs if v.contender in ENGINES] or [
                     Variant("engine", args.part_sizes[0], args.concurrencies[0])
                 ]
                 print(f"\nprofiled run of {engines[0].label} (not in the table):")
@@ -1161,6 +1266,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--profile-top", type=int, default=25)
     p.add_argument("--timeout", type=float, default=600, help="seconds before a worker is killed (default 600)")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="print, per engine run, the adaptive controller's limit over time and part latencies by limit",
+    )
+    p.add_argument(
+        "--baseline-rev",
+        default="8f13154",
+        help="git revision whose multipart/parallelism.py the engine-baseline contender runs (default 8f13154: "
+        "the controller before issue #22's second pass)",
+    )
+    p.add_argument("--controller-file", help=argparse.SUPPRESS)
     p.add_argument(
         "--tmpdir",
         default=os.path.join(tempfile.gettempdir(), "mpu-bench"),

@@ -5,7 +5,8 @@ over what a part in flight holds); each part holds a permit of a ``PermitGate`` 
 and the gate admits as many as the controller's limit says at that moment. The rate is that of the bytes S3
 acknowledged (parts answered), sampled as parts start and finish: the bytes the part bodies hand to their
 sockets lead the link by the sockets' send buffers (up to several MiB per connection, most of a 5 MiB
-part), which made a count with more parts look no faster on a 60 ms link.
+part), which made a count with more parts look no faster on a 60 ms link. The controller decides on each
+part's latency with the parts in flight around it (the mean of the counts at its start and its end).
 
 A part answered SlowDown/503 is seen by a ``needs-retry`` handler before botocore retries it: the
 controller is told (it halves the limit), and the part gives its permit back and waits for one under
@@ -66,15 +67,19 @@ class AdaptiveParts:
             raise UploadCancelledError("stopped before sending a part")
         self._local.holding = True
         started = time.monotonic()
+        token = self.controller.part_started()
+        at_start = self.gate.in_flight
         try:
             yield
             with self._count_lock:
                 self._acknowledged += length
         finally:
+            at_end = self.gate.in_flight
             if getattr(self._local, "holding", False):
                 self._local.holding = False
                 self.gate.release()
-            self.controller.part_done(time.monotonic() - started)
+            # Little's law needs the parts in flight around this one: the limit, or fewer at the file's tail.
+            self.controller.part_done(time.monotonic() - started, (at_start + at_end) / 2, token)
             self._sample()
 
     def _sample(self) -> None:
@@ -84,12 +89,7 @@ class AdaptiveParts:
         before = self.controller.limit
         after = self.controller.sent(self._acknowledged)
         if after != before:
-            self.log.info(
-                "Parts in flight: %d -> %d (%s).",
-                before,
-                after,
-                "adding while the rate rises" if after > before else "no gain",
-            )
+            self.log.info("Parts in flight: %d -> %d (%s).", before, after, self.controller.reason)
             self.gate.wake()
 
     def _on_needs_retry(self, response: Any = None, **_: Any) -> None:
@@ -119,8 +119,8 @@ class AdaptiveParts:
     def summary(self) -> str:
         c = self.controller
         return (
-            f"parts in flight settled at {c.limit} (adaptive, bounds 1..{c.ceiling}; most at once "
-            f"{self.gate.most_in_flight}; throttled {c.throttles} time(s))"
+            f"parts in flight settled at {c.limit} (adaptive, bounds {c.floor}..{c.ceiling}; went {c.path()}; "
+            f"most at once {self.gate.most_in_flight}; throttled {c.throttles} time(s); last: {c.reason})"
         )
 
 
