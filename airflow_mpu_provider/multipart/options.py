@@ -54,7 +54,7 @@ class UploadOptions:
     """How to upload; every field has a default that works up to S3's largest object."""
 
     #: Parts in flight: a fixed number, or None (the default) to adapt it while the upload runs: a file
-    #: starts at 8 and adds parts while the aggregate rate rises (parallelism.py); a stream keeps 8.
+    #: starts at 8 and grows while part latency stays flat (parallelism.py); a stream keeps 8.
     concurrency: int | None = None
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
     #: S3 checksum sent with every part; None sends Content-MD5 only (for stores without checksums).
