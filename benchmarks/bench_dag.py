@@ -40,7 +40,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_upload import GiB, LocalServer, MiB, SwiftStore, child_env, ensure_file, format_size, machine, parse_size
+from bench_upload import (
+    GiB,
+    LocalServer,
+    MiB,
+    SwiftStore,
+    add_store_arguments,
+    child_env,
+    ensure_file,
+    format_size,
+    machine,
+    parse_size,
+)
 
 CONTENDERS = ("mpu", "local_to_s3", "idle")
 
@@ -235,18 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--endpoint", help="an existing S3 endpoint instead of moto in its own process")
     p.add_argument("--https", action="store_true", help="moto over HTTPS with a self-signed certificate")
-    p.add_argument(
-        "--store",
-        choices=("moto", "swift"),
-        default="moto",
-        help="the local store to start: moto (default) or OpenStack Swift with s3api (needs the Debian "
-        "swift packages, see tests/support/swift_server.py); ignored with --endpoint",
-    )
-    p.add_argument(
-        "--swift-workers",
-        default="auto",
-        help="with --store swift: worker processes per Swift server ('auto': one per core; 0: none)",
-    )
+    add_store_arguments(p)
     p.add_argument("--bucket", default="mpu-bench")
     p.add_argument("--tmpdir", default=os.path.join(tempfile.gettempdir(), "mpu-bench"))
     p.add_argument(

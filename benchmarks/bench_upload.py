@@ -1170,18 +1170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--endpoint", help="use this S3 endpoint (MinIO, real S3...) instead of starting moto")
     p.add_argument("--bucket", default="mpu-bench", help="bucket (created if missing; default mpu-bench)")
-    p.add_argument(
-        "--store",
-        choices=("moto", "swift"),
-        default="moto",
-        help="the local store to start: moto (default) or OpenStack Swift with s3api (needs the Debian "
-        "swift packages, see tests/support/swift_server.py); ignored with --endpoint",
-    )
-    p.add_argument(
-        "--swift-workers",
-        default="auto",
-        help="with --store swift: worker processes per Swift server ('auto': one per core; 0: none)",
-    )
+    add_store_arguments(p)
     p.add_argument("--https", action="store_true", help="moto over HTTPS with a self-signed certificate")
     p.add_argument("--verify-tls", action="store_true", help="verify the endpoint's certificate (default: not)")
     p.add_argument(
@@ -1326,6 +1315,22 @@ def _engine_defaults() -> dict[str, int]:
     """The engine's defaults: automatic part size and adaptive parallelism (``auto``)."""
     _checkout_on_path()
     return {"part_size": AUTO, "concurrency": AUTO}  # plan_parts' automatic size, adaptive parallelism
+
+
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    """``--store`` and ``--swift-workers``: which local store to start (bench_dag.py takes the same)."""
+    p.add_argument(
+        "--store",
+        choices=("moto", "swift"),
+        default="moto",
+        help="the local store to start: moto (default) or OpenStack Swift with s3api (needs the Debian "
+        "swift packages, see tests/support/swift_server.py); ignored with --endpoint",
+    )
+    p.add_argument(
+        "--swift-workers",
+        default="auto",
+        help="with --store swift: worker processes per Swift server ('auto': one per core; 0: none)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
