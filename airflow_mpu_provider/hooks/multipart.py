@@ -309,15 +309,7 @@ class S3MultipartHook(S3Hook):
         ``quick``: through the abort client (its own pool, short timeouts): for a thread started by a
         kill, while the upload's own client may be busy on another thread.
         """
-        if quick:
-            upload = MultipartUpload(
-                self.get_abort_client(),
-                upload.bucket,
-                upload.key,
-                upload_id=upload.upload_id,
-                extra_args=upload.extra_args,
-            )
-        upload.abort()
+        (upload.through(self.get_abort_client()) if quick else upload).abort()
 
     # -- clients ----------------------------------------------------------------------------------
 

@@ -145,14 +145,7 @@ class BaseUploadEngine(CompleteAndVerify):
 
     def _abort_early(self, upload: MultipartUpload) -> None:
         try:
-            MultipartUpload(
-                self.abort_client,
-                upload.bucket,
-                upload.key,
-                upload_id=upload.upload_id,
-                checksum_algorithm=upload.checksum_algorithm,
-                extra_args=upload.extra_args,
-            ).abort()
+            upload.through(self.abort_client).abort()
         except Exception as e:  # run() aborts again once its workers have stopped
             self.log.warning("Abort on cancel failed; aborting again once the parts in flight stopped: %s", e)
 

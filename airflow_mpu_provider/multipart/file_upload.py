@@ -34,7 +34,7 @@ from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError, UploadNotRecordedError
 from airflow_mpu_provider.multipart.existing import existing_object
 from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
-from airflow_mpu_provider.multipart.ledger import UploadLedger, forget
+from airflow_mpu_provider.multipart.ledger import UploadLedger, forget, recorded_upload
 from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.result import UploadResult, result_for_existing_object
@@ -292,14 +292,8 @@ class FileUploadSequence:
         aborted and forgotten at once (a failed abort raises, and the record stays)."""
         if not (isinstance(stored, Mapping) and stored.get("upload_id")):
             return None
-        upload_id = str(stored["upload_id"])
-        self.ours = MultipartUpload(
-            self.client,
-            str(stored.get("bucket", self.bucket)),
-            str(stored.get("key", self.key)),
-            upload_id=upload_id,
-            extra_args=self.options.extra_args,
-        )
+        self.ours = recorded_upload(self.client, stored, self.bucket, self.key, self.options.extra_args)
+        upload_id = str(self.ours.upload_id)
         changed = sorted(k for k in self.record if stored.get(k) != self.record[k])
         if not changed and self.resume:
             self.log.info("Found upload %s to resume in %s.", upload_id, self.ledger)
@@ -380,9 +374,7 @@ class FileUploadSequence:
         if ours is None or self.engine is not None or self.abort_client is None:
             return  # nothing recorded, or the engine holds it (its cancel aborts it)
         self.log.warning("Cancelled: aborting multipart upload %s.", ours.upload_id)
-        quick = MultipartUpload(
-            self.abort_client, ours.bucket, ours.key, upload_id=ours.upload_id, extra_args=ours.extra_args
-        )
+        quick = ours.through(self.abort_client)
         threading.Thread(target=self._abort_quietly, args=(quick,), name="mpu-cancel-abort", daemon=True).start()
 
     def _abort_quietly(self, upload: MultipartUpload) -> None:

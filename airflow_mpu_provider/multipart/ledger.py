@@ -8,7 +8,10 @@ completed or gone. The engine reads and writes it through these three calls only
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Protocol
+
+from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 
 class UploadLedger(Protocol):
@@ -31,3 +34,17 @@ def forget(ledger: UploadLedger | None, log: logging.Logger | Any) -> None:
         ledger.delete()
     except Exception as e:
         log.warning("Could not clear the record in %s (%s); a next try will find it gone.", ledger, e)
+
+
+def recorded_upload(
+    client: Any, record: Mapping[str, Any], bucket: str, key: str, extra_args: Mapping[str, Any]
+) -> MultipartUpload:
+    """The upload a ledger record names (ours: it may be continued or aborted), at the record's bucket and
+    key (those of this upload when the record does not say)."""
+    return MultipartUpload(
+        client,
+        str(record.get("bucket", bucket)),
+        str(record.get("key", key)),
+        upload_id=str(record["upload_id"]),
+        extra_args=extra_args,
+    )

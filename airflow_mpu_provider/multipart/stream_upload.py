@@ -17,12 +17,11 @@ from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.cancellation import CancelScope
 from airflow_mpu_provider.multipart.errors import MultipartUploadError, UploadCancelledError
 from airflow_mpu_provider.multipart.existing import check_key_free
-from airflow_mpu_provider.multipart.ledger import UploadLedger, forget
+from airflow_mpu_provider.multipart.ledger import UploadLedger, forget, recorded_upload
 from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import DEFAULT_PART_SIZE, plan_parts
 from airflow_mpu_provider.multipart.result import UploadResult
 from airflow_mpu_provider.multipart.stream_engine import Stream, StreamUploadEngine
-from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 
 def first_stream_part_size(part_size: Any) -> int:
@@ -122,13 +121,7 @@ class StreamUploadSequence:
         self.log.warning(
             "An earlier try's stream upload %s to %s was left behind (that try died); aborting it.", upload_id, where
         )
-        upload = MultipartUpload(
-            self.client,
-            str(stored.get("bucket", self.bucket)),
-            str(stored.get("key", self.key)),
-            upload_id=upload_id,
-            extra_args=self.options.extra_args,
-        )
+        upload = recorded_upload(self.client, stored, self.bucket, self.key, self.options.extra_args)
         try:
             upload.abort()
         except MultipartUploadError as e:

@@ -121,6 +121,18 @@ class MultipartUpload:
         sign_payload_only_when_needed(client)
         never_retry_cancelled_parts(client)
 
+    def through(self, client: Any) -> MultipartUpload:
+        """The same upload's calls through another client: the abort client (its own pool, short timeouts)
+        for an abort started by a cancel while this upload's own client may be busy on another thread."""
+        return MultipartUpload(
+            client,
+            self.bucket,
+            self.key,
+            upload_id=self.upload_id,
+            checksum_algorithm=self.checksum_algorithm,
+            extra_args=self.extra_args,
+        )
+
     # -- the S3 calls -------------------------------------------------------------------------
 
     def _call(self, operation: str, method: Any, **kwargs: Any) -> dict[str, Any]:
