@@ -12,6 +12,8 @@ A part answered SlowDown/503 is seen by a ``needs-retry`` handler before botocor
 controller is told (it halves the limit), and the part gives its permit back and waits for one under
 the lowered limit before its retry goes out. Without that, every part already in flight would retry into
 the same throttled store at once, and parts would exhaust their retries while the limit had long dropped.
+The count the controller is told is the store's: the requests sent (``before-send``) and not yet answered
+when the refused one was sent, not the parts holding a permit (some read their bytes, some wait to retry).
 """
 
 from __future__ import annotations
@@ -51,11 +53,15 @@ class AdaptiveParts:
         self._progress: ProgressReporter | None = None
         self._acknowledged = 0  # bytes of the parts S3 answered
         self._count_lock = threading.Lock()
+        self._at_store = 0  # UploadPart requests of this upload sent and not yet answered
 
     def watch(self, client: Any) -> None:
         """Hear of SlowDown/503 answers to UploadPart on ``client`` (only those of this upload's workers)."""
         client.meta.events.register_first(
             "needs-retry.s3.UploadPart", self._on_needs_retry, unique_id=f"airflow-mpu-adaptive-{id(self)}"
+        )
+        client.meta.events.register(
+            "before-send.s3.UploadPart", self._on_before_send, unique_id=f"airflow-mpu-adaptive-send-{id(self)}"
         )
 
     @contextmanager
@@ -74,6 +80,7 @@ class AdaptiveParts:
             with self._count_lock:
                 self._acknowledged += length
         finally:
+            self._answered()  # a request ended without botocore's needs-retry (an error in sending it)
             at_end = self.gate.in_flight
             if getattr(self._local, "holding", False):
                 self._local.holding = False
@@ -92,16 +99,33 @@ class AdaptiveParts:
             self.log.info("Parts in flight: %d -> %d (%s).", before, after, self.controller.reason)
             self.gate.wake()
 
+    def _on_before_send(self, **_: Any) -> None:
+        if not getattr(self._local, "holding", False):
+            return
+        self._answered()
+        with self._count_lock:
+            self._at_store += 1
+            self._local.met = self._at_store  # the store's count this request meets, itself included
+            self._local.at_store = True
+
+    def _answered(self) -> None:
+        if getattr(self._local, "at_store", False):
+            with self._count_lock:
+                self._at_store -= 1
+            self._local.at_store = False
+
     def _on_needs_retry(self, response: Any = None, **_: Any) -> None:
+        self._answered()
         if not getattr(self._local, "holding", False) or not is_throttle(response):
             return
         before = self.controller.limit
-        after = self.controller.throttled(self.gate.in_flight)
+        met = getattr(self._local, "met", None) or self.gate.in_flight
+        after = self.controller.throttled(met)
         if after != before:
             self.log.warning(
-                "The store asks to slow down (SlowDown/503) with %d parts in flight: %d -> %d, and never again more "
-                "than %d.",
-                self.gate.in_flight,
+                "The store asks to slow down (SlowDown/503) to a part sent with %d request(s) in flight: %d -> %d, "
+                "and never again more than %d.",
+                met,
                 before,
                 after,
                 self.controller.ceiling,

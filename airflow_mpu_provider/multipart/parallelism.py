@@ -40,10 +40,11 @@ The rule, after each observation at ``n`` parts with median latency ``L``:
   more; kept (and growth resumes) if latency stayed flat or the gain test passes, undone otherwise. A link
   whose share grows (another upload finished) is found again.
 * **Multiplicative decrease on throttling** (a SlowDown / 503 answer to a part): the count halves at once
-  (at most once an observation), or lower, to the parts in flight when the throttling began less those
-  refused since (what the store took: 8 in flight and 5 refused leave 3; halving alone left 4, which the
-  store's "more than 3" happened not to refuse before the upload ended), and the count that was
-  throttled becomes a ceiling never reached again;
+  (at most once an observation), and the store's count the refused request met (the requests sent and not
+  yet answered when it was sent, itself included) becomes a ceiling never reached again: 8 sent at once to
+  a store that takes 3 leave a ceiling of 3 (the 4th was refused with 3 others there), where counting the
+  parts holding a permit (some still reading their bytes, some waiting out a retry) left 4, which the
+  store's "more than 3" happened not to refuse before a short upload ended;
   growth resumes one part at a time below it. Halving is what makes many clients sharing a throttled
   prefix converge to a fair share (the TCP argument); a ceiling keeps one client from probing the store's
   limit over and over, each probe costing retried parts.
@@ -144,7 +145,6 @@ class AdaptiveParallelism:
         self._open: dict[int, float] = {}  # parts in flight (from ``part_started``): token -> start time
         self._token = 0
         self._decreased_this_window = False
-        self._burst_level = self._burst_refused = 0  # parts in flight at a throttle burst's start; refused since
         #: The acknowledged-byte rate over the last observation (bytes/s), for traces; decisions use n / L.
         self.rate = 0.0
 
@@ -178,8 +178,12 @@ class AdaptiveParallelism:
                 self._samples.append((seconds, float(self.limit if in_flight is None else in_flight)))
 
     def throttled(self, in_flight: int | None = None) -> int:
-        """A part was answered SlowDown/503 while ``in_flight`` parts were in flight: halve (once an
-        observation) and never again reach the count that was throttled. Returns the new limit."""
+        """A part was answered SlowDown/503 when it met ``in_flight`` requests at the store, itself included:
+        halve (once an observation) and never again reach the count that was refused. Returns the new limit.
+
+        ``in_flight`` is best the store's own count: the requests sent and not yet answered when the refused
+        one was sent (``AdaptiveParts`` counts them), not the parts holding a permit, some of which are still
+        reading their bytes or waiting out a retry. Default: the limit."""
         with self._lock:
             self.throttles += 1
             level = self.limit if in_flight is None else in_flight
@@ -189,14 +193,10 @@ class AdaptiveParallelism:
                 self.growing, self.slow_start = True, False  # additive increase resumes below the ceiling,
                 self.step = 1  # a part at a time
                 self._best_throughput, self._probe_from = 0.0, None
-                self._burst_level, self._burst_refused = level, 0
                 self._change(max(self.floor, int(self.limit * self.decrease)), "the store asks to slow down")
                 self._decreased_this_window = True
-            # The parts in flight when the throttling began, less those refused since: what the store took.
-            self._burst_refused += 1
-            accepted = max(self.floor, self._burst_level - self._burst_refused)
-            if self.limit > min(self.ceiling, accepted):
-                self._change(min(self.ceiling, accepted), "the store asks to slow down")
+            if self.limit > self.ceiling:
+                self._change(self.ceiling, "the store asks to slow down")
                 self._decreased_this_window = True
             return self.limit
 
