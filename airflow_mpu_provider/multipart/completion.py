@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,13 +44,20 @@ from airflow_mpu_provider.multipart.checksums.whole_file import (
     full_object_checksum,
     reported_checksum,
 )
-from airflow_mpu_provider.multipart.errors import IntegrityError, S3UploadError, is_precondition_failure
+from airflow_mpu_provider.multipart.errors import (
+    IntegrityError,
+    S3UploadError,
+    is_busy_store_refusal,
+    is_precondition_failure,
+)
 from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.units import format_bytes
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 #: HeadObject errors of a store that does not take IfMatch there (the ETags are then compared by hand).
 _NO_IF_MATCH = frozenset({"NotImplemented", "501", "InvalidArgument", "InvalidRequest", "400"})
+#: Pauses before sending Complete again to a store whose backend was busy (seconds; then the error stands).
+BUSY_PAUSES = (1.0, 2.0, 4.0, 8.0)
 #: Checksum algorithms by the length of their raw value: what a reported value of that length may be.
 _BY_LENGTH = {4: ("CRC32C", "CRC32"), 8: ("CRC64NVME",), 20: ("SHA1",), 32: ("SHA256",)}
 
@@ -63,6 +71,7 @@ class _CompleteAsk:
     whole: str | None
     refused: bool = False
     asked_again: bool = False
+    busy: int = 0  # times the store's backend was busy (a 400 carrying a 503), each followed by a pause
 
 
 @dataclass
@@ -84,6 +93,7 @@ class CompleteAndVerify:
     options: Any
     checksum_type: str | None
     _object_checksum: tuple[str | None, str | None]
+    _stop: threading.Event
 
     # -- provided by the engine ------------------------------------------------------------------
 
@@ -228,8 +238,29 @@ class CompleteAndVerify:
             try:
                 return self.upload.complete(parts, with_checksums=ask.part_checksums, **ask.conditions, **extra)
             except S3UploadError as e:
-                if not self._fall_back(ask, parts, e):
+                busy = is_busy_store_refusal(e)  # not about what Complete carried: sent again as it was
+                if not (self._pause_for_busy_store(ask, e) if busy else self._fall_back(ask, parts, e)):
                     raise
+
+    def _pause_for_busy_store(self, ask: _CompleteAsk, error: S3UploadError) -> bool:
+        """A store whose backend was busy refused Complete with a 400 (no retry mode retries it): wait, then
+        True to send it again; False once the pauses are used up or the upload is stopped."""
+        if ask.busy >= len(BUSY_PAUSES):
+            return False
+        pause = BUSY_PAUSES[ask.busy]
+        ask.busy += 1
+        self.log.warning(
+            "CompleteMultipartUpload of s3://%s/%s was refused because the store's backend was busy (%s: %s); "
+            "sending it again in %g s (%d of %d).",
+            self.bucket,
+            self.key,
+            error.code,
+            error.reason or error,
+            pause,
+            ask.busy,
+            len(BUSY_PAUSES),
+        )
+        return not self._stop.wait(pause)
 
     def _fall_back(self, ask: _CompleteAsk, parts: list[PartRecord], error: S3UploadError) -> bool:
         """Change ``ask`` for the store that refused it (True), or leave it (False: the error stands)."""

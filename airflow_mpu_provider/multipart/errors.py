@@ -178,6 +178,20 @@ def is_precondition_failure(error: BaseException) -> bool:
     return False
 
 
+#: Words by which a store's 400 says its own backend was busy, not that the request was wrong (Swift's s3api
+#: answers a Complete whose segment check met an overloaded object server "InvalidRequest: .../25: 503
+#: Service Unavailable"): no retry mode retries a 400, so Complete is sent again after a pause.
+_BUSY_WORDS = ("503 service unavailable", "service unavailable", "slowdown", "slow down")
+
+
+def is_busy_store_refusal(error: BaseException) -> bool:
+    """Whether a 400 InvalidRequest carries a busy backend (503) in its message: worth sending again."""
+    if not isinstance(error, S3UploadError) or error.code != "InvalidRequest":
+        return False
+    text = f"{error.reason or ''} {error}".lower()
+    return any(word in text for word in _BUSY_WORDS)
+
+
 def error_hint(code: str, status: int | None = None, *, checksum_algorithm: str | None = "unknown") -> str | None:
     """What ``code`` (with HTTP ``status``) means and what to do, true for the arguments given.
 

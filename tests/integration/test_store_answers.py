@@ -18,7 +18,7 @@ import zlib
 import crc32c
 import pytest
 
-from airflow_mpu_provider.multipart import UploadOptions, upload_file
+from airflow_mpu_provider.multipart import UploadOptions, completion, upload_file
 from airflow_mpu_provider.multipart.errors import IntegrityError, S3UploadError
 from airflow_mpu_provider.multipart.sources.command import CommandSource
 from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
@@ -155,6 +155,56 @@ def test_swifts_412_invalid_request_is_a_precondition_failure(connection, proxy,
         assert caught.value.code == "ObjectExists" and "checksum_algorithm" not in str(caught.value)
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == there
     assert incomplete_uploads(s3, BUCKET, key) == []
+
+
+# -- Swift under load: its segment check meets a busy object server ------------------------------------
+
+#: What Swift's s3api answered a Complete whose SLO segment check met an overloaded object server.
+SWIFT_BUSY = "Errors:\n/mpu-bench+segments/f/upload/25: 503 Service Unavailable"
+
+
+@pytest.mark.parametrize("refusals", [2, 5])
+def test_a_complete_refused_because_swifts_backend_was_busy_is_sent_again(
+    proxy, s3, tmp_path, caplog, monkeypatch, refusals
+):
+    """Swift answers 400 InvalidRequest carrying a 503 when its backend is busy; no retry mode retries a 400.
+    Complete is sent again after pauses (here shortened) and succeeds; when the store stays busy past the
+    pauses, the error stands, saying what the store said, and the upload is aborted."""
+    monkeypatch.setattr(completion, "BUSY_PAUSES", (0.01,) * 4)
+    path = make_file(tmp_path / "f", 2 * PART)
+    key = f"stores/busy-{refusals}.bin"
+    busy = Fault(
+        kind="CompleteMultipartUpload",
+        action="error",
+        status=400,
+        code="InvalidRequest",
+        times=refusals,
+        message=SWIFT_BUSY,
+    )
+    proxy.add_fault(busy)
+    client = s3_client(proxy.url)
+    caplog.set_level(logging.WARNING)
+    if refusals <= len(completion.BUSY_PAUSES):
+        upload_file(client, path, BUCKET, key, part_size=PART, options=options())
+        assert sha256_object(s3, BUCKET, key) == sha256_file(path)
+        assert caplog.text.count("the store's backend was busy") == refusals
+    else:
+        with pytest.raises(S3UploadError) as caught:
+            upload_file(client, path, BUCKET, key, part_size=PART, options=options())
+        assert caught.value.code == "InvalidRequest" and "503 Service Unavailable" in str(caught.value)
+        assert not [o for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=key).get("Contents", [])]
+    assert proxy.injections(busy) == refusals
+    assert incomplete_uploads(s3, BUCKET, key) == []
+
+
+def test_a_plain_invalid_request_at_complete_is_not_sent_again(proxy, s3, tmp_path):
+    """A 400 that says nothing of a busy store is the request's fault: no second Complete."""
+    path = make_file(tmp_path / "f", 2 * PART)
+    key = "stores/invalid.bin"
+    proxy.add_fault(Fault(kind="CompleteMultipartUpload", action="error", status=400, code="InvalidRequest"))
+    with pytest.raises(S3UploadError):  # no checksums: nothing for the checksum fallback to drop either
+        upload_file(s3_client(proxy.url), path, BUCKET, key, part_size=PART, options=options(checksum_algorithm=None))
+    assert len([r for r in proxy.requests() if r.kind == "CompleteMultipartUpload"]) == 1
 
 
 # -- AWS: racing conditional completions ------------------------------------------------------------

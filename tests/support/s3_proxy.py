@@ -126,6 +126,8 @@ class Fault:
     #: Apply only to a request arriving while more than this many of ``kind`` are in flight (itself included):
     #: a store that answers SlowDown to a client sending more than N parts at once. None: always.
     above_in_flight: int | None = None
+    #: The error's <Message> (None: a stock message for ``code``), e.g. Swift's "...: 503 Service Unavailable".
+    message: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -762,8 +764,8 @@ class S3Proxy:
         else:
             ex.body.drain()
         request_id = uuid.uuid4().hex[:16].upper()
-        message = message or _ERROR_MESSAGES.get(fault.code, f"Injected {fault.code} by S3Proxy")
-        payload = _error_xml(fault.code, message, request_id, ex.rec.path)
+        message = message or fault.message or _ERROR_MESSAGES.get(fault.code, f"Injected {fault.code} by S3Proxy")
+        payload = _error_xml(fault.code, _xml_escape(message), request_id, ex.rec.path)
         out = [
             ("Content-Type", "application/xml"),
             ("x-amz-request-id", request_id),
