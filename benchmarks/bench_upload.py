@@ -419,6 +419,11 @@ def _trace_controller(args: argparse.Namespace) -> dict[str, list] | None:
             self._note()
             return out
 
+        def begin_at(self, limit: int, reason: str) -> int:
+            out = super().begin_at(limit, reason) if hasattr(base, "begin_at") else self.limit  # older: starts at 8
+            self._note()
+            return out
+
     if not hasattr(base, "reason"):  # the baseline predates what the log line and the summary name
         Traced.reason = "baseline controller"
         Traced.part_started = lambda self: 0

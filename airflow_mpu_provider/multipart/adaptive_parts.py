@@ -26,7 +26,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from airflow_mpu_provider.multipart.errors import UploadCancelledError
-from airflow_mpu_provider.multipart.parallelism import ADAPTIVE_START, AdaptiveParallelism, PermitGate
+from airflow_mpu_provider.multipart.parallelism import (
+    ADAPTIVE_START,
+    AdaptiveParallelism,
+    PermitGate,
+    start_for_round_trip,
+)
 from airflow_mpu_provider.multipart.progress import ProgressReporter
 
 #: Error codes by which S3 and S3-compatible stores ask a client to slow down (with 503, or 429).
@@ -135,6 +140,16 @@ class AdaptiveParts:
         self.gate.release()
         if self.gate.acquire():
             self._local.holding = True
+
+    def begin_for_round_trip(self, seconds: float | None) -> None:
+        """Before the first part: start at the count the store's quickest answer (``seconds``) calls for."""
+        before = self.controller.limit
+        wanted = start_for_round_trip(seconds, self.controller.ceiling)
+        if seconds is None or wanted == before:
+            return
+        after = self.controller.begin_at(wanted, f"the store answered in {seconds * 1000:.0f} ms")
+        if after != before:
+            self.log.info("Parts in flight: %d -> %d (%s).", before, after, self.controller.reason)
 
     @property
     def settled(self) -> int:

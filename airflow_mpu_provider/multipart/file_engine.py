@@ -133,6 +133,8 @@ class FileUploadEngine(BaseUploadEngine):
                         started=started,
                         upload_id=resume_upload_id or "",
                     )
+                if self._adaptive is not None and self.upload is not None:
+                    self._adaptive.begin_for_round_trip(self.upload.quickest_answer)
                 result = self._upload_and_complete(opened, pool, workers, started)
             except BaseException as error:
                 self._stop.set()

@@ -118,6 +118,9 @@ class MultipartUpload:
         self._said_unverifiable = False
         #: Set once ``abort`` succeeded (and, unless ``confirm=False``, made sure the upload is gone).
         self.aborted = False
+        #: Seconds of the quickest answer to a call so far (None: none yet): about the store's round trip,
+        #: from which adaptive parallelism takes its starting count.
+        self.quickest_answer: float | None = None
         sign_payload_only_when_needed(client)
         never_retry_cancelled_parts(client)
 
@@ -138,8 +141,13 @@ class MultipartUpload:
     def _call(self, operation: str, method: Any, **kwargs: Any) -> dict[str, Any]:
         """One S3 call, carrying the per-request arguments (RequestPayer, SSE-C, ...) it accepts."""
         kwargs = {**request_args(self.client, operation, self.extra_args), **kwargs}
+        started = time.monotonic()
         try:
-            return method(Bucket=self.bucket, Key=self.key, **kwargs)
+            response = method(Bucket=self.bucket, Key=self.key, **kwargs)
+            answered = time.monotonic() - started
+            if self.quickest_answer is None or answered < self.quickest_answer:
+                self.quickest_answer = answered
+            return response
         except ClientError as e:
             raise s3_error(
                 e,

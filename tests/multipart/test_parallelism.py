@@ -13,7 +13,7 @@ import pytest
 
 from airflow_mpu_provider.multipart import UploadOptions
 from airflow_mpu_provider.multipart.adaptive_parts import adaptive_parts_for
-from airflow_mpu_provider.multipart.parallelism import AdaptiveParallelism, PermitGate
+from airflow_mpu_provider.multipart.parallelism import AdaptiveParallelism, PermitGate, start_for_round_trip
 
 MB = 1_000_000
 PART = 5 * MB
@@ -253,6 +253,32 @@ def test_parts_still_in_flight_count_with_their_age_not_only_the_fastest_that_fi
         controller.part_done(6.0, 32, token)
     assert controller.sent(2) == 8  # median 40 s: 4x the latency for the same n / L, so back to 8
     assert "rising with no gain" in controller.reason  # the 16 fast ones alone (6 s) would have gone to 64
+
+
+@pytest.mark.parametrize(
+    ("seconds", "bound", "start"),
+    [
+        (None, 64, 8),  # nothing measured: the default start
+        (0.002, 64, 8),  # loopback
+        (0.025, 64, 8),  # a region link (10 ms RTT, a new connection)
+        (0.045, 64, 16),
+        (0.130, 64, 40),  # cross (60 ms RTT)
+        (0.165, 64, 56),  # branch (80 ms RTT)
+        (0.400, 64, 64),  # never past the bound (max_concurrency, max_buffer_bytes)
+        (0.400, 6, 6),
+        (0.002, 4, 4),
+    ],
+)
+def test_the_start_grows_with_the_stores_round_trip(seconds, bound, start):
+    assert start_for_round_trip(seconds, bound) == start
+
+
+def test_the_start_changes_only_before_any_part():
+    controller = AdaptiveParallelism(clock=lambda: 0.0, ceiling=40)
+    assert controller.begin_at(56, "the store answered in 165 ms") == 40  # within the bounds
+    assert controller.history[-1] == (0.0, 40, "the store answered in 165 ms")
+    controller.part_started()
+    assert controller.begin_at(8, "too late") == 40 and controller.reason != "too late"
 
 
 def test_bounds_are_checked():
