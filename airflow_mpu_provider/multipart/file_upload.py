@@ -34,7 +34,7 @@ from airflow_mpu_provider.multipart.checksums.whole_file import resolve_checksum
 from airflow_mpu_provider.multipart.errors import S3UploadError, UploadCancelledError, UploadNotRecordedError
 from airflow_mpu_provider.multipart.existing import existing_object
 from airflow_mpu_provider.multipart.file_engine import FileUploadEngine
-from airflow_mpu_provider.multipart.ledger import UploadLedger, forget, recorded_upload
+from airflow_mpu_provider.multipart.ledger import UploadLedger, forget, recorded_upload, recorded_upload_id
 from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PartPlan, plan_parts
 from airflow_mpu_provider.multipart.result import UploadResult, result_for_existing_object
@@ -61,16 +61,18 @@ class RetryPlan:
     resumes_by_id: bool = False
 
 
+def file_version(source: FileSource) -> dict[str, Any]:
+    """The version of the file a record was written for: its path, size, mtime and inode."""
+    fp = source.fingerprint
+    return {"file": str(source.path), "size": fp.size, "mtime_ns": fp.mtime_ns, "inode": fp.inode}
+
+
 def resume_record(bucket: str, key: str, source: FileSource, plan: PartPlan, options: UploadOptions) -> dict:
     """What a ledger record binds besides the UploadId: the file's version, the plan and the settings."""
-    fp = source.fingerprint
     return {
         "bucket": bucket,
         "key": key,
-        "file": str(source.path),
-        "size": fp.size,
-        "mtime_ns": fp.mtime_ns,
-        "inode": fp.inode,
+        **file_version(source),
         "part_size": plan.part_size,
         "checksum_algorithm": options.checksum_algorithm,
         "checksum_type": resolve_checksum_type(options.checksum_type, options.checksum_algorithm),
@@ -83,21 +85,17 @@ def recorded_part_size(record: Mapping[str, Any] | None, source: FileSource, log
     """The part size an earlier try recorded for this very version of the file (None: none usable), so
     that an upload planned by another version's rule (16 MiB parts before #22) is resumed rather than
     aborted and restarted. The plan stays a function of the file and arguments: the record is one of them."""
-    if not (isinstance(record, Mapping) and record.get("upload_id")):
+    if recorded_upload_id(record) is None:
         return None
-    fp = source.fingerprint
-    same_file = (record.get("file"), record.get("size"), record.get("mtime_ns"), record.get("inode")) == (
-        str(source.path),
-        fp.size,
-        fp.mtime_ns,
-        fp.inode,
-    )
+    assert record is not None
+    same_file = all(record.get(name) == value for name, value in file_version(source).items())
     recorded = record.get("part_size")
     if not same_file or not isinstance(recorded, int) or isinstance(recorded, bool):
         return None
-    if not MIN_PART_SIZE <= recorded <= MAX_PART_SIZE or PartPlan(fp.size, recorded).count > MAX_PARTS:
+    size = source.fingerprint.size
+    if not MIN_PART_SIZE <= recorded <= MAX_PART_SIZE or PartPlan(size, recorded).count > MAX_PARTS:
         return None
-    if recorded != plan_parts(fp.size).part_size:
+    if recorded != plan_parts(size).part_size:
         log.info("Keeping the earlier try's part size (%s) to resume its upload.", format_bytes(recorded))
     return recorded
 
@@ -290,10 +288,10 @@ class FileUploadSequence:
     def _take_over(self, stored: Any) -> str | None:
         """The UploadId the ledger recorded, if this run can continue it; one that cannot be continued is
         aborted and forgotten at once (a failed abort raises, and the record stays)."""
-        if not (isinstance(stored, Mapping) and stored.get("upload_id")):
+        upload_id = recorded_upload_id(stored)
+        if upload_id is None:
             return None
         self.ours = recorded_upload(self.client, stored, self.bucket, self.key, self.options.extra_args)
-        upload_id = str(self.ours.upload_id)
         changed = sorted(k for k in self.record if stored.get(k) != self.record[k])
         if not changed and self.resume:
             self.log.info("Found upload %s to resume in %s.", upload_id, self.ledger)

@@ -36,6 +36,13 @@ def forget(ledger: UploadLedger | None, log: logging.Logger | Any) -> None:
         log.warning("Could not clear the record in %s (%s); a next try will find it gone.", ledger, e)
 
 
+def recorded_upload_id(record: Any) -> str | None:
+    """The UploadId a ledger record names, or None when it names none (no record, or not one of ours)."""
+    if isinstance(record, Mapping) and record.get("upload_id"):
+        return str(record["upload_id"])
+    return None
+
+
 def recorded_upload(
     client: Any, record: Mapping[str, Any], bucket: str, key: str, extra_args: Mapping[str, Any]
 ) -> MultipartUpload:

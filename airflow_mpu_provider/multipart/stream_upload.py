@@ -17,7 +17,7 @@ from airflow_mpu_provider.multipart import validation
 from airflow_mpu_provider.multipart.cancellation import CancelScope
 from airflow_mpu_provider.multipart.errors import MultipartUploadError, UploadCancelledError
 from airflow_mpu_provider.multipart.existing import check_key_free
-from airflow_mpu_provider.multipart.ledger import UploadLedger, forget, recorded_upload
+from airflow_mpu_provider.multipart.ledger import UploadLedger, forget, recorded_upload, recorded_upload_id
 from airflow_mpu_provider.multipart.options import UploadOptions
 from airflow_mpu_provider.multipart.parts.plan import DEFAULT_PART_SIZE, plan_parts
 from airflow_mpu_provider.multipart.result import UploadResult
@@ -114,9 +114,9 @@ class StreamUploadSequence:
     def _abort_dead_try(self, stored: Mapping[str, Any] | None) -> None:
         """Abort the stream upload an earlier try recorded and could not end (it died). It is ours, and a
         stream cannot be resumed; if the abort fails (no s3:AbortMultipartUpload), this try goes on."""
-        if not (isinstance(stored, Mapping) and stored.get("upload_id")):
+        upload_id = recorded_upload_id(stored)
+        if upload_id is None or stored is None:
             return
-        upload_id = str(stored["upload_id"])
         where = f"s3://{stored.get('bucket')}/{stored.get('key')}"
         self.log.warning(
             "An earlier try's stream upload %s to %s was left behind (that try died); aborting it.", upload_id, where

@@ -85,6 +85,24 @@ def test_cancel_stops_a_running_sweep_before_its_next_upload(mock_s3, monkeypatc
         original(Bucket="test-bucket", Key=upload["Key"], UploadId=upload["UploadId"])
 
 
+@pytest.mark.parametrize("quick", [False, True])
+def test_an_upload_named_by_its_upload_id_is_aborted_and_made_sure_gone(mock_s3, monkeypatch, quick):
+    """From a script with an UploadId (the operator's XCom ``upload_id``): ``upload_handle`` then
+    ``abort_upload``, through the upload client or the abort client (``quick``, for a kill's thread)."""
+    ours = mock_s3.create_multipart_upload(Bucket="test-bucket", Key="dump/a")["UploadId"]
+    other = mock_s3.create_multipart_upload(Bucket="test-bucket", Key="dump/a")["UploadId"]
+    monkeypatch.setattr(S3MultipartHook, "get_conn", lambda self: mock_s3)
+    monkeypatch.setattr(S3MultipartHook, "get_abort_client", lambda self: mock_s3)
+    hook = S3MultipartHook(aws_conn_id=None)
+    upload = hook.upload_handle("test-bucket", "dump/a", ours)
+    assert (upload.bucket, upload.key, upload.upload_id) == ("test-bucket", "dump/a", ours)
+    hook.abort_upload(upload, quick=quick)
+    assert [u["UploadId"] for u in incomplete_uploads(mock_s3, "test-bucket", "dump/")] == [other]
+    again = hook.upload_handle("test-bucket", "dump/a", ours)
+    hook.abort_upload(again)  # already gone: what an abort wants, not an error
+    assert again.aborted
+
+
 def test_the_operators_make_no_s3_call_of_their_own():
     """Operators are Airflow glue: every S3 call goes through the hook (or the engine it runs)."""
     import re
