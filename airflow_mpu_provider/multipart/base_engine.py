@@ -197,8 +197,10 @@ class BaseUploadEngine(CompleteAndVerify):
         assert self.upload is not None
         algorithm = self.options.checksum_algorithm
         # Until the store proves it echoes checksums, parts also carry Content-MD5 so that they (and the
-        # object's ETag) can be verified; moto and many S3-compatible stores report only ETags.
-        with_md5 = algorithm is None or not self.upload.store_echoes_checksums
+        # object's ETag) can be verified; moto and many S3-compatible stores report only ETags. Over plain
+        # HTTP every part does: it spares the part a SHA-256 payload signature (signing.py).
+        upload = self.upload
+        with_md5 = algorithm is None or not upload.store_echoes_checksums or upload.md5_on_every_part
         if isinstance(data, FileRange):  # a file's part: one pass through the range, a chunk at a time
             digest = data.digest(number, algorithm=algorithm, with_md5=with_md5)
         else:

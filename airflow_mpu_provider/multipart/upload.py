@@ -37,7 +37,7 @@ from airflow_mpu_provider.multipart.errors import (
 from airflow_mpu_provider.multipart.parts.body import SendMeter, never_retry_cancelled_parts
 from airflow_mpu_provider.multipart.parts.record import PartRecord
 from airflow_mpu_provider.multipart.request_args import request_args
-from airflow_mpu_provider.multipart.signing import sign_payload_only_when_needed
+from airflow_mpu_provider.multipart.signing import md5_spares_the_payload_hash, sign_payload_only_when_needed
 from airflow_mpu_provider.multipart.sources.file_range import FileRange, part_body
 
 if TYPE_CHECKING:
@@ -121,6 +121,9 @@ class MultipartUpload:
         #: Seconds of the quickest answer to a call so far (None: none yet): about the store's round trip,
         #: from which adaptive parallelism takes its starting count.
         self.quickest_answer: float | None = None
+        #: Every part carries a Content-MD5 (plain HTTP: it spares the SHA-256 payload signature); elsewhere
+        #: only until the store proves it echoes checksums.
+        self.md5_on_every_part = md5_spares_the_payload_hash(client)
         sign_payload_only_when_needed(client)
         never_retry_cancelled_parts(client)
 

@@ -22,7 +22,7 @@ from airflow_mpu_provider.multipart.errors import IntegrityError
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from tests.conftest import MiB, make_file, sha256_file, sha256_object
 from tests.integration.conftest import BUCKET, FakeTaskInstance, upload_operator
-from tests.support.local_airflow import s3_client, store_echoes_no_checksums
+from tests.support.local_airflow import SIGNED_PAYLOAD, s3_client, store_echoes_no_checksums
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +45,29 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def test_parts_name_the_algorithm_and_drop_md5_once_the_store_has_echoed(connection, proxy, s3, tmp_path):
+@pytest.mark.parametrize("signed", [False, True])
+def test_parts_name_the_algorithm_and_drop_md5_once_the_store_has_echoed(connection, proxy, s3, tmp_path, signed):
+    """Over plain HTTP (payload signing left to botocore) every part carries an MD5, which makes its payload
+    UNSIGNED (cheaper than the signer's SHA-256 pass over a file part); with payload signing set (as over
+    HTTPS, where an MD5 spares nothing) the MD5 is dropped once the store has echoed a checksum."""
     path = make_file(tmp_path / "f", SIZE)
-    key = "echo/operator.bin"
+    key = f"echo/operator-{signed}.bin"
     proxy.reset_counts()
-    result = upload_operator(connection(), path, key, concurrency=1).execute({"ti": FakeTaskInstance()})
+    conn = connection(config_kwargs=SIGNED_PAYLOAD) if signed else connection()
+    result = upload_operator(conn, path, key, concurrency=1).execute({"ti": FakeTaskInstance()})
     parts = sent_parts(proxy)
     assert [n for n, _ in parts] == [1, 2, 3, 4] == list(range(1, result["parts_sent"] + 1))
     for number, headers in parts:
         body = part_bytes(path, number)
         assert headers["x-amz-sdk-checksum-algorithm"] == "CRC32C"
         assert headers["x-amz-checksum-crc32c"] == b64(crc32c.crc32c(body).to_bytes(4, "big"))
-        if number == 1:  # before the store's first answer: MD5 too, and (plain HTTP) an unsigned payload
+        if not signed:  # MD5 on every part, and an unsigned payload
             assert headers["content-md5"] == b64(hashlib.md5(body).digest())
             assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
-        else:  # verified by the echo; only a CRC binds the body, so over HTTP it is SHA-256-signed
+        elif number == 1:  # before the store's first answer: MD5 too; the payload signed as the user set
+            assert headers["content-md5"] == b64(hashlib.md5(body).digest())
+            assert headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
+        else:  # verified by the echo
             assert "content-md5" not in headers
             assert headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
     whole = b64(crc32c.crc32c(path.read_bytes()).to_bytes(4, "big"))
@@ -122,7 +130,7 @@ def test_a_part_whose_bytes_differ_from_its_checksum_after_md5_was_dropped_fails
     monkeypatch.setattr(MultipartUpload, "put_part", flip_a_byte_of_part_3)
     options = UploadOptions(concurrency=1, progress_interval=0, checksum_type=checksum_type)
     with pytest.raises(IntegrityError, match=message):
-        upload_file(s3_client(proxy.url), path, BUCKET, key, part_size=PART, options=options)
+        upload_file(s3_client(proxy.url, **SIGNED_PAYLOAD), path, BUCKET, key, part_size=PART, options=options)
     assert corrupted == [3]
 
 
@@ -137,7 +145,7 @@ def test_a_composite_upload_whose_complete_answer_has_no_checksum_is_verified_by
     proxy.reset_counts()
     options = UploadOptions(concurrency=1, progress_interval=0, checksum_type="COMPOSITE")
     with caplog.at_level(logging.INFO):
-        result = upload_file(s3_client(proxy.url), path, BUCKET, key, part_size=PART, options=options)
+        result = upload_file(s3_client(proxy.url, **SIGNED_PAYLOAD), path, BUCKET, key, part_size=PART, options=options)
     data = path.read_bytes()
     part_crcs = b"".join(crc32c.crc32c(data[i : i + PART]).to_bytes(4, "big") for i in range(0, len(data), PART))
     expected = f"{b64(crc32c.crc32c(part_crcs).to_bytes(4, 'big'))}-4"

@@ -25,7 +25,7 @@ from airflow_mpu_provider.multipart.stream_engine import StreamUploadEngine
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 from tests.conftest import MiB, incomplete_uploads, make_file, sha256_file, sha256_object
 from tests.integration.conftest import BUCKET, upload_operator
-from tests.support.local_airflow import moto_server_process, s3_client
+from tests.support.local_airflow import SIGNED_PAYLOAD, moto_server_process, s3_client
 from tests.support.s3_proxy import Fault, S3Proxy
 from tests.support.seed import seed_crashed_upload
 from tests.support.store_standins import ChecksumlessStore
@@ -93,7 +93,7 @@ def test_a_store_refusing_checksums_at_complete_is_completed_once_without_them(p
     earlier = seed_crashed_upload(s3, BUCKET, key, path.read_bytes(), (1, 3)) if resumed else None
     with caplog.at_level(logging.INFO):
         result = upload_file(
-            s3_client(proxy.url),
+            s3_client(proxy.url, **SIGNED_PAYLOAD),
             path,
             BUCKET,
             key,
@@ -256,7 +256,7 @@ def test_another_writer_completing_the_key_after_us_is_a_race_not_corruption(pro
             s3.put_object(Bucket=BUCKET, Key=key, Body=b"run B's newer object")
 
     proxy.on_request = run_b_completes
-    client = s3_client(proxy.url)
+    client = s3_client(proxy.url, **SIGNED_PAYLOAD)
     with caplog.at_level(logging.INFO):
         if source == "file":  # read again for the parts' MD5s: Complete's ETag proves what A completed
             result = upload_file(client, path, BUCKET, key, part_size=PART, options=options(concurrency=1))
@@ -319,7 +319,7 @@ def test_a_composite_without_its_part_count_is_checked_against_the_parts(
 ):
     path = make_file(tmp_path / "f", 3 * PART + 5)
     key = f"stores/ignores-full-object-{flipped}.bin"
-    client = s3_client(proxy.url)
+    client = s3_client(proxy.url, **SIGNED_PAYLOAD)
 
     def ignore_the_type(request, **_):  # the store never learns of it: the object is COMPOSITE
         for name in [h for h in request.headers if h.lower() == "x-amz-checksum-type"]:

@@ -18,7 +18,7 @@ from botocore.compat import HAS_CRT
 from botocore.config import Config
 
 from airflow_mpu_provider.multipart.checksums.digests import PartDigest, digest_part
-from airflow_mpu_provider.multipart.signing import sign_payload_only_when_needed
+from airflow_mpu_provider.multipart.signing import md5_spares_the_payload_hash, sign_payload_only_when_needed
 from airflow_mpu_provider.multipart.upload import MultipartUpload
 
 DATA = b"part bytes " * 1000
@@ -140,3 +140,18 @@ def test_http_other_operations_and_the_client_config_are_untouched(signer):
     assert (client.meta.config.s3 or {}).get("payload_signing_enabled") is None
     send_part(client, algorithm="CRC32C", with_md5=False)
     assert [h["x-amz-content-sha256"] for h in sent] == [UNSIGNED, hashlib.sha256(DATA).hexdigest()]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "s3_config", "every_part"),
+    [
+        ("http://127.0.0.1:9000", None, True),  # plain HTTP: an MD5 spares the SHA-256 payload signature
+        ("https://s3.eu-west-1.amazonaws.com", None, False),  # HTTPS: checksums already unsign the payload
+        ("http://127.0.0.1:9000", {"payload_signing_enabled": True}, False),  # the user decided: obeyed
+        ("http://127.0.0.1:9000", {"payload_signing_enabled": False}, False),
+    ],
+)
+def test_every_part_carries_an_md5_only_where_it_spares_the_payload_hash(endpoint, s3_config, every_part):
+    config = Config(s3=s3_config) if s3_config else None
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-1", config=config)
+    assert md5_spares_the_payload_hash(client) is every_part

@@ -115,6 +115,12 @@ def s3_client(endpoint: str, *, access_key: str = ACCESS_KEY, secret_key: str = 
     )
 
 
+#: ``s3_client(url, **SIGNED_PAYLOAD)``: a client whose payload signing is set, as over HTTPS an MD5 spares
+#: nothing; its parts drop the MD5 once the store echoes checksums (over plain HTTP with payload signing
+#: left to botocore, every part carries one: ``multipart/signing.md5_spares_the_payload_hash``).
+SIGNED_PAYLOAD = {"s3": {"payload_signing_enabled": True}}
+
+
 def store_echoes_no_checksums(client) -> None:
     """Make ``client``'s store one that echoes no part checksum, as on-prem stores without checksum support.
 
