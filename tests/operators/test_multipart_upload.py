@@ -344,6 +344,35 @@ def test_on_kill_after_execute_ended_touches_nothing(mock_s3, tmp_path, monkeypa
     assert operator.hook.cancelled
 
 
+def test_on_kill_before_execute_looks_nothing_up_and_execute_then_refuses(mock_s3, tmp_path, monkeypatch):
+    """A kill that lands before execute() (a kill during the window wait, or before it began) builds the hook in
+    Airflow's signal handler: that must do no I/O (no connection lookup, no client), and the execute that
+    follows must refuse to upload anything."""
+    from airflow_mpu_provider.multipart.errors import UploadCancelledError
+
+    in_handler = True
+    get_connection, get_conn = S3MultipartHook.get_connection, S3MultipartHook.get_conn
+
+    def lookup(cls, conn_id):
+        assert not in_handler, "the signal handler looked up the connection"
+        return get_connection(conn_id)
+
+    def client(self):
+        assert not in_handler, "the signal handler built a client"
+        return get_conn(self)
+
+    monkeypatch.setattr(S3MultipartHook, "get_connection", classmethod(lookup))
+    monkeypatch.setattr(S3MultipartHook, "get_conn", client)
+    operator = op(file=str(make_file(tmp_path / "f", 10)), key="s3://test-bucket/x")
+    operator.on_kill()
+    in_handler = False
+    assert operator.hook.cancelled
+    with pytest.raises(UploadCancelledError):
+        operator.execute({})
+    assert mock_s3.list_multipart_uploads(Bucket="test-bucket").get("Uploads", []) == []
+    assert "Contents" not in mock_s3.list_objects_v2(Bucket="test-bucket")
+
+
 def test_max_bandwidth_reaches_the_engine_options_and_defaults_to_no_cap():
     assert options_of(op()).max_bandwidth is None
     assert options_of(op(max_bandwidth=32 * MiB)).max_bandwidth == 32 * MiB
