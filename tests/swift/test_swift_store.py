@@ -313,6 +313,27 @@ def test_the_fault_rows_that_apply_retried_and_byte_identical(
     assert incomplete_uploads(swift_s3, BUCKET, key) == []
 
 
+def test_swifts_busy_backend_400_at_complete_is_sent_again(
+    hook, swift_proxy, swift_s3, clean_key, tmp_path, monkeypatch
+):
+    """Swift's own answer when its segment check meets a busy object server (400 InvalidRequest carrying a
+    503), put in front of the real Swift: Complete is sent again after pauses (shortened here) and Swift
+    completes the object, exactly the file, with its multipart ETag."""
+    from airflow_mpu_provider.multipart import completion
+
+    monkeypatch.setattr(completion, "BUSY_PAUSES", (0.01,) * 4)
+    path = make_file(tmp_path / "f", 11 * MiB, seed=12)
+    key = clean_key("faults/busy-complete.bin")
+    busy = "Errors:\n/mpu+segments/f/upload/2: 503 Service Unavailable"
+    fault = Fault("CompleteMultipartUpload", "error", status=400, code="InvalidRequest", times=2, message=busy)
+    swift_proxy.add_fault(fault)
+    result = hook.upload_file(path, key, BUCKET, part_size=PART)
+    assert swift_proxy.injections(fault) == 2 and swift_proxy.count("CompleteMultipartUpload") == 3
+    assert result["etag"] == multipart_etag(path)
+    assert sha256_object(swift_s3, BUCKET, key) == sha256_file(path)
+    assert incomplete_uploads(swift_s3, BUCKET, key) == []
+
+
 # -- what Swift does not implement: a clear error, nothing left ---------------------------------------
 
 
