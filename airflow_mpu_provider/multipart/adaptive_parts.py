@@ -99,10 +99,14 @@ class AdaptiveParts:
         if progress is None:
             return
         before = self.controller.limit
-        after = self.controller.sent(self._acknowledged)
+        if self._said_change(before, self.controller.sent(self._acknowledged)):
+            self.gate.wake()
+
+    def _said_change(self, before: int, after: int) -> bool:
+        """Log a change of the limit (and say whether there was one)."""
         if after != before:
             self.log.info("Parts in flight: %d -> %d (%s).", before, after, self.controller.reason)
-            self.gate.wake()
+        return after != before
 
     def _on_before_send(self, **_: Any) -> None:
         if not getattr(self._local, "holding", False):
@@ -143,13 +147,11 @@ class AdaptiveParts:
 
     def begin_for_round_trip(self, seconds: float | None) -> None:
         """Before the first part: start at the count the store's quickest answer (``seconds``) calls for."""
+        if seconds is None:
+            return
         before = self.controller.limit
         wanted = start_for_round_trip(seconds, self.controller.ceiling)
-        if seconds is None or wanted == before:
-            return
-        after = self.controller.begin_at(wanted, f"the store answered in {seconds * 1000:.0f} ms")
-        if after != before:
-            self.log.info("Parts in flight: %d -> %d (%s).", before, after, self.controller.reason)
+        self._said_change(before, self.controller.begin_at(wanted, f"the store answered in {seconds * 1000:.0f} ms"))
 
     @property
     def settled(self) -> int:

@@ -181,7 +181,7 @@ def is_precondition_failure(error: BaseException) -> bool:
 #: Words by which a store's 400 says its own backend was busy, not that the request was wrong (Swift's s3api
 #: answers a Complete whose segment check met an overloaded object server "InvalidRequest: .../25: 503
 #: Service Unavailable"): no retry mode retries a 400, so Complete is sent again after a pause.
-_BUSY_WORDS = ("503 service unavailable", "service unavailable", "slowdown", "slow down")
+_BUSY_WORDS = ("service unavailable", "slowdown", "slow down")
 
 
 def is_busy_store_refusal(error: BaseException) -> bool:

@@ -52,10 +52,10 @@ def sign_payload_only_when_needed(client: Any) -> None:
     def sign_only_what_needs_it(request: Any, **_: Any) -> None:
         names = {header.lower(): header for header in request.headers}
         _declare_checksum_header(request, names)
-        if str(request.url).lower().startswith("https"):
+        if not _plain_http(request.url):
             return
         config = request.context.get("client_config")
-        if config is None or (getattr(config, "s3", None) or {}).get("payload_signing_enabled") is not None:
+        if config is None or _user_set_payload_signing(config):
             return  # no config to adjust, or the user decided: botocore follows the user
         if BINDING_DIGEST_HEADERS.intersection(names):
             request.context["client_config"] = without_payload_signing(config)
@@ -72,9 +72,18 @@ def md5_spares_the_payload_hash(client: Any) -> bool:
     digest pass computes a MiB at a time). Not when the user set ``payload_signing_enabled``: botocore then
     signs or skips as told, and an MD5 would spare nothing."""
     meta = getattr(client, "meta", None)
-    url = str(getattr(meta, "endpoint_url", "") or "").lower()
-    s3 = getattr(getattr(meta, "config", None), "s3", None) or {}
-    return url.startswith("http://") and s3.get("payload_signing_enabled") is None
+    return _plain_http(getattr(meta, "endpoint_url", None)) and not _user_set_payload_signing(
+        getattr(meta, "config", None)
+    )
+
+
+def _plain_http(url: Any) -> bool:
+    return str(url or "").lower().startswith("http://")
+
+
+def _user_set_payload_signing(config: Any) -> bool:
+    """Whether the client's configuration says whether to sign payloads: botocore then follows the user."""
+    return (getattr(config, "s3", None) or {}).get("payload_signing_enabled") is not None
 
 
 def _declare_checksum_header(request: Any, names: dict[str, str]) -> None:
